@@ -1,0 +1,229 @@
+//! Property types of the DFINERY taxonomy and typed property values.
+//!
+//! Every value that enters fineport is checked against the type its name was
+//! registered with (SPEC §1 "Taxonomy") and converted into a [`Value`]; the
+//! stores keep values typed, and the CSV encoder turns them back into text.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value as Json;
+
+use crate::time;
+
+/// A taxonomy type, spelled on the wire exactly as DFINERY spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PropertyType {
+    String,
+    Long,
+    Double,
+    Boolean,
+    Datetime,
+    Date,
+    #[serde(rename = "Array of String")]
+    StringArray,
+    #[serde(rename = "Array of Long")]
+    LongArray,
+    #[serde(rename = "Array of Double")]
+    DoubleArray,
+}
+
+impl PropertyType {
+    pub const ALL: [PropertyType; 9] = [
+        PropertyType::String,
+        PropertyType::Long,
+        PropertyType::Double,
+        PropertyType::Boolean,
+        PropertyType::Datetime,
+        PropertyType::Date,
+        PropertyType::StringArray,
+        PropertyType::LongArray,
+        PropertyType::DoubleArray,
+    ];
+
+    /// The wire name (`"Array of Long"`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PropertyType::String => "String",
+            PropertyType::Long => "Long",
+            PropertyType::Double => "Double",
+            PropertyType::Boolean => "Boolean",
+            PropertyType::Datetime => "Datetime",
+            PropertyType::Date => "Date",
+            PropertyType::StringArray => "Array of String",
+            PropertyType::LongArray => "Array of Long",
+            PropertyType::DoubleArray => "Array of Double",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<PropertyType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
+    /// The type `auto_register` gives a name first seen with this JSON value.
+    /// Strings stay `String` (a date-looking string is not guessed to be a date).
+    pub fn infer(json: &Json) -> Option<PropertyType> {
+        match json {
+            Json::String(_) => Some(PropertyType::String),
+            Json::Bool(_) => Some(PropertyType::Boolean),
+            Json::Number(n) if n.is_i64() => Some(PropertyType::Long),
+            Json::Number(_) => Some(PropertyType::Double),
+            Json::Array(items) => {
+                if items.iter().all(|v| v.is_string()) {
+                    Some(PropertyType::StringArray)
+                } else if items.iter().all(|v| v.is_i64()) {
+                    Some(PropertyType::LongArray)
+                } else if items.iter().all(|v| v.is_number()) {
+                    Some(PropertyType::DoubleArray)
+                } else {
+                    None
+                }
+            }
+            Json::Null | Json::Object(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for PropertyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A typed value. Datetimes are UTC milliseconds since the Unix epoch, dates
+/// are days since 1970-01-01.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    String(String),
+    Long(i64),
+    Double(f64),
+    Boolean(bool),
+    Datetime(i64),
+    Date(i32),
+    StringArray(Vec<String>),
+    LongArray(Vec<i64>),
+    DoubleArray(Vec<f64>),
+}
+
+impl Value {
+    /// Converts a JSON value to `ty`, or says why it cannot be one.
+    pub fn from_json(json: &Json, ty: PropertyType) -> Result<Value, String> {
+        let wrong = || format!("expected {ty}, got {}", json_kind(json));
+        Ok(match ty {
+            PropertyType::String => Value::String(json.as_str().ok_or_else(wrong)?.to_owned()),
+            PropertyType::Long => Value::Long(json.as_i64().ok_or_else(wrong)?),
+            PropertyType::Double => Value::Double(json_f64(json).ok_or_else(wrong)?),
+            PropertyType::Boolean => Value::Boolean(json.as_bool().ok_or_else(wrong)?),
+            PropertyType::Datetime => {
+                let s = json.as_str().ok_or_else(wrong)?;
+                Value::Datetime(time::parse_datetime(s).map_err(|e| format!("{e}: {s:?}"))?)
+            }
+            PropertyType::Date => {
+                let s = json.as_str().ok_or_else(wrong)?;
+                Value::Date(time::parse_date_days(s).ok_or_else(|| format!("not a yyyy-MM-dd date: {s:?}"))?)
+            }
+            PropertyType::StringArray => Value::StringArray(array_of(json, ty, |v| v.as_str().map(str::to_owned))?),
+            PropertyType::LongArray => Value::LongArray(array_of(json, ty, Json::as_i64)?),
+            PropertyType::DoubleArray => Value::DoubleArray(array_of(json, ty, json_f64)?),
+        })
+    }
+
+    pub fn property_type(&self) -> PropertyType {
+        match self {
+            Value::String(_) => PropertyType::String,
+            Value::Long(_) => PropertyType::Long,
+            Value::Double(_) => PropertyType::Double,
+            Value::Boolean(_) => PropertyType::Boolean,
+            Value::Datetime(_) => PropertyType::Datetime,
+            Value::Date(_) => PropertyType::Date,
+            Value::StringArray(_) => PropertyType::StringArray,
+            Value::LongArray(_) => PropertyType::LongArray,
+            Value::DoubleArray(_) => PropertyType::DoubleArray,
+        }
+    }
+}
+
+/// Any finite JSON number as a double (integers included: `15000` is a valid Double).
+fn json_f64(json: &Json) -> Option<f64> {
+    json.as_f64().filter(|f| f.is_finite())
+}
+
+fn array_of<T>(json: &Json, ty: PropertyType, item: impl Fn(&Json) -> Option<T>) -> Result<Vec<T>, String> {
+    let items = json
+        .as_array()
+        .ok_or_else(|| format!("expected {ty}, got {}", json_kind(json)))?;
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| item(v).ok_or_else(|| format!("expected {ty}, element {i} is {}", json_kind(v))))
+        .collect()
+}
+
+/// A short name for a JSON value's kind, for error messages.
+pub fn json_kind(json: &Json) -> &'static str {
+    match json {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Json::Number(_) => "a fractional number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn converts_each_type_or_explains_why_not() {
+        let cases: Vec<(Json, PropertyType, Result<Value, ()>)> = vec![
+            (json!("a"), PropertyType::String, Ok(Value::String("a".into()))),
+            (json!(1), PropertyType::String, Err(())),
+            (json!(42), PropertyType::Long, Ok(Value::Long(42))),
+            (json!(1.5), PropertyType::Long, Err(())),
+            (json!("42"), PropertyType::Long, Err(())),
+            (json!(15000), PropertyType::Double, Ok(Value::Double(15000.0))),
+            (json!(0.1), PropertyType::Double, Ok(Value::Double(0.1))),
+            (json!(true), PropertyType::Boolean, Ok(Value::Boolean(true))),
+            (json!("true"), PropertyType::Boolean, Err(())),
+            (json!("1970-01-01T00:00:01.5000Z"), PropertyType::Datetime, Err(())),
+            (json!("1970-01-01T00:00:01.500Z"), PropertyType::Datetime, Ok(Value::Datetime(1500))),
+            (json!("1970-01-02"), PropertyType::Date, Ok(Value::Date(1))),
+            (json!("1970-02-30"), PropertyType::Date, Err(())),
+            (json!(["a", "b"]), PropertyType::StringArray, Ok(Value::StringArray(vec!["a".into(), "b".into()]))),
+            (json!(["a", 1]), PropertyType::StringArray, Err(())),
+            (json!([1, 2]), PropertyType::LongArray, Ok(Value::LongArray(vec![1, 2]))),
+            (json!([1, 2.5]), PropertyType::DoubleArray, Ok(Value::DoubleArray(vec![1.0, 2.5]))),
+            (json!([]), PropertyType::LongArray, Ok(Value::LongArray(vec![]))),
+        ];
+        for (json, ty, expected) in cases {
+            let got = Value::from_json(&json, ty);
+            match expected {
+                Ok(v) => assert_eq!(got, Ok(v), "{json} as {ty}"),
+                Err(()) => assert!(got.is_err(), "{json} as {ty} should fail, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn type_names_round_trip() {
+        for ty in PropertyType::ALL {
+            assert_eq!(PropertyType::parse(ty.as_str()), Some(ty));
+            let json = serde_json::to_string(&ty).unwrap();
+            assert_eq!(json, format!("\"{}\"", ty.as_str()));
+        }
+        assert_eq!(PropertyType::parse("array of string"), None);
+    }
+
+    #[test]
+    fn infers_types_for_auto_register() {
+        assert_eq!(PropertyType::infer(&json!("x")), Some(PropertyType::String));
+        assert_eq!(PropertyType::infer(&json!(3)), Some(PropertyType::Long));
+        assert_eq!(PropertyType::infer(&json!(3.5)), Some(PropertyType::Double));
+        assert_eq!(PropertyType::infer(&json!([1, 2.5])), Some(PropertyType::DoubleArray));
+        assert_eq!(PropertyType::infer(&json!([])), Some(PropertyType::StringArray));
+        assert_eq!(PropertyType::infer(&json!({"a": 1})), None);
+        assert_eq!(PropertyType::infer(&json!(null)), None);
+    }
+}
