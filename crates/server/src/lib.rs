@@ -1,1 +1,120 @@
-//! placeholder
+//! The fineport HTTP server: the DFINERY Export and Import APIs and
+//! fineport's admin API, over a [`Store`].
+//!
+//! The caller owns the socket and the shutdown signal (as in mini-redis):
+//! build the state with [`build_state`], then [`serve`] it on a bound
+//! listener until the shutdown future resolves. Tests do the same on
+//! `127.0.0.1:0`.
+
+pub mod admin;
+pub mod catalog;
+pub mod clock;
+pub mod demo;
+pub mod export;
+pub mod import;
+pub mod limits;
+pub mod request_log;
+pub mod state;
+pub mod tokens;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use fineport_contract::export::{ExportFailure, ExportOutcome};
+use fineport_contract::import::ImportCode;
+use fineport_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+
+use crate::catalog::Catalog;
+use crate::clock::Clock;
+use crate::export::error::ExportError;
+use crate::import::ImportAnswer;
+use crate::limits::Limiter;
+use crate::request_log::RequestLog;
+pub use crate::state::{AppState, Config, SharedState};
+
+/// The settings key under which the admin token's hash is kept.
+const ADMIN_TOKEN_KEY: &str = "admin_token_sha256";
+
+/// The pieces a server is made of; tests swap the clock and limiter.
+pub struct Parts {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub limiter: Arc<dyn Limiter>,
+    pub config: Config,
+    /// `FINEPORT_ADMIN_TOKEN`; when absent one is generated at first start.
+    pub admin_token: Option<String>,
+}
+
+/// Builds the shared state. Returns the admin token when it was generated
+/// now, so the caller can print it once.
+pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), StoreError> {
+    let (admin_token_hash, generated) = match parts.admin_token {
+        Some(token) => (tokens::hash(&token), None),
+        None => match parts.store.setting(ADMIN_TOKEN_KEY).await? {
+            Some(hash) => (hash, None),
+            None => {
+                let token = tokens::generate();
+                let hash = tokens::hash(&token);
+                parts.store.set_setting(ADMIN_TOKEN_KEY, &hash).await?;
+                (hash, Some(token))
+            }
+        },
+    };
+    let catalog = Catalog::load(parts.store.clone(), parts.config.token_policy).await?;
+    let state = AppState {
+        log: RequestLog::new(parts.store.clone()),
+        store: parts.store,
+        catalog,
+        limiter: parts.limiter,
+        clock: parts.clock,
+        config: parts.config,
+        admin_token_hash,
+    };
+    Ok((Arc::new(state), generated))
+}
+
+/// The whole HTTP surface.
+pub fn router(state: SharedState) -> Router {
+    let export_api = Router::new()
+        .route(export::EVENT_ENDPOINT, post(export::export_event))
+        .layer(CompressionLayer::new())
+        .layer(CatchPanicLayer::custom(|_| {
+            ExportError::new(ExportFailure::with_detail(ExportOutcome::UnknownError, "internal error")).into_response()
+        }));
+    let import_api = Router::new()
+        .route(import::EVENTS_ENDPOINT, post(import::events))
+        .layer(CatchPanicLayer::custom(|_| {
+            ImportAnswer::new(ImportCode::InternalServerError, "internal error").into_response()
+        }));
+    Router::new()
+        .merge(export_api)
+        .merge(import_api)
+        .merge(admin::routes(state.clone()))
+        .route("/health", get(|| async { "ok" }))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(state)
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves, then flushes the
+/// request log.
+pub async fn serve(listener: TcpListener, state: SharedState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let flusher = state.log.spawn_flusher(state.config.log_flush_every);
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    flusher.abort();
+    state.log.flush().await;
+    result
+}
+
+/// A 500 for anything that should not happen, never a dropped connection.
+pub fn internal_error() -> Response {
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+}

@@ -1,1 +1,89 @@
-//! placeholder
+//! Storage for fineport: the [`Store`] trait every backend implements, the
+//! records it keeps, and its closed error kinds.
+//!
+//! A store holds everything durable: services and their settings, token
+//! hashes, taxonomies, events, profiles and identifiers, and the request log.
+//! The server keeps the small, hot part (services, tokens, taxonomies) in
+//! memory and writes it through; events go in through [`Store::insert_events`]
+//! and come out, already encoded as CSV, through [`Store::export_events`].
+//!
+//! Backends live in their own module: [`duckdb`] is the embedded default.
+
+pub mod duckdb;
+mod error;
+mod records;
+
+pub use error::{StoreError, StoreErrorKind};
+pub use records::*;
+
+use async_trait::async_trait;
+use fineport_contract::export::EventExportPlan;
+use fineport_contract::import::EventBatch;
+use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc};
+use fineport_contract::Tz;
+
+/// Where an export writes its CSV. The store produces chunks of roughly
+/// [`CHUNK_BYTES`]; the sink hands them to the client.
+pub trait ExportSink: Send {
+    /// Hands one chunk on. Returns `false` when the client has gone away,
+    /// after which the store stops and reports [`StoreErrorKind::Cancelled`].
+    fn send(&mut self, chunk: Vec<u8>) -> bool;
+
+    /// Gives the sink a way to interrupt the query that is running, so that
+    /// a client who leaves in the middle of a long sort frees it at once.
+    fn set_interrupt(&mut self, interrupt: Box<dyn Fn() + Send + Sync>);
+}
+
+/// The size a store fills before handing a chunk to the sink.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Storage operations. Every method documents what must hold when it returns.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Everything the server keeps in memory: services, tokens, taxonomies.
+    async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError>;
+
+    /// Creates a service with its tokens and taxonomy, atomically.
+    /// `Conflict` if the id exists.
+    async fn create_service(&self, service: &Service, tokens: &[TokenRecord], taxonomy: &Taxonomy)
+        -> Result<(), StoreError>;
+
+    /// Replaces a service's settings. `NotFound` if it does not exist.
+    async fn update_service(&self, service: &Service) -> Result<(), StoreError>;
+
+    /// Inserts new tokens and updates changed ones (matched by `token_id`), atomically.
+    async fn save_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError>;
+
+    /// Registers taxonomy additions (already checked against the current
+    /// taxonomy) and makes room for their values.
+    async fn register(&self, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError>;
+
+    /// Stores a validated batch of events, resolving its identity to a
+    /// `df_unified_id`. Atomic; idempotent by `event_log_id` within the
+    /// service; returns only once the batch is durable.
+    async fn insert_events(&self, service_id: &str, batch: EventBatch, received_at_ms: i64)
+        -> Result<InsertSummary, StoreError>;
+
+    /// Runs an event export and writes its CSV (header first) into `sink`.
+    /// Blocking: call it from a blocking thread. Memory stays bounded by a
+    /// day of the service's events, whatever the range. Nothing reaches the
+    /// sink before the first day's query has run.
+    fn export_events(
+        &self,
+        service_id: &str,
+        timezone: Tz,
+        plan: &EventExportPlan,
+        sink: &mut dyn ExportSink,
+    ) -> Result<ExportSummary, StoreError>;
+
+    /// Appends entries to the request log.
+    async fn append_request_log(&self, entries: Vec<RequestLogEntry>) -> Result<(), StoreError>;
+
+    /// The newest `limit` log entries of a service, newest first.
+    async fn recent_requests(&self, service_id: &str, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError>;
+
+    /// A server-wide setting (e.g. the admin token hash).
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+}

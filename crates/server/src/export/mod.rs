@@ -1,0 +1,236 @@
+//! The Export API (SPEC §2): admission in the documented order of checks,
+//! then a streaming CSV response.
+//!
+//! Order of checks: `service_id` present → export token → body and names →
+//! look-back → limits → query. Each refusal is an [`ExportError`] with the
+//! detailed response of SPEC §2.2; every response carries the
+//! `X-Rate-Limit-*` headers of the service's hourly export window.
+
+pub mod error;
+mod stream;
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use fineport_contract::export::{check_lookback, EventExportRequest, ExportFailure, ExportOutcome};
+use fineport_contract::time::today_in;
+use fineport_store::{ExportSink, ExportSummary, Limits, RequestLogEntry, StoreError, TokenKind};
+use tokio::sync::mpsc;
+
+use self::error::{rate_headers, store_outcome, ExportError};
+use self::stream::{ChannelSink, ExportBody, InterruptSlot, Ledger, Msg, CHANNEL_CHUNKS};
+use crate::catalog::ServiceView;
+use crate::limits::{Counter, RateStatus};
+use crate::state::{header_str, read_body, service_id_param, Caller, SharedState};
+
+pub const EVENT_ENDPOINT: &str = "/api/v1/export/event";
+
+/// A request that passed authentication, with what its log entry needs.
+struct Admitted {
+    service: ServiceView,
+    entry: RequestLogEntry,
+}
+
+/// The first checks of both export endpoints: `service_id`, then the token.
+fn authenticate(
+    state: &SharedState,
+    endpoint: &str,
+    caller: &Caller,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Admitted, (ExportError, RequestLogEntry)> {
+    let now = state.clock.now();
+    let service_id = service_id_param(query);
+    let mut entry = RequestLogEntry {
+        time: now,
+        service_id: service_id.clone().unwrap_or_default(),
+        endpoint: endpoint.to_owned(),
+        status: 0,
+        message: String::new(),
+        ip: caller.ip.clone(),
+        user_agent: caller.user_agent.clone(),
+        token_id: None,
+        rows: None,
+        bytes: None,
+        duration_ms: 0,
+    };
+    let service = service_id.as_deref().and_then(|id| state.catalog.service(id));
+    let per_hour = service.as_ref().map_or(Limits::default().export_per_hour, |s| s.service.limits.export_per_hour);
+    let rate = state.limiter.peek(&entry.service_id, Counter::Exports, u64::from(per_hour), now);
+    let fail = |failure: ExportFailure, entry: RequestLogEntry| {
+        Err((ExportError { failure, rate: Some(rate), retry_after_secs: None }, entry))
+    };
+    let Some(service_id) = service_id else {
+        return fail(ExportFailure::invalid("service_id is required in the query string"), entry);
+    };
+    let token = header_str(headers, "authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
+    let unauthorized = || ExportFailure::new(ExportOutcome::UnauthorizedToken);
+    let (Some(service), Some(token)) = (service, token) else {
+        return fail(unauthorized(), entry);
+    };
+    match state.catalog.authenticate(&service_id, TokenKind::Export, token, now) {
+        Some(token_id) => {
+            entry.token_id = Some(token_id);
+            Ok(Admitted { service, entry })
+        }
+        None => fail(unauthorized(), entry),
+    }
+}
+
+/// `POST /api/v1/export/event`.
+pub async fn export_event(
+    State(state): State<SharedState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let admitted = match authenticate(&state, EVENT_ENDPOINT, &caller, query.as_deref(), &headers) {
+        Ok(a) => a,
+        Err((error, entry)) => return refuse(&state, error, entry, started),
+    };
+    let Admitted { service, entry } = admitted;
+    let now = state.clock.now();
+    let per_hour = u64::from(service.service.limits.export_per_hour);
+    let rate = state.limiter.peek(&service.service.service_id, Counter::Exports, per_hour, now);
+
+    let checked = async {
+        let bytes = read_body(body, state.config.export_body_limit, state.config.body_timeout)
+            .await
+            .map_err(|e| ExportFailure::invalid(e.to_string()))?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))?;
+        let request = EventExportRequest::parse(&json)?;
+        let plan = request.plan(&service.taxonomy)?;
+        let today = today_in(service.timezone, now);
+        check_lookback(plan.from_date, today, service.service.export_lookback_days)?;
+        Ok::<_, ExportFailure>(plan)
+    }
+    .await;
+    let plan = match checked {
+        Ok(plan) => plan,
+        Err(failure) => {
+            let error = ExportError { failure, rate: Some(rate), retry_after_secs: None };
+            return refuse(&state, error, entry, started);
+        }
+    };
+
+    let limits = service.service.limits;
+    let permit = match state.limiter.acquire_export(
+        &service.service.service_id,
+        u64::from(limits.export_per_hour),
+        limits.export_concurrency,
+        now,
+    ) {
+        Ok(p) => p,
+        Err(refusal) => {
+            let error = ExportError {
+                failure: ExportFailure::new(ExportOutcome::TooManyApiRequests),
+                rate: Some(refusal.status),
+                retry_after_secs: Some(refusal.retry_after_secs),
+            };
+            return refuse(&state, error, entry, started);
+        }
+    };
+
+    let filename = format!("{}_events_{}_{}.csv", service.service.service_id, plan.from_date, plan.to_date);
+    let store = state.store.clone();
+    let service_id = service.service.service_id.clone();
+    let timezone = service.timezone;
+    let ledger = Ledger { log: state.log.clone(), entry, started, permit };
+    stream_csv(ledger, filename, move |sink| store.export_events(&service_id, timezone, &plan, sink)).await
+}
+
+/// Logs a refused request and answers it.
+fn refuse(state: &SharedState, error: ExportError, mut entry: RequestLogEntry, started: Instant) -> Response {
+    entry.status = error.outcome().http_status();
+    entry.message = error.outcome().message().into();
+    entry.duration_ms = started.elapsed().as_millis() as u64;
+    state.log.record(entry);
+    error.into_response()
+}
+
+/// Runs `produce` on a blocking thread and answers with its CSV, once its
+/// first chunk is ready. A failure before that answers 500 with the
+/// detailed response; after it, the body breaks (see [`stream`]).
+async fn stream_csv(
+    ledger: Ledger,
+    filename: String,
+    produce: impl FnOnce(&mut dyn ExportSink) -> Result<ExportSummary, StoreError> + Send + 'static,
+) -> Response {
+    let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let interrupt: InterruptSlot = Default::default();
+    let mut sink = ChannelSink { tx: tx.clone(), interrupt: interrupt.clone() };
+    let producer = tokio::task::spawn_blocking(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut sink)))
+            .unwrap_or_else(|_| Err(StoreError::internal("the export panicked")));
+        let _ = tx.blocking_send(Msg::Done(result));
+    });
+    drop(producer);
+
+    // If this future is dropped while waiting (the client left before the
+    // first byte), the guard interrupts the query and records it.
+    let mut guard = PendingGuard { interrupt: interrupt.clone(), ledger: Some(ledger) };
+    let rate = guard.ledger.as_ref().map(|l| l.permit.status);
+    let first = match rx.recv().await {
+        Some(Msg::Chunk(chunk)) => chunk,
+        Some(Msg::Done(Ok(_))) => Vec::new(),
+        Some(Msg::Done(Err(e))) => {
+            let outcome = match store_outcome(&e) {
+                ExportOutcome::QueryError => ExportOutcome::QueryError,
+                _ => ExportOutcome::UnknownError,
+            };
+            tracing::error!(error = %e, "export failed before its first byte");
+            return guard.fail(outcome, rate);
+        }
+        None => return guard.fail(ExportOutcome::UnknownError, rate),
+    };
+    let ledger = guard.ledger.take();
+    let body = ExportBody { rx, first: Some(first), interrupt, ledger, bytes_sent: 0 };
+    let mut response = Response::new(Body::from_stream(body));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{filename}\"")) {
+        headers.insert("content-disposition", v);
+    }
+    if let Some(rate) = rate {
+        rate_headers(headers, &rate);
+    }
+    response
+}
+
+struct PendingGuard {
+    interrupt: InterruptSlot,
+    ledger: Option<Ledger>,
+}
+
+impl PendingGuard {
+    fn fail(mut self, outcome: ExportOutcome, rate: Option<RateStatus>) -> Response {
+        let Some(ledger) = self.ledger.take() else {
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        };
+        let mut rate = rate;
+        ledger.close(outcome.http_status(), Err(outcome), None, 0);
+        // The refund happened in close: report the window as it is now.
+        if let Some(r) = rate.as_mut() {
+            r.remaining += 1;
+        }
+        ExportError { failure: ExportFailure::new(outcome), rate, retry_after_secs: None }.into_response()
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        if let Some(ledger) = self.ledger.take() {
+            stream::interrupt(&self.interrupt);
+            ledger.close(200, Err(ExportOutcome::ClientConnectionClosed), None, 0);
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The Import API (SPEC §4): HTTP 200 with a result code for every answer.
+//!
+//! Order of checks: `service_id` (40101) → `access_token` (40201) → body
+//! (40000) → contents (40402, 40001) → per-minute limit (40401) → store.
+//! Invalid requests use no quota. 20000 is answered only after the store
+//! has committed the batch.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fineport_contract::import::{response_body, validate_events, ImportCode, ImportProblem, ImportRejection};
+use fineport_store::{Limits, RequestLogEntry, TokenKind};
+
+use crate::catalog::{CatalogError, ServiceView};
+use crate::export::error::rate_headers;
+use crate::limits::{Counter, RateStatus};
+use crate::state::{header_str, read_body, service_id_param, Caller, SharedState};
+
+pub const EVENTS_ENDPOINT: &str = "/api/v1/events";
+
+/// An Import API answer: always HTTP 200, the outcome in the body.
+pub struct ImportAnswer {
+    pub code: ImportCode,
+    pub problems: Vec<ImportProblem>,
+    pub rate: Option<RateStatus>,
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ImportAnswer {
+    pub fn new(code: ImportCode, reason: impl Into<String>) -> Self {
+        ImportAnswer { code, problems: vec![ImportProblem::request(reason)], rate: None, retry_after_secs: None }
+    }
+}
+
+impl From<ImportRejection> for ImportAnswer {
+    fn from(r: ImportRejection) -> Self {
+        ImportAnswer { code: r.code, problems: r.problems, rate: None, retry_after_secs: None }
+    }
+}
+
+impl IntoResponse for ImportAnswer {
+    fn into_response(self) -> Response {
+        let mut response = Json(response_body(self.code, &self.problems)).into_response();
+        if let Some(rate) = &self.rate {
+            rate_headers(response.headers_mut(), rate);
+        }
+        if let Some(secs) = self.retry_after_secs {
+            response.headers_mut().insert("retry-after", HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// `service_id` and `access_token`, the first checks of every import endpoint.
+pub fn authenticate(state: &SharedState, query: Option<&str>, headers: &HeaderMap) -> Result<(ServiceView, String), ImportAnswer> {
+    let service = service_id_param(query)
+        .and_then(|id| state.catalog.service(&id))
+        .ok_or_else(|| ImportAnswer::new(ImportCode::InvalidServiceId, "service_id is missing or unknown"))?;
+    let token = header_str(headers, "access_token").map(str::trim).unwrap_or_default();
+    let now = state.clock.now();
+    let token_id = (!token.is_empty())
+        .then(|| state.catalog.authenticate(&service.service.service_id, TokenKind::Import, token, now))
+        .flatten()
+        .ok_or_else(|| ImportAnswer::new(ImportCode::InvalidToken, "access_token is missing or not a valid import token"))?;
+    Ok((service, token_id))
+}
+
+/// `POST /api/v1/events`.
+pub async fn events(
+    State(state): State<SharedState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let received = state.clock.now();
+    let mut entry = RequestLogEntry {
+        time: received,
+        service_id: service_id_param(query.as_deref()).unwrap_or_default(),
+        endpoint: EVENTS_ENDPOINT.into(),
+        status: 200,
+        message: String::new(),
+        ip: caller.ip,
+        user_agent: caller.user_agent,
+        token_id: None,
+        rows: None,
+        bytes: None,
+        duration_ms: 0,
+    };
+    let per_minute = state
+        .catalog
+        .service(&entry.service_id)
+        .map_or(Limits::default().events_per_minute, |s| s.service.limits.events_per_minute);
+    let mut answer = import_events(&state, query.as_deref(), &headers, body, received, &mut entry).await;
+    if answer.rate.is_none() {
+        answer.rate = Some(state.limiter.peek(&entry.service_id, Counter::Events, per_minute, received));
+    }
+    entry.message = if answer.code == ImportCode::Ok { "ok".into() } else { answer.code.code().into() };
+    entry.duration_ms = started.elapsed().as_millis() as u64;
+    state.log.record(entry);
+    answer.into_response()
+}
+
+async fn import_events(
+    state: &SharedState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    received: chrono::DateTime<chrono::Utc>,
+    entry: &mut RequestLogEntry,
+) -> ImportAnswer {
+    let (service, token_id) = match authenticate(state, query, headers) {
+        Ok(ok) => ok,
+        Err(answer) => return answer,
+    };
+    entry.token_id = Some(token_id);
+    let bytes = match read_body(body, state.config.import_body_limit, state.config.body_timeout).await {
+        Ok(b) => b,
+        Err(e) => return ImportAnswer::new(ImportCode::BadRequest, e.to_string()),
+    };
+    entry.bytes = Some(bytes.len() as u64);
+    let json: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(j) => j,
+        Err(e) => return ImportAnswer::new(ImportCode::BadRequest, format!("the body is not JSON: {e}")),
+    };
+    let service_id = service.service.service_id.clone();
+    let batch = match validate_events(&json, &service.taxonomy, service.service.auto_register) {
+        Ok(b) => b,
+        Err(rejection) => return rejection.into(),
+    };
+    entry.rows = Some(batch.events.len() as u64);
+    let limit = service.service.limits.events_per_minute;
+    let rate = match state.limiter.take(&service_id, Counter::Events, batch.events.len() as u64, limit, received) {
+        Ok(rate) => rate,
+        Err(refusal) => {
+            let mut answer = ImportAnswer::new(
+                ImportCode::TooManyRequest,
+                format!("more than {limit} events this minute; retry after the window resets"),
+            );
+            answer.rate = Some(refusal.status);
+            answer.retry_after_secs = Some(refusal.retry_after_secs);
+            return answer;
+        }
+    };
+    if !batch.registrations.is_empty() {
+        if let Err(e) = state.catalog.register(&service_id, &batch.registrations).await {
+            let mut answer = match e {
+                CatalogError::Conflict(why) | CatalogError::Invalid(why) => ImportAnswer::new(ImportCode::ValidationFailure, why),
+                other => {
+                    tracing::error!(error = ?other, "auto-registration failed");
+                    ImportAnswer::new(ImportCode::InternalServerError, "the taxonomy could not be updated")
+                }
+            };
+            answer.rate = Some(rate);
+            return answer;
+        }
+    }
+    let mut answer = match state.store.insert_events(&service_id, batch, received.timestamp_millis()).await {
+        Ok(_) => ImportAnswer { code: ImportCode::Ok, problems: Vec::new(), rate: None, retry_after_secs: None },
+        Err(e) => {
+            tracing::error!(error = %e, "event import failed");
+            ImportAnswer::new(ImportCode::InternalServerError, "the events could not be stored; nothing was stored")
+        }
+    };
+    answer.rate = Some(rate);
+    answer
+}

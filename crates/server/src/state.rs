@@ -1,0 +1,120 @@
+//! The application state every handler shares, built once from [`Config`],
+//! and the small request helpers both API dialects use.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use fineport_store::Store;
+
+use crate::catalog::{Catalog, TokenPolicy};
+use crate::clock::Clock;
+use crate::limits::Limiter;
+use crate::request_log::RequestLog;
+
+/// Server settings that are not about where to listen or store.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest Export API request body.
+    pub export_body_limit: usize,
+    /// Largest Import API request body.
+    pub import_body_limit: usize,
+    /// How long a client may take to send its request body.
+    pub body_timeout: Duration,
+    pub token_policy: TokenPolicy,
+    /// How often the request log is written to the store.
+    pub log_flush_every: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            export_body_limit: 64 * 1024,
+            import_body_limit: 4 * 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
+            token_policy: TokenPolicy::default(),
+            log_flush_every: Duration::from_millis(500),
+        }
+    }
+}
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub catalog: Catalog,
+    pub limiter: Arc<dyn Limiter>,
+    pub clock: Arc<dyn Clock>,
+    pub log: RequestLog,
+    pub config: Config,
+    /// SHA-256 of the admin token.
+    pub admin_token_hash: String,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// Who sent a request, for the request log.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub ip: String,
+    pub user_agent: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_default();
+        let user_agent = header_str(&parts.headers, "user-agent").unwrap_or_default().chars().take(256).collect();
+        Ok(Caller { ip, user_agent })
+    }
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `service_id` from a raw query string, if present and non-empty.
+pub fn service_id_param(query: Option<&str>) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default()).ok()?;
+    pairs.into_iter().find(|(k, _)| k == "service_id").map(|(_, v)| v).filter(|v| !v.is_empty())
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge(usize),
+    Unreadable(String),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::TooLarge(limit) => write!(f, "the request body is larger than {limit} bytes"),
+            BodyError::Unreadable(e) => write!(f, "the request body could not be read: {e}"),
+        }
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within `timeout`.
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Err(_) => Err(BodyError::Unreadable(format!("not received within {}s", timeout.as_secs()))),
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                Err(BodyError::TooLarge(limit))
+            } else {
+                Err(BodyError::Unreadable(e.to_string()))
+            }
+        }
+    }
+}

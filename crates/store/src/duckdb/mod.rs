@@ -1,0 +1,401 @@
+//! The embedded default store: one DuckDB database file.
+//!
+//! Writes go through a single writer thread ([`writer`]) that groups
+//! concurrent event imports into one commit; reads and exports run on
+//! their own cloned connections, so an export never waits for imports and
+//! sees only committed data. See [`schema`] for the table layout.
+
+mod batch;
+mod export;
+mod identity;
+mod schema;
+mod writer;
+
+use std::path::Path;
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use duckdb::{params, Connection, OptionalExt};
+use fineport_contract::export::EventExportPlan;
+use fineport_contract::import::EventBatch;
+use fineport_contract::taxonomy::{PropertyScope, Taxonomy, TaxonomyDoc};
+use fineport_contract::types::PropertyType;
+use fineport_contract::Tz;
+use tokio::sync::oneshot;
+
+use self::schema::{Layout, Layouts, PropertyColumn};
+use self::writer::{Job, WriterState};
+use crate::{
+    CatalogSnapshot, ExportSink, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
+    StoreErrorKind, TokenKind, TokenRecord,
+};
+
+/// A failure to inject into exports, for tests of the streaming failure
+/// semantics (SPEC §2.3). Only reachable through the Rust API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPoint {
+    /// The export fails before anything is sent.
+    BeforeFirstByte,
+    /// The export fails right after its first chunk was sent.
+    AfterFirstChunk,
+}
+
+/// Tuning for the embedded store.
+#[derive(Debug, Clone)]
+pub struct DuckDbOptions {
+    /// DuckDB worker threads (default: the machine's cores).
+    pub threads: Option<usize>,
+    /// DuckDB memory limit, e.g. `"2GB"`.
+    pub memory_limit: Option<String>,
+}
+
+impl Default for DuckDbOptions {
+    fn default() -> Self {
+        DuckDbOptions { threads: None, memory_limit: Some("4GB".into()) }
+    }
+}
+
+pub struct DuckDbStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The connection reads clone from (DuckDB connections are not `Sync`).
+    reader: Mutex<Connection>,
+    writer: Mutex<Sender<Job>>,
+    layouts: Layouts,
+    failpoint: Mutex<Option<FailPoint>>,
+}
+
+impl DuckDbStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
+        let conn = Connection::open(path).map_err(|e| StoreError::internal(format!("cannot open {}: {e}", path.display())))?;
+        Self::from_connection(conn, options)
+    }
+
+    /// An in-memory database, for tests.
+    pub fn open_in_memory() -> Result<DuckDbStore, StoreError> {
+        Self::from_connection(Connection::open_in_memory()?, &DuckDbOptions::default())
+    }
+
+    fn from_connection(conn: Connection, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
+        if let Some(t) = options.threads {
+            conn.execute_batch(&format!("SET threads = {t}"))?;
+        }
+        if let Some(m) = &options.memory_limit {
+            conn.execute(&format!("SET memory_limit = '{}'", m.replace('\'', "")), [])?;
+        }
+        conn.execute_batch(schema::META_DDL)?;
+        let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));
+        let identities = identity::Identities::load(&conn)?;
+        let writer_conn = conn.try_clone()?;
+        let writer = writer::spawn(WriterState { conn: writer_conn, layouts: layouts.clone(), identities })?;
+        Ok(DuckDbStore {
+            inner: Arc::new(Inner {
+                reader: Mutex::new(conn),
+                writer: Mutex::new(writer),
+                layouts,
+                failpoint: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Makes every following export fail at `failpoint` (`None` to stop). Test hook.
+    pub fn inject_export_failure(&self, failpoint: Option<FailPoint>) {
+        if let Ok(mut f) = self.inner.failpoint.lock() {
+            *f = failpoint;
+        }
+    }
+
+    fn connection(&self) -> Result<Connection, StoreError> {
+        let reader = self.inner.reader.lock().map_err(|_| StoreError::internal("reader lock poisoned"))?;
+        Ok(reader.try_clone()?)
+    }
+
+    /// Runs a read on its own connection, off the async runtime.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.connection()?;
+        tokio::task::spawn_blocking(move || f(&conn))
+            .await
+            .map_err(|e| StoreError::internal(format!("read task failed: {e}")))?
+    }
+
+    /// Runs a write in its own transaction on the writer thread.
+    async fn write(&self, work: impl FnOnce(&mut WriterState) -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Exec { work: Box::new(work), reply })?;
+        rx.await.map_err(|_| StoreError::internal("the writer thread stopped"))?
+    }
+
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        let writer = self.inner.writer.lock().map_err(|_| StoreError::internal("writer lock poisoned"))?;
+        writer.send(job).map_err(|_| StoreError::internal("the writer thread stopped"))
+    }
+}
+
+fn ms_to_time(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// Registers `additions` in the open transaction: taxonomy rows, and an
+/// event-table column per event or item property.
+fn register_in(state: &mut WriterState, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError> {
+    let mut layout: Layout = (*state.layout(service_id)).clone();
+    for name in &additions.events {
+        state.conn.execute("INSERT INTO taxonomy_events VALUES (?, ?)", params![service_id, name])?;
+    }
+    for (scope, def) in additions.properties() {
+        let col = if scope == PropertyScope::User {
+            None
+        } else {
+            let column = PropertyColumn { col: layout.next_column_name(), scope, name: def.name.clone(), ty: def.ty };
+            schema::add_column(&state.conn, service_id, &column)?;
+            let col = column.col.clone();
+            layout.push(column);
+            Some(col)
+        };
+        state.conn.execute(
+            "INSERT INTO taxonomy_properties VALUES (?, ?, ?, ?, ?)",
+            params![service_id, scope.as_str(), def.name, def.ty.as_str(), col],
+        )?;
+    }
+    state.set_layout(service_id, layout);
+    Ok(())
+}
+
+fn save_tokens_in(conn: &Connection, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+    for t in tokens {
+        conn.execute(
+            "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            params![
+                t.token_id,
+                t.service_id,
+                t.kind.as_str(),
+                t.hash,
+                t.created_at.timestamp_millis(),
+                t.by_reissue,
+                t.valid_until.map(|v| v.timestamp_millis()),
+                t.revoked
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn json_error(e: serde_json::Error) -> StoreError {
+    StoreError::internal(format!("stored service settings: {e}"))
+}
+
+#[async_trait]
+impl Store for DuckDbStore {
+    async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError> {
+        self.read(|conn| {
+            let mut snapshot = CatalogSnapshot::default();
+            let mut stmt = conn.prepare("SELECT doc FROM services ORDER BY service_id")?;
+            for doc in stmt.query_map([], |r| r.get::<_, String>(0))? {
+                snapshot.services.push(serde_json::from_str(&doc?).map_err(json_error)?);
+            }
+            let mut stmt = conn.prepare(
+                "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked FROM tokens ORDER BY created_ms",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, bool>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, bool>(7)?,
+                ))
+            })?;
+            for row in rows {
+                let (token_id, service_id, kind, hash, created, by_reissue, until, revoked) = row?;
+                let kind = TokenKind::parse(&kind).ok_or_else(|| StoreError::internal(format!("unknown token kind {kind:?}")))?;
+                snapshot.tokens.push(TokenRecord {
+                    token_id,
+                    service_id,
+                    kind,
+                    hash,
+                    created_at: ms_to_time(created),
+                    by_reissue,
+                    valid_until: until.map(ms_to_time),
+                    revoked,
+                });
+            }
+            let mut stmt = conn.prepare("SELECT service_id, name FROM taxonomy_events")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (service_id, name) = row?;
+                snapshot.taxonomies.entry(service_id).or_default().events.insert(name);
+            }
+            let mut stmt = conn.prepare("SELECT service_id, scope, name, type FROM taxonomy_properties")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            })?;
+            for row in rows {
+                let (service_id, scope, name, ty) = row?;
+                let scope = schema::parse_scope(&scope)?;
+                let ty = PropertyType::parse(&ty).ok_or_else(|| StoreError::internal(format!("unknown stored type {ty:?}")))?;
+                let taxonomy = snapshot.taxonomies.entry(service_id).or_default();
+                match scope {
+                    PropertyScope::Event => taxonomy.event_properties.insert(name, ty),
+                    PropertyScope::Item => taxonomy.item_properties.insert(name, ty),
+                    PropertyScope::User => taxonomy.user_properties.insert(name, ty),
+                };
+            }
+            Ok(snapshot)
+        })
+        .await
+    }
+
+    async fn create_service(&self, service: &Service, tokens: &[TokenRecord], taxonomy: &Taxonomy) -> Result<(), StoreError> {
+        let service = service.clone();
+        let tokens = tokens.to_vec();
+        let taxonomy = taxonomy.to_doc();
+        self.write(move |state| {
+            let exists: Option<String> = state
+                .conn
+                .query_row("SELECT service_id FROM services WHERE service_id = ?", [&service.service_id], |r| r.get(0))
+                .optional()?;
+            if exists.is_some() {
+                return Err(StoreError::new(StoreErrorKind::Conflict, format!("service {} exists", service.service_id)));
+            }
+            let doc = serde_json::to_string(&service).map_err(json_error)?;
+            state.conn.execute("INSERT INTO services VALUES (?, ?)", params![service.service_id, doc])?;
+            save_tokens_in(&state.conn, &tokens)?;
+            schema::create_event_tables(&state.conn, &service.service_id)?;
+            state.set_layout(&service.service_id, Layout::default());
+            register_in(state, &service.service_id, &taxonomy)
+        })
+        .await
+    }
+
+    async fn update_service(&self, service: &Service) -> Result<(), StoreError> {
+        let service = service.clone();
+        self.write(move |state| {
+            let doc = serde_json::to_string(&service).map_err(json_error)?;
+            let n = state.conn.execute("UPDATE services SET doc = ? WHERE service_id = ?", params![doc, service.service_id])?;
+            if n == 0 {
+                return Err(StoreError::new(StoreErrorKind::NotFound, format!("no service {}", service.service_id)));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn save_tokens(&self, tokens: &[TokenRecord]) -> Result<(), StoreError> {
+        let tokens = tokens.to_vec();
+        self.write(move |state| save_tokens_in(&state.conn, &tokens)).await
+    }
+
+    async fn register(&self, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError> {
+        if additions.is_empty() {
+            return Ok(());
+        }
+        let service_id = service_id.to_owned();
+        let additions = additions.clone();
+        self.write(move |state| register_in(state, &service_id, &additions)).await
+    }
+
+    async fn insert_events(&self, service_id: &str, batch: EventBatch, received_at_ms: i64) -> Result<InsertSummary, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Events { service_id: service_id.to_owned(), batch, received_at_ms, reply })?;
+        rx.await.map_err(|_| StoreError::internal("the writer thread stopped"))?
+    }
+
+    fn export_events(
+        &self,
+        service_id: &str,
+        timezone: Tz,
+        plan: &EventExportPlan,
+        sink: &mut dyn ExportSink,
+    ) -> Result<ExportSummary, StoreError> {
+        let conn = self.connection()?;
+        let layout = self
+            .inner
+            .layouts
+            .read()
+            .map_err(|_| StoreError::internal("layout lock poisoned"))?
+            .get(service_id)
+            .cloned()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
+        let failpoint = self.inner.failpoint.lock().ok().and_then(|f| *f);
+        export::run(&conn, &layout, service_id, timezone, plan, sink, failpoint)
+    }
+
+    async fn append_request_log(&self, entries: Vec<RequestLogEntry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write(move |state| {
+            let mut app = state.conn.appender("request_log")?;
+            for e in &entries {
+                app.append_row(params![
+                    e.time.timestamp_millis(),
+                    e.service_id,
+                    e.endpoint,
+                    e.status,
+                    e.message,
+                    e.ip,
+                    e.user_agent,
+                    e.token_id,
+                    e.rows.map(|v| v as i64),
+                    e.bytes.map(|v| v as i64),
+                    e.duration_ms as i64
+                ])?;
+            }
+            app.flush()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recent_requests(&self, service_id: &str, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
+        let service_id = service_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT time_ms, service_id, endpoint, status, message, ip, user_agent, token_id, rows, bytes, duration_ms \
+                 FROM request_log WHERE service_id = ? ORDER BY time_ms DESC, rowid DESC LIMIT ?",
+            )?;
+            let rows = stmt.query_map(params![service_id, limit as i64], |r| {
+                Ok(RequestLogEntry {
+                    time: ms_to_time(r.get(0)?),
+                    service_id: r.get(1)?,
+                    endpoint: r.get(2)?,
+                    status: r.get::<_, i32>(3)? as u16,
+                    message: r.get(4)?,
+                    ip: r.get(5)?,
+                    user_agent: r.get(6)?,
+                    token_id: r.get(7)?,
+                    rows: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
+                    bytes: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
+                    duration_ms: r.get::<_, i64>(10)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let key = key.to_owned();
+        self.read(move |conn| Ok(conn.query_row("SELECT value FROM settings WHERE key = ?", [key], |r| r.get(0)).optional()?))
+            .await
+    }
+
+    async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.write(move |state| {
+            state.conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", params![key, value])?;
+            Ok(())
+        })
+        .await
+    }
+}

@@ -1,0 +1,217 @@
+//! The DuckDB schema: metadata tables, one event table per service, and the
+//! [`Layout`] that maps taxonomy names to the event table's columns.
+//!
+//! Event tables are `events_<service_id>`: eight system columns, then one
+//! typed column per registered event property (`p<n>`) and one list column
+//! per item property (`p<n>`, a list with one element per item). Columns are
+//! named by number, never by property name, so request-supplied names never
+//! reach SQL text and names that differ only in case stay distinct. Rows
+//! are appended in arrival order, which is close to time order, so DuckDB's
+//! per-row-group min/max on `correction_ts` skips most of the table for a
+//! one-day query. `event_ids_<service_id>` holds the `event_log_id`s under a
+//! primary key: it is what makes imports idempotent without an index on the
+//! wide event table (which would block `ALTER TABLE … ADD COLUMN`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use duckdb::arrow::datatypes::{DataType, Field, TimeUnit};
+use duckdb::Connection;
+use fineport_contract::taxonomy::PropertyScope;
+use fineport_contract::types::PropertyType;
+
+use crate::StoreError;
+
+pub(crate) const META_DDL: &str = "
+CREATE TABLE IF NOT EXISTS settings (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS services (service_id VARCHAR PRIMARY KEY, doc VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token_id VARCHAR PRIMARY KEY, service_id VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+    hash VARCHAR NOT NULL, created_ms BIGINT NOT NULL, by_reissue BOOLEAN NOT NULL,
+    valid_until_ms BIGINT, revoked BOOLEAN NOT NULL);
+CREATE TABLE IF NOT EXISTS taxonomy_events (service_id VARCHAR NOT NULL, name VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS taxonomy_properties (
+    service_id VARCHAR NOT NULL, scope VARCHAR NOT NULL, name VARCHAR NOT NULL,
+    type VARCHAR NOT NULL, col VARCHAR);
+CREATE TABLE IF NOT EXISTS profiles (
+    service_id VARCHAR NOT NULL, unified_id VARCHAR NOT NULL, external_id VARCHAR, created_ms BIGINT NOT NULL,
+    PRIMARY KEY (service_id, unified_id));
+CREATE TABLE IF NOT EXISTS identifiers (
+    service_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, value VARCHAR NOT NULL, unified_id VARCHAR NOT NULL,
+    PRIMARY KEY (service_id, kind, value));
+CREATE TABLE IF NOT EXISTS request_log (
+    time_ms BIGINT NOT NULL, service_id VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, status INTEGER NOT NULL,
+    message VARCHAR NOT NULL, ip VARCHAR NOT NULL, user_agent VARCHAR NOT NULL, token_id VARCHAR,
+    rows BIGINT, bytes BIGINT, duration_ms BIGINT NOT NULL);
+";
+
+/// The system columns of every event table, in table order.
+pub(crate) const SYSTEM_COLUMNS: [(&str, SysType); 8] = [
+    ("correction_ts", SysType::Timestamp),
+    ("event_log_id", SysType::Text),
+    ("event_name", SysType::Text),
+    ("unified_id", SysType::Text),
+    ("api_version", SysType::Text),
+    ("server_ts", SysType::Timestamp),
+    ("event_ts", SysType::Timestamp),
+    ("platform", SysType::Text),
+];
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SysType {
+    Text,
+    Timestamp,
+}
+
+pub(crate) fn events_table(service_id: &str) -> String {
+    format!("\"events_{service_id}\"")
+}
+
+pub(crate) fn ids_table(service_id: &str) -> String {
+    format!("\"event_ids_{service_id}\"")
+}
+
+/// One property column of an event table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PropertyColumn {
+    pub col: String,
+    pub scope: PropertyScope,
+    pub name: String,
+    pub ty: PropertyType,
+}
+
+impl PropertyColumn {
+    /// The Arrow type of the column: the property's type, or for an item
+    /// property a list of it.
+    pub fn arrow_type(&self) -> DataType {
+        let base = arrow_type(self.ty);
+        match self.scope {
+            PropertyScope::Item => list_of(base),
+            _ => base,
+        }
+    }
+}
+
+/// The property columns of one service's event table, in table order.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Layout {
+    pub columns: Vec<PropertyColumn>,
+    pub index: HashMap<(PropertyScope, String), usize>,
+}
+
+impl Layout {
+    pub fn push(&mut self, column: PropertyColumn) {
+        self.index.insert((column.scope, column.name.clone()), self.columns.len());
+        self.columns.push(column);
+    }
+
+    pub fn column(&self, scope: PropertyScope, name: &str) -> Option<&PropertyColumn> {
+        self.index.get(&(scope, name.to_owned())).map(|&i| &self.columns[i])
+    }
+
+    /// The column name for the next property added to this table.
+    pub fn next_column_name(&self) -> String {
+        format!("p{}", self.columns.len() + 1)
+    }
+}
+
+pub(crate) type Layouts = Arc<std::sync::RwLock<HashMap<String, Arc<Layout>>>>;
+
+pub(crate) fn arrow_type(ty: PropertyType) -> DataType {
+    match ty {
+        PropertyType::String => DataType::Utf8,
+        PropertyType::Long => DataType::Int64,
+        PropertyType::Double => DataType::Float64,
+        PropertyType::Boolean => DataType::Boolean,
+        PropertyType::Datetime => DataType::Timestamp(TimeUnit::Microsecond, None),
+        PropertyType::Date => DataType::Date32,
+        PropertyType::StringArray => list_of(DataType::Utf8),
+        PropertyType::LongArray => list_of(DataType::Int64),
+        PropertyType::DoubleArray => list_of(DataType::Float64),
+    }
+}
+
+pub(crate) fn list_of(inner: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", inner, true)))
+}
+
+fn sql_type(ty: PropertyType) -> &'static str {
+    match ty {
+        PropertyType::String => "VARCHAR",
+        PropertyType::Long => "BIGINT",
+        PropertyType::Double => "DOUBLE",
+        PropertyType::Boolean => "BOOLEAN",
+        PropertyType::Datetime => "TIMESTAMP",
+        PropertyType::Date => "DATE",
+        PropertyType::StringArray => "VARCHAR[]",
+        PropertyType::LongArray => "BIGINT[]",
+        PropertyType::DoubleArray => "DOUBLE[]",
+    }
+}
+
+pub(crate) fn column_sql_type(column: &PropertyColumn) -> String {
+    match column.scope {
+        PropertyScope::Item => format!("{}[]", sql_type(column.ty)),
+        _ => sql_type(column.ty).to_string(),
+    }
+}
+
+/// Creates a service's event and id tables.
+pub(crate) fn create_event_tables(conn: &Connection, service_id: &str) -> Result<(), StoreError> {
+    let system: Vec<String> = SYSTEM_COLUMNS
+        .iter()
+        .map(|(name, ty)| {
+            let t = match ty {
+                SysType::Text => "VARCHAR",
+                SysType::Timestamp => "TIMESTAMP",
+            };
+            format!("{name} {t} NOT NULL")
+        })
+        .collect();
+    conn.execute_batch(&format!(
+        "CREATE TABLE {} ({});\nCREATE TABLE {} (event_log_id UUID PRIMARY KEY);",
+        events_table(service_id),
+        system.join(", "),
+        ids_table(service_id)
+    ))?;
+    Ok(())
+}
+
+/// Adds one property column (and its taxonomy row) to a service's event table.
+pub(crate) fn add_column(conn: &Connection, service_id: &str, column: &PropertyColumn) -> Result<(), StoreError> {
+    conn.execute_batch(&format!(
+        "ALTER TABLE {} ADD COLUMN {} {}",
+        events_table(service_id),
+        column.col,
+        column_sql_type(column)
+    ))?;
+    Ok(())
+}
+
+/// Reads every service's layout from the taxonomy tables.
+pub(crate) fn load_layouts(conn: &Connection) -> Result<HashMap<String, Arc<Layout>>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT service_id, scope, name, type, col FROM taxonomy_properties \
+         WHERE col IS NOT NULL ORDER BY service_id, CAST(substr(col, 2) AS INTEGER)",
+    )?;
+    let mut layouts: HashMap<String, Layout> = HashMap::new();
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+    })?;
+    for row in rows {
+        let (service_id, scope, name, ty, col) = row?;
+        let scope = parse_scope(&scope)?;
+        let ty = PropertyType::parse(&ty).ok_or_else(|| StoreError::internal(format!("unknown stored type {ty:?}")))?;
+        layouts.entry(service_id).or_default().push(PropertyColumn { col, scope, name, ty });
+    }
+    Ok(layouts.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+}
+
+pub(crate) fn parse_scope(s: &str) -> Result<PropertyScope, StoreError> {
+    match s {
+        "event" => Ok(PropertyScope::Event),
+        "item" => Ok(PropertyScope::Item),
+        "user" => Ok(PropertyScope::User),
+        other => Err(StoreError::internal(format!("unknown stored scope {other:?}"))),
+    }
+}

@@ -1,0 +1,210 @@
+//! The writer thread: the only connection that writes, with group commit.
+//!
+//! Every write goes through one thread, which serialises DDL with inserts
+//! and owns the identity index. Event batches that arrive while a commit is
+//! running are gathered into the next transaction, so concurrent small
+//! requests share one WAL sync instead of each paying for their own. Each
+//! request is still atomic: if a group's transaction fails, its requests are
+//! retried one by one, so one bad request cannot fail its neighbours.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use duckdb::Connection;
+use fineport_contract::import::EventBatch;
+use tokio::sync::oneshot;
+
+use super::batch::{self, EventRow};
+use super::identity::{Identities, Staged};
+use super::schema::{ids_table, Layout, Layouts};
+use crate::{InsertSummary, StoreError};
+
+/// Most events gathered into one transaction.
+const MAX_GROUP_EVENTS: usize = 20_000;
+
+pub(crate) type ExecFn = Box<dyn FnOnce(&mut WriterState) -> Result<(), StoreError> + Send>;
+
+pub(crate) enum Job {
+    Events {
+        service_id: String,
+        batch: EventBatch,
+        received_at_ms: i64,
+        reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
+    },
+    /// Any other write, run alone in its own transaction.
+    Exec { work: ExecFn, reply: oneshot::Sender<Result<(), StoreError>> },
+}
+
+pub(crate) struct WriterState {
+    pub conn: Connection,
+    pub layouts: Layouts,
+    pub identities: Identities,
+}
+
+impl WriterState {
+    pub fn layout(&self, service_id: &str) -> Arc<Layout> {
+        self.layouts.read().map(|l| l.get(service_id).cloned().unwrap_or_default()).unwrap_or_default()
+    }
+
+    pub fn set_layout(&self, service_id: &str, layout: Layout) {
+        if let Ok(mut l) = self.layouts.write() {
+            l.insert(service_id.to_owned(), Arc::new(layout));
+        }
+    }
+
+    /// Runs `f` in a transaction, committing on success.
+    pub fn transaction<T>(&mut self, f: impl FnOnce(&mut WriterState) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        match f(self) {
+            Ok(v) => match self.conn.execute_batch("COMMIT") {
+                Ok(()) => Ok(v),
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    Err(e.into())
+                }
+            },
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+}
+
+pub(crate) fn spawn(state: WriterState) -> Result<Sender<Job>, StoreError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("fineport-writer".into())
+        .spawn(move || run(state, rx))
+        .map_err(|e| StoreError::internal(format!("cannot start the writer thread: {e}")))?;
+    Ok(tx)
+}
+
+fn run(mut state: WriterState, rx: Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = Vec::new();
+        let mut pending = Some(first);
+        let mut events = 0;
+        while let Some(job) = pending.take() {
+            match job {
+                Job::Exec { work, reply } => {
+                    // Writes before this one are committed first, in order.
+                    commit_group(&mut state, std::mem::take(&mut group));
+                    let _ = reply.send(state.transaction(work));
+                }
+                Job::Events { service_id, batch, received_at_ms, reply } => {
+                    events += batch.events.len();
+                    group.push(EventJob { service_id, batch, received_at_ms, reply });
+                }
+            }
+            if events < MAX_GROUP_EVENTS {
+                pending = rx.try_recv().ok();
+            }
+        }
+        commit_group(&mut state, group);
+    }
+}
+
+struct EventJob {
+    service_id: String,
+    batch: EventBatch,
+    received_at_ms: i64,
+    reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
+}
+
+fn commit_group(state: &mut WriterState, group: Vec<EventJob>) {
+    if group.is_empty() {
+        return;
+    }
+    let result = state.transaction(|s| {
+        let mut staged = Staged::default();
+        let jobs: Vec<&EventJob> = group.iter().collect();
+        let summaries = insert_jobs(s, &mut staged, &jobs)?;
+        Ok((summaries, staged))
+    });
+    match result {
+        Ok((summaries, staged)) => {
+            state.identities.apply(staged);
+            for (job, summary) in group.into_iter().zip(summaries) {
+                let _ = job.reply.send(Ok(summary));
+            }
+        }
+        Err(e) if group.len() == 1 => {
+            tracing::warn!(error = %e, "event insert failed");
+            group.into_iter().for_each(|j| drop(j.reply.send(Err(e.clone()))));
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = group.len(), "group commit failed; retrying its requests one by one");
+            for job in group {
+                let one = state.transaction(|s| {
+                    let mut staged = Staged::default();
+                    let summary = insert_jobs(s, &mut staged, &[&job])?;
+                    Ok((summary, staged))
+                });
+                let reply = match one {
+                    Ok((mut summaries, staged)) => {
+                        state.identities.apply(staged);
+                        Ok(summaries.pop().unwrap_or_default())
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = job.reply.send(reply);
+            }
+        }
+    }
+}
+
+/// Inserts the events of `jobs` within the open transaction.
+fn insert_jobs(state: &mut WriterState, staged: &mut Staged, jobs: &[&EventJob]) -> Result<Vec<InsertSummary>, StoreError> {
+    // Resolve identities in arrival order, then insert per service.
+    let mut by_service: HashMap<&str, Vec<EventRow<'_>>> = HashMap::new();
+    let mut uids = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        uids.push(state.identities.resolve(staged, &job.service_id, &job.batch.identity));
+    }
+    for (job, uid) in jobs.iter().zip(&uids) {
+        let rows = by_service.entry(job.service_id.as_str()).or_default();
+        for event in &job.batch.events {
+            rows.push(EventRow {
+                event,
+                event_log_id: event.event_log_id.hyphenated().to_string(),
+                unified_id: uid,
+                server_ms: job.received_at_ms,
+                correction_ms: event.event_datetime_ms.min(job.received_at_ms),
+            });
+        }
+    }
+    let now_ms = jobs.iter().map(|j| j.received_at_ms).max().unwrap_or_default();
+    for (service_id, rows) in by_service {
+        let new_ids = claim_new_ids(&state.conn, service_id, &rows)?;
+        let mut seen = HashSet::new();
+        let fresh: Vec<EventRow<'_>> = rows
+            .into_iter()
+            .filter(|r| new_ids.contains(&r.event_log_id) && seen.insert(r.event_log_id.clone()))
+            .collect();
+        if fresh.is_empty() {
+            continue;
+        }
+        let layout = state.layout(service_id);
+        let batch = batch::build(&layout, &fresh)?;
+        let mut app = state.conn.appender(&format!("events_{service_id}"))?;
+        app.append_record_batch(batch)?;
+        app.flush()?;
+    }
+    Identities::write(&state.conn, staged, now_ms)?;
+    Ok(jobs.iter().map(|j| InsertSummary { events: j.batch.events.len() }).collect())
+}
+
+/// Records the `event_log_id`s of `rows` and returns those not seen before.
+fn claim_new_ids(conn: &Connection, service_id: &str, rows: &[EventRow<'_>]) -> Result<HashSet<String>, StoreError> {
+    let ids: Vec<duckdb::types::Value> = rows.iter().map(|r| duckdb::types::Value::Text(r.event_log_id.clone())).collect();
+    let mut stmt = conn.prepare(&format!(
+        "INSERT OR IGNORE INTO {} SELECT DISTINCT CAST(unnest(?) AS UUID) RETURNING CAST(event_log_id AS VARCHAR)",
+        ids_table(service_id)
+    ))?;
+    let new = stmt
+        .query_map([duckdb::types::Value::List(ids)], |r| r.get::<_, String>(0))?
+        .collect::<Result<HashSet<_>, _>>()?;
+    Ok(new)
+}

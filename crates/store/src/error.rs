@@ -1,0 +1,53 @@
+//! Store errors carry a closed kind; the server maps the kind to a detailed
+//! response (`query_error`, `client_connection_closed`, `unknown_error`)
+//! in exactly one place.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreErrorKind {
+    /// The backend failed to run a query.
+    Query,
+    /// The export's client went away; the query was stopped.
+    Cancelled,
+    /// The thing asked for does not exist.
+    NotFound,
+    /// The thing to create exists already.
+    Conflict,
+    /// Anything else: corrupt state, a bug, a backend that is gone.
+    Internal,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    pub kind: StoreErrorKind,
+    pub message: String,
+}
+
+impl StoreError {
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError { kind, message: message.into() }
+    }
+
+    pub fn query(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Query, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StoreErrorKind::Internal, message)
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<duckdb::Error> for StoreError {
+    fn from(e: duckdb::Error) -> Self {
+        StoreError::query(e.to_string())
+    }
+}

@@ -1,0 +1,132 @@
+//! The records a store keeps besides events: services, tokens, request log.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use fineport_contract::taxonomy::Taxonomy;
+use serde::{Deserialize, Serialize};
+
+/// Per-service limits (SPEC §3), each overridable through the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub export_per_hour: u32,
+    pub export_concurrency: u32,
+    pub events_per_minute: u64,
+    pub identities_per_minute: u32,
+    pub profiles_per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            export_per_hour: 100,
+            export_concurrency: 5,
+            events_per_minute: 1_000_000,
+            identities_per_minute: 10_000,
+            profiles_per_minute: 10_000,
+        }
+    }
+}
+
+/// A service (tenant) and its settings (SPEC §1 "Service").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub service_id: String,
+    pub name: String,
+    /// IANA timezone name; export days are calendar days here.
+    pub timezone: String,
+    /// How many days back an export may start; 0 = unlimited.
+    pub export_lookback_days: u32,
+    pub auto_register: bool,
+    pub limits: Limits,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    /// `access_token` header, Import API only.
+    Import,
+    /// `Authorization: Bearer`, Export API only.
+    Export,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Import => "import",
+            TokenKind::Export => "export",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TokenKind> {
+        match s {
+            "import" => Some(TokenKind::Import),
+            "export" => Some(TokenKind::Export),
+            _ => None,
+        }
+    }
+}
+
+/// A token as stored: its hash, never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// A short public id, shown in the request log.
+    pub token_id: String,
+    pub service_id: String,
+    pub kind: TokenKind,
+    /// SHA-256 of the token, hex.
+    pub hash: String,
+    pub created_at: DateTime<Utc>,
+    /// Issued by a reissue (not at service creation): starts the cool-down.
+    pub by_reissue: bool,
+    /// Set when a newer token replaced this one: valid until then (grace).
+    pub valid_until: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+impl TokenRecord {
+    pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.valid_until.is_none_or(|until| now < until)
+    }
+}
+
+/// What the server keeps in memory, loaded once at start.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogSnapshot {
+    pub services: Vec<Service>,
+    pub tokens: Vec<TokenRecord>,
+    pub taxonomies: HashMap<String, Taxonomy>,
+}
+
+/// The result of storing an event batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InsertSummary {
+    /// Events acknowledged: stored now, or stored before under the same
+    /// `event_log_id` (a resend).
+    pub events: usize,
+}
+
+/// The result of a completed export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExportSummary {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// One line of the request log (SPEC §5.2): never the token itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLogEntry {
+    pub time: DateTime<Utc>,
+    #[serde(skip)]
+    pub service_id: String,
+    pub endpoint: String,
+    pub status: u16,
+    pub message: String,
+    pub ip: String,
+    pub user_agent: String,
+    pub token_id: Option<String>,
+    pub rows: Option<u64>,
+    pub bytes: Option<u64>,
+    pub duration_ms: u64,
+}
