@@ -74,7 +74,10 @@ impl ExportFailure {
     }
 
     pub fn with_detail(outcome: ExportOutcome, detail: impl Into<String>) -> Self {
-        ExportFailure { outcome, detail: Some(detail.into()) }
+        ExportFailure {
+            outcome,
+            detail: Some(detail.into()),
+        }
     }
 
     pub fn invalid(detail: impl Into<String>) -> Self {
@@ -154,9 +157,15 @@ impl SystemColumn {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ColumnSource {
     System(SystemColumn),
-    EventProperty { name: String, ty: PropertyType },
+    EventProperty {
+        name: String,
+        ty: PropertyType,
+    },
     /// `df_items_<name>`: a JSON array with one element per item.
-    ItemProperty { name: String, ty: PropertyType },
+    ItemProperty {
+        name: String,
+        ty: PropertyType,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,21 +240,24 @@ impl<'a> Body<'a> {
             None if required => Err(ExportFailure::invalid(format!("{field} is required"))),
             None => Ok(None),
             Some(Json::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ExportFailure::invalid(format!("{field} must be a string, not {}", json_kind(other)))),
+            Some(other) => Err(ExportFailure::invalid(format!(
+                "{field} must be a string, not {}",
+                json_kind(other)
+            ))),
         }
     }
 
     pub(crate) fn string_list(&self, field: &str) -> Result<Option<Vec<String>>, ExportFailure> {
         let Some(v) = self.get(field) else { return Ok(None) };
-        let items = v
-            .as_array()
-            .ok_or_else(|| ExportFailure::invalid(format!("{field} must be a list of strings, not {}", json_kind(v))))?;
+        let items = v.as_array().ok_or_else(|| {
+            ExportFailure::invalid(format!("{field} must be a list of strings, not {}", json_kind(v)))
+        })?;
         items
             .iter()
             .map(|i| {
-                i.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| ExportFailure::invalid(format!("{field} must be a list of strings; found {}", json_kind(i))))
+                i.as_str().map(str::to_owned).ok_or_else(|| {
+                    ExportFailure::invalid(format!("{field} must be a list of strings; found {}", json_kind(i)))
+                })
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Some)
@@ -253,18 +265,26 @@ impl<'a> Body<'a> {
 
     pub(crate) fn date(&self, field: &str) -> Result<NaiveDate, ExportFailure> {
         let s = self.string(field, true)?.unwrap_or_default();
-        parse_date(s).ok_or_else(|| ExportFailure::invalid(format!("{field} must be a real yyyy-MM-dd date, got {s:?}")))
+        parse_date(s)
+            .ok_or_else(|| ExportFailure::invalid(format!("{field} must be a real yyyy-MM-dd date, got {s:?}")))
     }
 
     /// A `<list>` + `<list>_condition_type` pair.
-    pub(crate) fn selection(&self, list: &str, condition: &str, required: bool) -> Result<Option<Selection>, ExportFailure> {
+    pub(crate) fn selection(
+        &self,
+        list: &str,
+        condition: &str,
+        required: bool,
+    ) -> Result<Option<Selection>, ExportFailure> {
         let names = self.string_list(list)?;
         let Some(kind) = self.string(condition, required)? else {
             return Ok(None);
         };
         let non_empty = |names: Option<Vec<String>>| match names {
             Some(n) if !n.is_empty() => Ok(n),
-            _ => Err(ExportFailure::invalid(format!("{condition} {kind:?} needs a non-empty {list} list"))),
+            _ => Err(ExportFailure::invalid(format!(
+                "{condition} {kind:?} needs a non-empty {list} list"
+            ))),
         };
         Ok(Some(match kind {
             "all" => Selection::All,
@@ -292,9 +312,16 @@ impl EventExportRequest {
         let from_date = body.date("from_date")?;
         let to_date = body.date("to_date")?;
         if from_date > to_date {
-            return Err(ExportFailure::invalid(format!("from_date {from_date} is after to_date {to_date}")));
+            return Err(ExportFailure::invalid(format!(
+                "from_date {from_date} is after to_date {to_date}"
+            )));
         }
-        Ok(EventExportRequest { events, properties, from_date, to_date })
+        Ok(EventExportRequest {
+            events,
+            properties,
+            from_date,
+            to_date,
+        })
     }
 
     /// Checks every name against `taxonomy` and lays out the columns.
@@ -303,7 +330,9 @@ impl EventExportRequest {
             Selection::All => None,
             Selection::Include(names) | Selection::Exclude(names) => {
                 if let Some(unknown) = names.iter().find(|n| !taxonomy.events.contains(*n)) {
-                    return Err(ExportFailure::invalid(format!("event {unknown:?} is not in the taxonomy")));
+                    return Err(ExportFailure::invalid(format!(
+                        "event {unknown:?} is not in the taxonomy"
+                    )));
                 }
                 let kind = match self.events {
                     Selection::Include(_) => EventFilterKind::Include,
@@ -332,7 +361,9 @@ impl EventExportRequest {
                         }
                     }
                     if !matched && name != ITEMS {
-                        return Err(ExportFailure::invalid(format!("property {name:?} is not in the taxonomy")));
+                        return Err(ExportFailure::invalid(format!(
+                            "property {name:?} is not in the taxonomy"
+                        )));
                     }
                 }
                 let include = matches!(self.properties, Selection::Include(_));
@@ -347,11 +378,19 @@ impl EventExportRequest {
 
         let mut columns: Vec<ExportColumn> = SystemColumn::ALL
             .iter()
-            .map(|s| ExportColumn { header: s.header().to_string(), source: ColumnSource::System(*s) })
+            .map(|s| ExportColumn {
+                header: s.header().to_string(),
+                source: ColumnSource::System(*s),
+            })
             .chain(selected)
             .collect();
         columns.sort_by(|a, b| a.header.as_bytes().cmp(b.header.as_bytes()));
-        Ok(EventExportPlan { event_filter, columns, from_date: self.from_date, to_date: self.to_date })
+        Ok(EventExportPlan {
+            event_filter,
+            columns,
+            from_date: self.from_date,
+            to_date: self.to_date,
+        })
     }
 }
 
@@ -364,11 +403,17 @@ fn property_columns(taxonomy: &Taxonomy) -> Vec<ExportColumn> {
         .filter(|(name, _)| name.as_str() != ITEMS)
         .map(|(name, ty)| ExportColumn {
             header: name.clone(),
-            source: ColumnSource::EventProperty { name: name.clone(), ty: *ty },
+            source: ColumnSource::EventProperty {
+                name: name.clone(),
+                ty: *ty,
+            },
         });
     let items = taxonomy.item_properties.iter().map(|(name, ty)| ExportColumn {
         header: format!("{ITEMS_COLUMN_PREFIX}{name}"),
-        source: ColumnSource::ItemProperty { name: name.clone(), ty: *ty },
+        source: ColumnSource::ItemProperty {
+            name: name.clone(),
+            ty: *ty,
+        },
     });
     events.chain(items).collect()
 }
@@ -416,7 +461,10 @@ mod tests {
 
     #[test]
     fn outcomes_match_the_seed_table() {
-        let table: Vec<(u16, &str)> = ExportOutcome::ALL.iter().map(|o| (o.http_status(), o.message())).collect();
+        let table: Vec<(u16, &str)> = ExportOutcome::ALL
+            .iter()
+            .map(|o| (o.http_status(), o.message()))
+            .collect();
         assert_eq!(
             table,
             vec![
@@ -538,7 +586,9 @@ mod tests {
         let mut exc = with("properties_condition_type", json!("exclude"));
         exc["properties"] = json!(["df_items", "amount"]);
         let p = plan(exc).unwrap();
-        assert!(headers(&p).iter().all(|h| !h.starts_with("df_items_") && *h != "amount"));
+        assert!(headers(&p)
+            .iter()
+            .all(|h| !h.starts_with("df_items_") && *h != "amount"));
         assert!(headers(&p).contains(&"Zeta"));
     }
 
@@ -555,7 +605,10 @@ mod tests {
         let mut ev = with("events_condition_type", json!("exclude"));
         ev["events"] = json!(["custom", "df_login", "custom"]);
         let p = plan(ev).unwrap();
-        assert_eq!(p.event_filter, Some((EventFilterKind::Exclude, vec!["custom".into(), "df_login".into()])));
+        assert_eq!(
+            p.event_filter,
+            Some((EventFilterKind::Exclude, vec!["custom".into(), "df_login".into()]))
+        );
     }
 
     #[test]

@@ -90,11 +90,17 @@ pub struct ImportProblem {
 
 impl ImportProblem {
     pub fn request(reason: impl Into<String>) -> Self {
-        ImportProblem { index: None, reason: reason.into() }
+        ImportProblem {
+            index: None,
+            reason: reason.into(),
+        }
     }
 
     fn event(index: usize, reason: impl Into<String>) -> Self {
-        ImportProblem { index: Some(index), reason: reason.into() }
+        ImportProblem {
+            index: Some(index),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -107,7 +113,10 @@ pub struct ImportRejection {
 
 impl ImportRejection {
     pub fn new(code: ImportCode, reason: impl Into<String>) -> Self {
-        ImportRejection { code, problems: vec![ImportProblem::request(reason)] }
+        ImportRejection {
+            code,
+            problems: vec![ImportProblem::request(reason)],
+        }
     }
 }
 
@@ -118,7 +127,11 @@ pub fn response_body(code: ImportCode, problems: &[ImportProblem]) -> Json {
     body.insert("status".into(), Json::Bool(code == ImportCode::Ok));
     body.insert("code".into(), code.code().into());
     body.insert("message".into(), code.message().into());
-    let data = if problems.is_empty() { Json::Null } else { serde_json::to_value(problems).unwrap_or(Json::Null) };
+    let data = if problems.is_empty() {
+        Json::Null
+    } else {
+        serde_json::to_value(problems).unwrap_or(Json::Null)
+    };
     body.insert("data".into(), data);
     Json::Object(body)
 }
@@ -144,15 +157,23 @@ pub const IDENTIFIER_KINDS: [&str; 5] = ["external_id", "email", "phone_no", "ka
 impl Identity {
     /// `(kind, value)` for each identifier present, in [`IDENTIFIER_KINDS`] order.
     pub fn identifiers(&self) -> impl Iterator<Item = (&'static str, &str)> {
-        [&self.external_id, &self.email, &self.phone_no, &self.kakao_user_id, &self.line_user_id]
-            .into_iter()
-            .zip(IDENTIFIER_KINDS)
-            .filter_map(|(v, k)| v.as_deref().map(|v| (k, v)))
+        [
+            &self.external_id,
+            &self.email,
+            &self.phone_no,
+            &self.kakao_user_id,
+            &self.line_user_id,
+        ]
+        .into_iter()
+        .zip(IDENTIFIER_KINDS)
+        .filter_map(|(v, k)| v.as_deref().map(|v| (k, v)))
     }
 
     /// Parses `{"external_id":…,…}`; at least one identifier is required.
     pub fn from_json(json: &Json) -> Result<Identity, String> {
-        let obj = json.as_object().ok_or_else(|| format!("identity must be an object, not {}", json_kind(json)))?;
+        let obj = json
+            .as_object()
+            .ok_or_else(|| format!("identity must be an object, not {}", json_kind(json)))?;
         let mut id = Identity::default();
         for (key, value) in obj {
             if value.is_null() {
@@ -166,7 +187,9 @@ impl Identity {
                 "line_user_id" => &mut id.line_user_id,
                 other => return Err(format!("unknown identity field {other:?}")),
             };
-            let s = value.as_str().ok_or_else(|| format!("identity.{key} must be a string, not {}", json_kind(value)))?;
+            let s = value
+                .as_str()
+                .ok_or_else(|| format!("identity.{key} must be a string, not {}", json_kind(value)))?;
             if s.is_empty() || s.len() > MAX_IDENTIFIER_LEN {
                 return Err(format!("identity.{key} must be 1 to {MAX_IDENTIFIER_LEN} bytes"));
             }
@@ -206,9 +229,12 @@ const EVENT_FIELDS: [&str; 5] = ["event_log_id", "event_name", "event_datetime",
 
 /// Validates an `/api/v1/events` body against `taxonomy`.
 pub fn validate_events(body: &Json, taxonomy: &Taxonomy, auto_register: bool) -> Result<EventBatch, ImportRejection> {
-    let obj = body
-        .as_object()
-        .ok_or_else(|| ImportRejection::new(ImportCode::BadRequest, format!("the body must be a JSON object, not {}", json_kind(body))))?;
+    let obj = body.as_object().ok_or_else(|| {
+        ImportRejection::new(
+            ImportCode::BadRequest,
+            format!("the body must be a JSON object, not {}", json_kind(body)),
+        )
+    })?;
     let invalid = |reason: String| ImportRejection::new(ImportCode::ValidationFailure, reason);
     if let Some(unknown) = obj.keys().find(|k| !["common", "events"].contains(&k.as_str())) {
         return Err(invalid(format!("unknown field {unknown:?}")));
@@ -221,7 +247,10 @@ pub fn validate_events(body: &Json, taxonomy: &Taxonomy, auto_register: bool) ->
     if events.len() > MAX_EVENTS_PER_REQUEST {
         return Err(ImportRejection::new(
             ImportCode::TooManyEvents,
-            format!("{} events in one request; at most {MAX_EVENTS_PER_REQUEST}", events.len()),
+            format!(
+                "{} events in one request; at most {MAX_EVENTS_PER_REQUEST}",
+                events.len()
+            ),
         ));
     }
     if events.is_empty() {
@@ -234,7 +263,11 @@ pub fn validate_events(body: &Json, taxonomy: &Taxonomy, auto_register: bool) ->
         .ok_or_else(|| invalid("common.identity is required".into()))?;
     let identity = Identity::from_json(identity_json).map_err(invalid)?;
 
-    let mut validator = Validator { taxonomy, auto_register, registrations: Taxonomy::default() };
+    let mut validator = Validator {
+        taxonomy,
+        auto_register,
+        registrations: Taxonomy::default(),
+    };
     let mut problems = Vec::new();
     let mut typed = Vec::with_capacity(events.len());
     let mut item_count = 0;
@@ -253,9 +286,16 @@ pub fn validate_events(body: &Json, taxonomy: &Taxonomy, auto_register: bool) ->
         )));
     }
     if !problems.is_empty() {
-        return Err(ImportRejection { code: ImportCode::ValidationFailure, problems });
+        return Err(ImportRejection {
+            code: ImportCode::ValidationFailure,
+            problems,
+        });
     }
-    Ok(EventBatch { identity, events: typed, registrations: validator.registrations.to_doc() })
+    Ok(EventBatch {
+        identity,
+        events: typed,
+        registrations: validator.registrations.to_doc(),
+    })
 }
 
 struct Validator<'a> {
@@ -289,7 +329,9 @@ impl Validator<'_> {
         let event_log_id = string("event_log_id", &mut reasons).and_then(|s| match Uuid::try_parse(s) {
             Ok(u) if s.len() == 36 => Some(u),
             _ => {
-                reasons.push(format!("event_log_id must be a UUID like 8-4-4-4-12 hex digits, got {s:?}"));
+                reasons.push(format!(
+                    "event_log_id must be a UUID like 8-4-4-4-12 hex digits, got {s:?}"
+                ));
                 None
             }
         });
@@ -328,15 +370,25 @@ impl Validator<'_> {
             }
         };
         match (event_log_id, event_name, event_datetime_ms) {
-            (Some(event_log_id), Some(event_name), Some(event_datetime_ms)) if reasons.is_empty() => {
-                Ok(EventInput { event_log_id, event_name, event_datetime_ms, properties, items })
-            }
+            (Some(event_log_id), Some(event_name), Some(event_datetime_ms)) if reasons.is_empty() => Ok(EventInput {
+                event_log_id,
+                event_name,
+                event_datetime_ms,
+                properties,
+                items,
+            }),
             _ => Err(reasons),
         }
     }
 
     /// Types an object of event properties (or of one item's properties).
-    fn properties(&mut self, json: &Json, item: bool, what: &str, reasons: &mut Vec<String>) -> BTreeMap<String, Value> {
+    fn properties(
+        &mut self,
+        json: &Json,
+        item: bool,
+        what: &str,
+        reasons: &mut Vec<String>,
+    ) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
         let Some(obj) = json.as_object() else {
             reasons.push(format!("{what} must be an object, not {}", json_kind(json)));
@@ -351,8 +403,16 @@ impl Validator<'_> {
                 reasons.push(format!("{what}.{ITEMS}: send items as the event's \"items\" list"));
                 continue;
             }
-            let registered = if item { &self.taxonomy.item_properties } else { &self.taxonomy.event_properties };
-            let pending = if item { &mut self.registrations.item_properties } else { &mut self.registrations.event_properties };
+            let registered = if item {
+                &self.taxonomy.item_properties
+            } else {
+                &self.taxonomy.event_properties
+            };
+            let pending = if item {
+                &mut self.registrations.item_properties
+            } else {
+                &mut self.registrations.event_properties
+            };
             let ty = match registered.get(name).or_else(|| pending.get(name)) {
                 Some(ty) => *ty,
                 None if self.auto_register && is_valid_custom_name(name) => match PropertyType::infer(raw) {
@@ -366,7 +426,9 @@ impl Validator<'_> {
                     }
                 },
                 None => {
-                    reasons.push(format!("{what}.{name}: {scope} property {name:?} is not in the taxonomy"));
+                    reasons.push(format!(
+                        "{what}.{name}: {scope} property {name:?} is not in the taxonomy"
+                    ));
                     continue;
                 }
             };
@@ -417,7 +479,10 @@ mod tests {
             r#"{"status":false,"code":"40001","message":"VALIDATION_FAILURE","data":[{"index":2,"reason":"x"}]}"#
         );
         let codes: Vec<&str> = ImportCode::ALL.iter().map(|c| c.code()).collect();
-        assert_eq!(codes, ["20000", "40000", "40001", "40101", "40201", "40401", "40402", "40403", "50000"]);
+        assert_eq!(
+            codes,
+            ["20000", "40000", "40001", "40101", "40201", "40401", "40402", "40403", "50000"]
+        );
     }
 
     #[test]
@@ -447,17 +512,32 @@ mod tests {
     #[test]
     fn request_level_codes() {
         let t = taxonomy();
-        assert_eq!(validate_events(&json!([1]), &t, false).unwrap_err().code, ImportCode::BadRequest);
+        assert_eq!(
+            validate_events(&json!([1]), &t, false).unwrap_err().code,
+            ImportCode::BadRequest
+        );
         let many: Vec<Json> = (0..101).map(|_| event(ID)).collect();
-        assert_eq!(validate_events(&body(many), &t, false).unwrap_err().code, ImportCode::TooManyEvents);
+        assert_eq!(
+            validate_events(&body(many), &t, false).unwrap_err().code,
+            ImportCode::TooManyEvents
+        );
         let no_identity = json!({"events": [event(ID)]});
-        assert_eq!(validate_events(&no_identity, &t, false).unwrap_err().code, ImportCode::ValidationFailure);
+        assert_eq!(
+            validate_events(&no_identity, &t, false).unwrap_err().code,
+            ImportCode::ValidationFailure
+        );
         let empty_identity = json!({"common": {"identity": {}}, "events": [event(ID)]});
-        assert_eq!(validate_events(&empty_identity, &t, false).unwrap_err().code, ImportCode::ValidationFailure);
+        assert_eq!(
+            validate_events(&empty_identity, &t, false).unwrap_err().code,
+            ImportCode::ValidationFailure
+        );
         let items: Vec<Json> = (0..101).map(|i| json!({"df_item_id": format!("{i}")})).collect();
         let mut heavy = event(ID);
         heavy["items"] = Json::Array(items);
-        assert_eq!(validate_events(&body(vec![heavy]), &t, false).unwrap_err().code, ImportCode::ValidationFailure);
+        assert_eq!(
+            validate_events(&body(vec![heavy]), &t, false).unwrap_err().code,
+            ImportCode::ValidationFailure
+        );
     }
 
     #[test]
@@ -482,8 +562,20 @@ mod tests {
         e["items"][0]["size"] = json!("L");
         let batch = validate_events(&body(vec![e.clone()]), &taxonomy(), true).unwrap();
         assert_eq!(batch.registrations.events, vec!["brand_new".to_string()]);
-        assert_eq!(batch.registrations.event_properties, vec![PropertyDef { name: "score".into(), ty: PropertyType::Long }]);
-        assert_eq!(batch.registrations.item_properties, vec![PropertyDef { name: "size".into(), ty: PropertyType::String }]);
+        assert_eq!(
+            batch.registrations.event_properties,
+            vec![PropertyDef {
+                name: "score".into(),
+                ty: PropertyType::Long
+            }]
+        );
+        assert_eq!(
+            batch.registrations.item_properties,
+            vec![PropertyDef {
+                name: "size".into(),
+                ty: PropertyType::String
+            }]
+        );
         assert!(validate_events(&body(vec![e]), &taxonomy(), false).is_err());
     }
 }

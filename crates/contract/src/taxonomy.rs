@@ -211,7 +211,10 @@ impl Taxonomy {
         }
         let mut seen: BTreeMap<(PropertyScope, &str), PropertyType> = BTreeMap::new();
         for (scope, def) in doc.properties() {
-            let existing = self.properties(scope).get(&def.name).or_else(|| seen.get(&(scope, def.name.as_str())));
+            let existing = self
+                .properties(scope)
+                .get(&def.name)
+                .or_else(|| seen.get(&(scope, def.name.as_str())));
             match existing {
                 Some(&t) if t == def.ty => continue,
                 Some(&t) => {
@@ -248,7 +251,12 @@ impl Taxonomy {
 
     pub fn to_doc(&self) -> TaxonomyDoc {
         let defs = |m: &BTreeMap<String, PropertyType>| {
-            m.iter().map(|(name, ty)| PropertyDef { name: name.clone(), ty: *ty }).collect()
+            m.iter()
+                .map(|(name, ty)| PropertyDef {
+                    name: name.clone(),
+                    ty: *ty,
+                })
+                .collect()
         };
         TaxonomyDoc {
             events: self.events.iter().cloned().collect(),
@@ -273,7 +281,10 @@ mod tests {
         assert_eq!(t.events.len(), 15);
         assert_eq!(t.item_properties.get("df_quantity"), Some(&PropertyType::Long));
         assert_eq!(t.user_properties.get("df_push_optin"), Some(&PropertyType::Boolean));
-        assert!(!t.event_properties.contains_key(ITEMS), "df_items is carried as items, not a column");
+        assert!(
+            !t.event_properties.contains_key(ITEMS),
+            "df_items is carried as items, not a column"
+        );
     }
 
     #[test]
@@ -281,7 +292,10 @@ mod tests {
         let mut t = Taxonomy::standard();
         let doc = TaxonomyDoc {
             events: vec!["custom_event".into(), "df_login".into(), "custom_event".into()],
-            event_properties: vec![def("price", PropertyType::Long), def("df_discount", PropertyType::Double)],
+            event_properties: vec![
+                def("price", PropertyType::Long),
+                def("df_discount", PropertyType::Double),
+            ],
             ..Default::default()
         };
         let add = t.additions(&doc).unwrap();
@@ -289,8 +303,14 @@ mod tests {
         assert_eq!(add.event_properties, vec![def("price", PropertyType::Long)]);
         t.apply(&add);
         assert!(t.additions(&doc).unwrap().is_empty());
-        let conflict = TaxonomyDoc { event_properties: vec![def("price", PropertyType::Double)], ..Default::default() };
-        assert!(matches!(t.additions(&conflict), Err(TaxonomyError::TypeConflict { .. })));
+        let conflict = TaxonomyDoc {
+            event_properties: vec![def("price", PropertyType::Double)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            t.additions(&conflict),
+            Err(TaxonomyError::TypeConflict { .. })
+        ));
     }
 
     #[test]
@@ -298,7 +318,10 @@ mod tests {
         for bad in ["", "1abc", "a-b", "df_custom", "한글", "a b", &"a".repeat(129)] {
             assert!(!is_valid_custom_name(bad), "{bad:?}");
             let t = Taxonomy::standard();
-            let doc = TaxonomyDoc { events: vec![bad.to_string()], ..Default::default() };
+            let doc = TaxonomyDoc {
+                events: vec![bad.to_string()],
+                ..Default::default()
+            };
             assert!(t.additions(&doc).is_err(), "{bad:?}");
         }
         assert!(is_valid_custom_name("Purchase_v2"));

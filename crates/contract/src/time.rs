@@ -53,7 +53,11 @@ pub fn parse_datetime(s: &str) -> Result<i64, &'static str> {
         return Err(BAD);
     }
     let date = parse_date(&s[..10]).ok_or(BAD)?;
-    let (h, m, sec) = (digits(&b[11..13]).ok_or(BAD)?, digits(&b[14..16]).ok_or(BAD)?, digits(&b[17..19]).ok_or(BAD)?);
+    let (h, m, sec) = (
+        digits(&b[11..13]).ok_or(BAD)?,
+        digits(&b[14..16]).ok_or(BAD)?,
+        digits(&b[17..19]).ok_or(BAD)?,
+    );
     let time = NaiveTime::from_hms_opt(h, m, sec).ok_or(BAD)?;
     let mut rest = &b[19..];
     let mut millis = 0i64;
@@ -125,7 +129,16 @@ mod tests {
     #[test]
     fn parses_strict_dates_only() {
         assert_eq!(parse_date("2026-02-28"), NaiveDate::from_ymd_opt(2026, 2, 28));
-        for bad in ["2026-02-29", "2026-2-28", "2026-02-28 ", "20260228", "2026/02/28", "0000-01-01", "2026-13-01", "２０２６-01-01"] {
+        for bad in [
+            "2026-02-29",
+            "2026-2-28",
+            "2026-02-28 ",
+            "20260228",
+            "2026/02/28",
+            "0000-01-01",
+            "2026-13-01",
+            "２０２６-01-01",
+        ] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
         assert_eq!(parse_date_days("1970-01-01"), Some(0));
@@ -170,7 +183,9 @@ mod tests {
         let ny: Tz = "America/New_York".parse().unwrap();
         let (s, e) = day_bounds_ms(NaiveDate::from_ymd_opt(2026, 3, 8).unwrap(), ny);
         assert_eq!(e - s, 23 * 3_600_000);
-        let now = DateTime::parse_from_rfc3339("2026-11-24T16:00:00Z").unwrap().with_timezone(&Utc);
+        let now = DateTime::parse_from_rfc3339("2026-11-24T16:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
         assert_eq!(today_in(seoul, now), date);
         assert_eq!(today_in(Tz::UTC, now), date.pred_opt().unwrap());
     }

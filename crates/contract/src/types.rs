@@ -188,13 +188,25 @@ mod tests {
             (json!(true), PropertyType::Boolean, Ok(Value::Boolean(true))),
             (json!("true"), PropertyType::Boolean, Err(())),
             (json!("1970-01-01T00:00:01.5000Z"), PropertyType::Datetime, Err(())),
-            (json!("1970-01-01T00:00:01.500Z"), PropertyType::Datetime, Ok(Value::Datetime(1500))),
+            (
+                json!("1970-01-01T00:00:01.500Z"),
+                PropertyType::Datetime,
+                Ok(Value::Datetime(1500)),
+            ),
             (json!("1970-01-02"), PropertyType::Date, Ok(Value::Date(1))),
             (json!("1970-02-30"), PropertyType::Date, Err(())),
-            (json!(["a", "b"]), PropertyType::StringArray, Ok(Value::StringArray(vec!["a".into(), "b".into()]))),
+            (
+                json!(["a", "b"]),
+                PropertyType::StringArray,
+                Ok(Value::StringArray(vec!["a".into(), "b".into()])),
+            ),
             (json!(["a", 1]), PropertyType::StringArray, Err(())),
             (json!([1, 2]), PropertyType::LongArray, Ok(Value::LongArray(vec![1, 2]))),
-            (json!([1, 2.5]), PropertyType::DoubleArray, Ok(Value::DoubleArray(vec![1.0, 2.5]))),
+            (
+                json!([1, 2.5]),
+                PropertyType::DoubleArray,
+                Ok(Value::DoubleArray(vec![1.0, 2.5])),
+            ),
             (json!([]), PropertyType::LongArray, Ok(Value::LongArray(vec![]))),
         ];
         for (json, ty, expected) in cases {

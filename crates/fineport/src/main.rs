@@ -1,1 +1,62 @@
-fn main() {}
+//! `fineport`: the one binary. `fineport serve` runs the server (SPEC §5.1);
+//! `fineport admin …` is a thin client of the admin API (SPEC §5.2/5.3).
+//! Every flag can also be given as a `FINEPORT_*` environment variable.
+
+mod admin;
+mod serve;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fineport",
+    version,
+    about = "A self-hosted, DFINERY-compatible event store",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (Export, Import and admin APIs).
+    Serve(serve::ServeArgs),
+    /// Manage services, tokens and taxonomies of a running server.
+    Admin(admin::AdminArgs),
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            init_logging("info");
+            match serve::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Admin(args) => {
+            init_logging("warn");
+            admin::run(args).await
+        }
+    }
+}

@@ -68,7 +68,10 @@ pub struct TokenPolicy {
 
 impl Default for TokenPolicy {
     fn default() -> Self {
-        TokenPolicy { grace: Duration::days(14), cooldown: Duration::days(1) }
+        TokenPolicy {
+            grace: Duration::days(14),
+            cooldown: Duration::days(1),
+        }
     }
 }
 
@@ -91,12 +94,32 @@ impl Catalog {
         let mut entries = HashMap::new();
         for service in snapshot.services {
             let taxonomy = snapshot.taxonomies.remove(&service.service_id).unwrap_or_default();
-            let tokens = snapshot.tokens.iter().filter(|t| t.service_id == service.service_id).cloned().collect();
+            let tokens = snapshot
+                .tokens
+                .iter()
+                .filter(|t| t.service_id == service.service_id)
+                .cloned()
+                .collect();
             let timezone = fineport_contract::time::parse_timezone(&service.timezone).unwrap_or(Tz::UTC);
             let id = service.service_id.clone();
-            entries.insert(id, Entry { view: ServiceView { service, timezone, taxonomy: Arc::new(taxonomy) }, tokens });
+            entries.insert(
+                id,
+                Entry {
+                    view: ServiceView {
+                        service,
+                        timezone,
+                        taxonomy: Arc::new(taxonomy),
+                    },
+                    tokens,
+                },
+            );
         }
-        Ok(Catalog { store, entries: RwLock::new(entries), changes: tokio::sync::Mutex::new(()), policy })
+        Ok(Catalog {
+            store,
+            entries: RwLock::new(entries),
+            changes: tokio::sync::Mutex::new(()),
+            policy,
+        })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
@@ -119,7 +142,13 @@ impl Catalog {
 
     /// The id of the valid `kind` token of `service_id` that `presented`
     /// is, if any. Every candidate is compared in constant time.
-    pub fn authenticate(&self, service_id: &str, kind: TokenKind, presented: &str, now: DateTime<Utc>) -> Option<String> {
+    pub fn authenticate(
+        &self,
+        service_id: &str,
+        kind: TokenKind,
+        presented: &str,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
         let entries = self.read();
         let entry = entries.get(service_id)?;
         let mut found = None;
@@ -151,7 +180,10 @@ impl Catalog {
     pub async fn create_service(&self, service: Service) -> Result<(String, String), CatalogError> {
         let _guard = self.changes.lock().await;
         if self.read().contains_key(&service.service_id) {
-            return Err(CatalogError::Conflict(format!("service {:?} exists", service.service_id)));
+            return Err(CatalogError::Conflict(format!(
+                "service {:?} exists",
+                service.service_id
+            )));
         }
         let timezone = fineport_contract::time::parse_timezone(&service.timezone)
             .ok_or_else(|| CatalogError::Invalid(format!("unknown timezone {:?}", service.timezone)))?;
@@ -161,7 +193,11 @@ impl Catalog {
         let taxonomy = Taxonomy::standard();
         let tokens = vec![import, export];
         self.store.create_service(&service, &tokens, &taxonomy).await?;
-        let view = ServiceView { service: service.clone(), timezone, taxonomy: Arc::new(taxonomy) };
+        let view = ServiceView {
+            service: service.clone(),
+            timezone,
+            taxonomy: Arc::new(taxonomy),
+        };
         self.write().insert(service.service_id, Entry { view, tokens });
         Ok((import_token, export_token))
     }
@@ -173,7 +209,10 @@ impl Catalog {
         change: impl FnOnce(&mut Service) -> Result<(), String>,
     ) -> Result<Service, CatalogError> {
         let _guard = self.changes.lock().await;
-        let mut service = self.service(service_id).ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?.service;
+        let mut service = self
+            .service(service_id)
+            .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?
+            .service;
         change(&mut service).map_err(CatalogError::Invalid)?;
         let timezone = fineport_contract::time::parse_timezone(&service.timezone)
             .ok_or_else(|| CatalogError::Invalid(format!("unknown timezone {:?}", service.timezone)))?;
@@ -187,11 +226,18 @@ impl Catalog {
 
     /// Issues a new token of `kind`; the current one keeps working for the
     /// grace period. Refused within the cool-down of the previous reissue.
-    pub async fn reissue(&self, service_id: &str, kind: TokenKind, now: DateTime<Utc>) -> Result<Reissued, CatalogError> {
+    pub async fn reissue(
+        &self,
+        service_id: &str,
+        kind: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<Reissued, CatalogError> {
         let _guard = self.changes.lock().await;
         let current: Vec<TokenRecord> = {
             let entries = self.read();
-            let entry = entries.get(service_id).ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+            let entry = entries
+                .get(service_id)
+                .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
             entry.tokens.iter().filter(|t| t.kind == kind).cloned().collect()
         };
         if let Some(last) = current.iter().filter(|t| t.by_reissue).map(|t| t.created_at).max() {
@@ -218,7 +264,10 @@ impl Catalog {
         changed.push(record);
         self.store.save_tokens(&changed).await?;
         self.replace_tokens(service_id, changed);
-        Ok(Reissued { token, previous_valid_until })
+        Ok(Reissued {
+            token,
+            previous_valid_until,
+        })
     }
 
     /// Revokes every token of `kind` at once. Returns how many were valid.
@@ -226,7 +275,9 @@ impl Catalog {
         let _guard = self.changes.lock().await;
         let changed: Vec<TokenRecord> = {
             let entries = self.read();
-            let entry = entries.get(service_id).ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+            let entry = entries
+                .get(service_id)
+                .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
             entry
                 .tokens
                 .iter()
@@ -258,7 +309,9 @@ impl Catalog {
     /// Adds names to a service's taxonomy (idempotent). Returns what was new.
     pub async fn register(&self, service_id: &str, doc: &TaxonomyDoc) -> Result<TaxonomyDoc, CatalogError> {
         let _guard = self.changes.lock().await;
-        let view = self.service(service_id).ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+        let view = self
+            .service(service_id)
+            .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
         let additions = view.taxonomy.additions(doc)?;
         if additions.is_empty() {
             return Ok(additions);

@@ -25,7 +25,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(at: DateTime<Utc>) -> Self {
-        ManualClock { millis: AtomicI64::new(at.timestamp_millis()) }
+        ManualClock {
+            millis: AtomicI64::new(at.timestamp_millis()),
+        }
     }
 
     pub fn set(&self, at: DateTime<Utc>) {

@@ -87,7 +87,11 @@ pub fn router(state: SharedState) -> Router {
         .route(export::EVENT_ENDPOINT, post(export::export_event))
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
-            ExportError::new(ExportFailure::with_detail(ExportOutcome::UnknownError, "internal error")).into_response()
+            ExportError::new(ExportFailure::with_detail(
+                ExportOutcome::UnknownError,
+                "internal error",
+            ))
+            .into_response()
         }));
     let import_api = Router::new()
         .route(import::EVENTS_ENDPOINT, post(import::events))
@@ -105,7 +109,11 @@ pub fn router(state: SharedState) -> Router {
 
 /// Serves `state` on `listener` until `shutdown` resolves, then flushes the
 /// request log.
-pub async fn serve(listener: TcpListener, state: SharedState, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: SharedState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let flusher = state.log.spawn_flusher(state.config.log_flush_every);
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;

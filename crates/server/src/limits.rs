@@ -90,7 +90,11 @@ impl ExportPermit {
         release: Box<dyn FnOnce() + Send + Sync>,
         refund: Box<dyn FnOnce() + Send + Sync>,
     ) -> Self {
-        ExportPermit { status, release: Some(release), refund: Some(refund) }
+        ExportPermit {
+            status,
+            release: Some(release),
+            refund: Some(refund),
+        }
     }
 
     /// Gives the quota back: the request failed on the server's side.
@@ -120,7 +124,14 @@ pub trait Limiter: Send + Sync + 'static {
     ) -> Result<ExportPermit, Refusal>;
 
     /// Takes `n` units of `counter` if they fit under `limit` in the current window.
-    fn take(&self, service_id: &str, counter: Counter, n: u64, limit: u64, now: DateTime<Utc>) -> Result<RateStatus, Refusal>;
+    fn take(
+        &self,
+        service_id: &str,
+        counter: Counter,
+        n: u64,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Result<RateStatus, Refusal>;
 
     /// The status of `counter` without using any of it.
     fn peek(&self, service_id: &str, counter: Counter, limit: u64, now: DateTime<Utc>) -> RateStatus;
@@ -143,7 +154,10 @@ impl State {
     }
 
     fn add(&mut self, service_id: &str, counter: Counter, window_start: i64, n: u64) {
-        let entry = self.windows.entry((service_id.to_owned(), counter)).or_insert((window_start, 0));
+        let entry = self
+            .windows
+            .entry((service_id.to_owned(), counter))
+            .or_insert((window_start, 0));
         if entry.0 != window_start {
             *entry = (window_start, 0);
         }
@@ -159,7 +173,11 @@ pub struct MemoryLimiter {
 
 fn status(counter: Counter, limit: u64, used: u64, window_start: i64) -> RateStatus {
     let window = counter.window();
-    RateStatus { window, remaining: limit.saturating_sub(used), reset_ms: window_start + window.millis() }
+    RateStatus {
+        window,
+        remaining: limit.saturating_sub(used),
+        reset_ms: window_start + window.millis(),
+    }
 }
 
 fn retry_after(status: &RateStatus, now: DateTime<Utc>) -> u64 {
@@ -181,11 +199,17 @@ impl Limiter for MemoryLimiter {
         let used = state.used(service_id, counter, start);
         if used >= per_hour {
             let st = status(counter, per_hour, used, start);
-            return Err(Refusal { status: st, retry_after_secs: retry_after(&st, now) });
+            return Err(Refusal {
+                status: st,
+                retry_after_secs: retry_after(&st, now),
+            });
         }
         let running = state.running.get(service_id).copied().unwrap_or(0);
         if running >= concurrency {
-            return Err(Refusal { status: status(counter, per_hour, used, start), retry_after_secs: 1 });
+            return Err(Refusal {
+                status: status(counter, per_hour, used, start),
+                retry_after_secs: 1,
+            });
         }
         state.add(service_id, counter, start, 1);
         *state.running.entry(service_id.to_owned()).or_insert(0) += 1;
@@ -207,16 +231,30 @@ impl Limiter for MemoryLimiter {
                 }
             }
         });
-        Ok(ExportPermit::new(status(counter, per_hour, used + 1, start), release, refund))
+        Ok(ExportPermit::new(
+            status(counter, per_hour, used + 1, start),
+            release,
+            refund,
+        ))
     }
 
-    fn take(&self, service_id: &str, counter: Counter, n: u64, limit: u64, now: DateTime<Utc>) -> Result<RateStatus, Refusal> {
+    fn take(
+        &self,
+        service_id: &str,
+        counter: Counter,
+        n: u64,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Result<RateStatus, Refusal> {
         let start = counter.window().start(now);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let used = state.used(service_id, counter, start);
         if used.saturating_add(n) > limit {
             let st = status(counter, limit, used, start);
-            return Err(Refusal { status: st, retry_after_secs: retry_after(&st, now) });
+            return Err(Refusal {
+                status: st,
+                retry_after_secs: retry_after(&st, now),
+            });
         }
         state.add(service_id, counter, start, n);
         Ok(status(counter, limit, used + n, start))
@@ -274,6 +312,9 @@ mod tests {
         let refused = l.take("s", Counter::Events, 41, 100, now).unwrap_err();
         assert_eq!(refused.retry_after_secs, 50);
         assert_eq!(l.peek("s", Counter::Events, 100, now).remaining, 40);
-        assert_eq!(l.peek("s", Counter::Events, 100, at("2026-11-25T10:01:00Z")).remaining, 100);
+        assert_eq!(
+            l.peek("s", Counter::Events, 100, at("2026-11-25T10:01:00Z")).remaining,
+            100
+        );
     }
 }

@@ -17,7 +17,11 @@ pub struct RequestLog {
 
 impl RequestLog {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        RequestLog { store, buffer: Arc::default(), flushing: Arc::default() }
+        RequestLog {
+            store,
+            buffer: Arc::default(),
+            flushing: Arc::default(),
+        }
     }
 
     /// Starts the background task that flushes every `every`.

@@ -71,7 +71,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip().to_string())
             .unwrap_or_default();
-        let user_agent = header_str(&parts.headers, "user-agent").unwrap_or_default().chars().take(256).collect();
+        let user_agent = header_str(&parts.headers, "user-agent")
+            .unwrap_or_default()
+            .chars()
+            .take(256)
+            .collect();
         Ok(Caller { ip, user_agent })
     }
 }
@@ -83,7 +87,11 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `service_id` from a raw query string, if present and non-empty.
 pub fn service_id_param(query: Option<&str>) -> Option<String> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default()).ok()?;
-    pairs.into_iter().find(|(k, _)| k == "service_id").map(|(_, v)| v).filter(|v| !v.is_empty())
+    pairs
+        .into_iter()
+        .find(|(k, _)| k == "service_id")
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_empty())
 }
 
 /// Why a request body could not be read.
@@ -105,11 +113,13 @@ impl std::fmt::Display for BodyError {
 /// Reads a request body of at most `limit` bytes within `timeout`.
 pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(BodyError::Unreadable(format!("not received within {}s", timeout.as_secs()))),
+        Err(_) => Err(BodyError::Unreadable(format!(
+            "not received within {}s",
+            timeout.as_secs()
+        ))),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
                 Err(BodyError::TooLarge(limit))
             } else {

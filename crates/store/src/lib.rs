@@ -45,8 +45,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a service with its tokens and taxonomy, atomically.
     /// `Conflict` if the id exists.
-    async fn create_service(&self, service: &Service, tokens: &[TokenRecord], taxonomy: &Taxonomy)
-        -> Result<(), StoreError>;
+    async fn create_service(
+        &self,
+        service: &Service,
+        tokens: &[TokenRecord],
+        taxonomy: &Taxonomy,
+    ) -> Result<(), StoreError>;
 
     /// Replaces a service's settings. `NotFound` if it does not exist.
     async fn update_service(&self, service: &Service) -> Result<(), StoreError>;
@@ -61,8 +65,12 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a validated batch of events, resolving its identity to a
     /// `df_unified_id`. Atomic; idempotent by `event_log_id` within the
     /// service; returns only once the batch is durable.
-    async fn insert_events(&self, service_id: &str, batch: EventBatch, received_at_ms: i64)
-        -> Result<InsertSummary, StoreError>;
+    async fn insert_events(
+        &self,
+        service_id: &str,
+        batch: EventBatch,
+        received_at_ms: i64,
+    ) -> Result<InsertSummary, StoreError>;
 
     /// Runs an event export and writes its CSV (header first) into `sink`.
     /// Blocking: call it from a blocking thread. Memory stays bounded by a

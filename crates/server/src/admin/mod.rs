@@ -41,7 +41,11 @@ pub struct AdminError {
 
 impl AdminError {
     fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        AdminError { status, code, detail: detail.into() }
+        AdminError {
+            status,
+            code,
+            detail: detail.into(),
+        }
     }
 
     fn invalid(detail: impl Into<String>) -> Self {
@@ -52,12 +56,18 @@ impl AdminError {
 impl From<CatalogError> for AdminError {
     fn from(e: CatalogError) -> Self {
         match e {
-            CatalogError::NotFound(what) => AdminError::new(StatusCode::NOT_FOUND, "not_found", format!("no such service: {what}")),
+            CatalogError::NotFound(what) => {
+                AdminError::new(StatusCode::NOT_FOUND, "not_found", format!("no such service: {what}"))
+            }
             CatalogError::Conflict(why) => AdminError::new(StatusCode::CONFLICT, "conflict", why),
             CatalogError::Invalid(why) => AdminError::invalid(why),
             CatalogError::Store(e) => {
                 tracing::error!(error = %e, "admin change failed in the store");
-                AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the store failed; nothing was changed")
+                AdminError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the store failed; nothing was changed",
+                )
             }
         }
     }
@@ -72,10 +82,17 @@ impl IntoResponse for AdminError {
 type AdminResult = Result<Response, AdminError>;
 
 async fn require_admin(State(state): State<SharedState>, request: Request, next: Next) -> Response {
-    let token = header_str(request.headers(), "authorization").and_then(|h| h.strip_prefix("Bearer ")).map(str::trim);
+    let token = header_str(request.headers(), "authorization")
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim);
     match token {
         Some(t) if tokens::matches(t, &state.admin_token_hash) => next.run(request).await,
-        _ => AdminError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid admin token is required").into_response(),
+        _ => AdminError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid admin token is required",
+        )
+        .into_response(),
     }
 }
 
@@ -122,7 +139,13 @@ impl ServicePatch {
             service.auto_register = auto;
         }
         if let Some(l) = self.limits {
-            let at_least_one = |name: &str, v: u64| if v == 0 { Err(format!("limits.{name} must be at least 1")) } else { Ok(()) };
+            let at_least_one = |name: &str, v: u64| {
+                if v == 0 {
+                    Err(format!("limits.{name} must be at least 1"))
+                } else {
+                    Ok(())
+                }
+            };
             let limits = &mut service.limits;
             if let Some(v) = l.export_per_hour {
                 at_least_one("export_per_hour", v.into())?;
@@ -151,13 +174,19 @@ impl ServicePatch {
 
 /// Chosen service ids: 1–64 lowercase ASCII letters, digits or `_`.
 pub fn is_valid_service_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
 }
 
 fn generated_service_id() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..10).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect()
+    (0..10)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
 }
 
 fn service_json(service: &Service) -> Json_ {
@@ -165,10 +194,18 @@ fn service_json(service: &Service) -> Json_ {
 }
 
 async fn create_service(State(state): State<SharedState>, body: Bytes) -> AdminResult {
-    let patch: ServicePatch = if body.is_empty() { ServicePatch::default() } else { parse(&body)? };
+    let patch: ServicePatch = if body.is_empty() {
+        ServicePatch::default()
+    } else {
+        parse(&body)?
+    };
     let service_id = match patch.service_id.clone() {
         Some(id) if is_valid_service_id(&id) => id,
-        Some(id) => return Err(AdminError::invalid(format!("service_id {id:?} must be 1-64 lowercase letters, digits or '_'"))),
+        Some(id) => {
+            return Err(AdminError::invalid(format!(
+                "service_id {id:?} must be 1-64 lowercase letters, digits or '_'"
+            )))
+        }
         None => generated_service_id(),
     };
     let mut service = Service {
@@ -194,7 +231,10 @@ async fn list_services(State(state): State<SharedState>) -> AdminResult {
 }
 
 fn find(state: &SharedState, id: &str) -> Result<crate::catalog::ServiceView, AdminError> {
-    state.catalog.service(id).ok_or_else(|| CatalogError::NotFound(id.to_owned()).into())
+    state
+        .catalog
+        .service(id)
+        .ok_or_else(|| CatalogError::NotFound(id.to_owned()).into())
 }
 
 async fn get_service(State(state): State<SharedState>, Path(id): Path<String>) -> AdminResult {
@@ -211,13 +251,21 @@ async fn patch_service(State(state): State<SharedState>, Path(id): Path<String>,
 }
 
 fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
-    TokenKind::parse(kind).ok_or_else(|| AdminError::new(StatusCode::NOT_FOUND, "not_found", format!("no token kind {kind:?}; use import or export")))
+    TokenKind::parse(kind).ok_or_else(|| {
+        AdminError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no token kind {kind:?}; use import or export"),
+        )
+    })
 }
 
 async fn reissue_token(State(state): State<SharedState>, Path((id, kind)): Path<(String, String)>) -> AdminResult {
     let kind = token_kind(&kind)?;
     let reissued = state.catalog.reissue(&id, kind, state.clock.now()).await?;
-    let until = reissued.previous_valid_until.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let until = reissued
+        .previous_valid_until
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     Ok(Json(json!({"token": reissued.token, "previous_valid_until": until})).into_response())
 }
 
@@ -242,13 +290,21 @@ struct RequestsQuery {
     limit: Option<usize>,
 }
 
-async fn requests(State(state): State<SharedState>, Path(id): Path<String>, Query(q): Query<RequestsQuery>) -> AdminResult {
+async fn requests(
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    Query(q): Query<RequestsQuery>,
+) -> AdminResult {
     find(&state, &id)?;
     state.log.flush().await;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let entries = state.store.recent_requests(&id, limit).await.map_err(|e| {
         tracing::error!(error = %e, "reading the request log failed");
-        AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the request log could not be read")
+        AdminError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request log could not be read",
+        )
     })?;
     Ok(Json(json!({ "requests": entries })).into_response())
 }

@@ -18,7 +18,11 @@ pub struct ExportError {
 
 impl ExportError {
     pub fn new(failure: ExportFailure) -> Self {
-        ExportError { failure, rate: None, retry_after_secs: None }
+        ExportError {
+            failure,
+            rate: None,
+            retry_after_secs: None,
+        }
     }
 
     pub fn outcome(&self) -> ExportOutcome {
@@ -50,7 +54,8 @@ pub fn rate_headers(headers: &mut HeaderMap, rate: &RateStatus) {
 
 impl IntoResponse for ExportError {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.failure.outcome.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status =
+            StatusCode::from_u16(self.failure.outcome.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, Json(self.failure.body())).into_response();
         if let Some(rate) = &self.rate {
             rate_headers(response.headers_mut(), rate);

@@ -41,7 +41,7 @@ fn authenticate(
     caller: &Caller,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Admitted, (ExportError, RequestLogEntry)> {
+) -> Result<Admitted, Box<(ExportError, RequestLogEntry)>> {
     let now = state.clock.now();
     let service_id = service_id_param(query);
     let mut entry = RequestLogEntry {
@@ -58,13 +58,25 @@ fn authenticate(
         duration_ms: 0,
     };
     let service = service_id.as_deref().and_then(|id| state.catalog.service(id));
-    let per_hour = service.as_ref().map_or(Limits::default().export_per_hour, |s| s.service.limits.export_per_hour);
-    let rate = state.limiter.peek(&entry.service_id, Counter::Exports, u64::from(per_hour), now);
+    let per_hour = service
+        .as_ref()
+        .map_or(Limits::default().export_per_hour, |s| s.service.limits.export_per_hour);
+    let rate = state
+        .limiter
+        .peek(&entry.service_id, Counter::Exports, u64::from(per_hour), now);
     let fail = |failure: ExportFailure, entry: RequestLogEntry| {
-        Err((ExportError { failure, rate: Some(rate), retry_after_secs: None }, entry))
+        let error = ExportError {
+            failure,
+            rate: Some(rate),
+            retry_after_secs: None,
+        };
+        Err(Box::new((error, entry)))
     };
     let Some(service_id) = service_id else {
-        return fail(ExportFailure::invalid("service_id is required in the query string"), entry);
+        return fail(
+            ExportFailure::invalid("service_id is required in the query string"),
+            entry,
+        );
     };
     let token = header_str(headers, "authorization")
         .and_then(|h| h.strip_prefix("Bearer "))
@@ -94,19 +106,24 @@ pub async fn export_event(
     let started = Instant::now();
     let admitted = match authenticate(&state, EVENT_ENDPOINT, &caller, query.as_deref(), &headers) {
         Ok(a) => a,
-        Err((error, entry)) => return refuse(&state, error, entry, started),
+        Err(refused) => {
+            let (error, entry) = *refused;
+            return refuse(&state, error, entry, started);
+        }
     };
     let Admitted { service, entry } = admitted;
     let now = state.clock.now();
     let per_hour = u64::from(service.service.limits.export_per_hour);
-    let rate = state.limiter.peek(&service.service.service_id, Counter::Exports, per_hour, now);
+    let rate = state
+        .limiter
+        .peek(&service.service.service_id, Counter::Exports, per_hour, now);
 
     let checked = async {
         let bytes = read_body(body, state.config.export_body_limit, state.config.body_timeout)
             .await
             .map_err(|e| ExportFailure::invalid(e.to_string()))?;
-        let json: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))?;
         let request = EventExportRequest::parse(&json)?;
         let plan = request.plan(&service.taxonomy)?;
         let today = today_in(service.timezone, now);
@@ -117,7 +134,11 @@ pub async fn export_event(
     let plan = match checked {
         Ok(plan) => plan,
         Err(failure) => {
-            let error = ExportError { failure, rate: Some(rate), retry_after_secs: None };
+            let error = ExportError {
+                failure,
+                rate: Some(rate),
+                retry_after_secs: None,
+            };
             return refuse(&state, error, entry, started);
         }
     };
@@ -140,12 +161,23 @@ pub async fn export_event(
         }
     };
 
-    let filename = format!("{}_events_{}_{}.csv", service.service.service_id, plan.from_date, plan.to_date);
+    let filename = format!(
+        "{}_events_{}_{}.csv",
+        service.service.service_id, plan.from_date, plan.to_date
+    );
     let store = state.store.clone();
     let service_id = service.service.service_id.clone();
     let timezone = service.timezone;
-    let ledger = Ledger { log: state.log.clone(), entry, started, permit };
-    stream_csv(ledger, filename, move |sink| store.export_events(&service_id, timezone, &plan, sink)).await
+    let ledger = Ledger {
+        log: state.log.clone(),
+        entry,
+        started,
+        permit,
+    };
+    stream_csv(ledger, filename, move |sink| {
+        store.export_events(&service_id, timezone, &plan, sink)
+    })
+    .await
 }
 
 /// Logs a refused request and answers it.
@@ -167,7 +199,10 @@ async fn stream_csv(
 ) -> Response {
     let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
     let interrupt: InterruptSlot = Default::default();
-    let mut sink = ChannelSink { tx: tx.clone(), interrupt: interrupt.clone() };
+    let mut sink = ChannelSink {
+        tx: tx.clone(),
+        interrupt: interrupt.clone(),
+    };
     let producer = tokio::task::spawn_blocking(move || {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut sink)))
             .unwrap_or_else(|_| Err(StoreError::internal("the export panicked")));
@@ -177,7 +212,10 @@ async fn stream_csv(
 
     // If this future is dropped while waiting (the client left before the
     // first byte), the guard interrupts the query and records it.
-    let mut guard = PendingGuard { interrupt: interrupt.clone(), ledger: Some(ledger) };
+    let mut guard = PendingGuard {
+        interrupt: interrupt.clone(),
+        ledger: Some(ledger),
+    };
     let rate = guard.ledger.as_ref().map(|l| l.permit.status);
     let first = match rx.recv().await {
         Some(Msg::Chunk(chunk)) => chunk,
@@ -193,7 +231,13 @@ async fn stream_csv(
         None => return guard.fail(ExportOutcome::UnknownError, rate),
     };
     let ledger = guard.ledger.take();
-    let body = ExportBody { rx, first: Some(first), interrupt, ledger, bytes_sent: 0 };
+    let body = ExportBody {
+        rx,
+        first: Some(first),
+        interrupt,
+        ledger,
+        bytes_sent: 0,
+    };
     let mut response = Response::new(Body::from_stream(body));
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("text/csv; charset=utf-8"));
@@ -222,7 +266,12 @@ impl PendingGuard {
         if let Some(r) = rate.as_mut() {
             r.remaining += 1;
         }
-        ExportError { failure: ExportFailure::new(outcome), rate, retry_after_secs: None }.into_response()
+        ExportError {
+            failure: ExportFailure::new(outcome),
+            rate,
+            retry_after_secs: None,
+        }
+        .into_response()
     }
 }
 

@@ -136,7 +136,10 @@ impl Stream for ExportBody {
                 };
                 self.fail(outcome, e.to_string())
             }
-            Poll::Ready(None) => self.fail(ExportOutcome::UnknownError, "the export stopped without finishing".into()),
+            Poll::Ready(None) => self.fail(
+                ExportOutcome::UnknownError,
+                "the export stopped without finishing".into(),
+            ),
         }
     }
 }

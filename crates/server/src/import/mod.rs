@@ -32,13 +32,23 @@ pub struct ImportAnswer {
 
 impl ImportAnswer {
     pub fn new(code: ImportCode, reason: impl Into<String>) -> Self {
-        ImportAnswer { code, problems: vec![ImportProblem::request(reason)], rate: None, retry_after_secs: None }
+        ImportAnswer {
+            code,
+            problems: vec![ImportProblem::request(reason)],
+            rate: None,
+            retry_after_secs: None,
+        }
     }
 }
 
 impl From<ImportRejection> for ImportAnswer {
     fn from(r: ImportRejection) -> Self {
-        ImportAnswer { code: r.code, problems: r.problems, rate: None, retry_after_secs: None }
+        ImportAnswer {
+            code: r.code,
+            problems: r.problems,
+            rate: None,
+            retry_after_secs: None,
+        }
     }
 }
 
@@ -56,16 +66,29 @@ impl IntoResponse for ImportAnswer {
 }
 
 /// `service_id` and `access_token`, the first checks of every import endpoint.
-pub fn authenticate(state: &SharedState, query: Option<&str>, headers: &HeaderMap) -> Result<(ServiceView, String), ImportAnswer> {
+pub fn authenticate(
+    state: &SharedState,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(ServiceView, String), ImportAnswer> {
     let service = service_id_param(query)
         .and_then(|id| state.catalog.service(&id))
         .ok_or_else(|| ImportAnswer::new(ImportCode::InvalidServiceId, "service_id is missing or unknown"))?;
     let token = header_str(headers, "access_token").map(str::trim).unwrap_or_default();
     let now = state.clock.now();
     let token_id = (!token.is_empty())
-        .then(|| state.catalog.authenticate(&service.service.service_id, TokenKind::Import, token, now))
+        .then(|| {
+            state
+                .catalog
+                .authenticate(&service.service.service_id, TokenKind::Import, token, now)
+        })
         .flatten()
-        .ok_or_else(|| ImportAnswer::new(ImportCode::InvalidToken, "access_token is missing or not a valid import token"))?;
+        .ok_or_else(|| {
+            ImportAnswer::new(
+                ImportCode::InvalidToken,
+                "access_token is missing or not a valid import token",
+            )
+        })?;
     Ok((service, token_id))
 }
 
@@ -95,12 +118,22 @@ pub async fn events(
     let per_minute = state
         .catalog
         .service(&entry.service_id)
-        .map_or(Limits::default().events_per_minute, |s| s.service.limits.events_per_minute);
+        .map_or(Limits::default().events_per_minute, |s| {
+            s.service.limits.events_per_minute
+        });
     let mut answer = import_events(&state, query.as_deref(), &headers, body, received, &mut entry).await;
     if answer.rate.is_none() {
-        answer.rate = Some(state.limiter.peek(&entry.service_id, Counter::Events, per_minute, received));
+        answer.rate = Some(
+            state
+                .limiter
+                .peek(&entry.service_id, Counter::Events, per_minute, received),
+        );
     }
-    entry.message = if answer.code == ImportCode::Ok { "ok".into() } else { answer.code.code().into() };
+    entry.message = if answer.code == ImportCode::Ok {
+        "ok".into()
+    } else {
+        answer.code.code().into()
+    };
     entry.duration_ms = started.elapsed().as_millis() as u64;
     state.log.record(entry);
     answer.into_response()
@@ -135,7 +168,10 @@ async fn import_events(
     };
     entry.rows = Some(batch.events.len() as u64);
     let limit = service.service.limits.events_per_minute;
-    let rate = match state.limiter.take(&service_id, Counter::Events, batch.events.len() as u64, limit, received) {
+    let rate = match state
+        .limiter
+        .take(&service_id, Counter::Events, batch.events.len() as u64, limit, received)
+    {
         Ok(rate) => rate,
         Err(refusal) => {
             let mut answer = ImportAnswer::new(
@@ -150,7 +186,9 @@ async fn import_events(
     if !batch.registrations.is_empty() {
         if let Err(e) = state.catalog.register(&service_id, &batch.registrations).await {
             let mut answer = match e {
-                CatalogError::Conflict(why) | CatalogError::Invalid(why) => ImportAnswer::new(ImportCode::ValidationFailure, why),
+                CatalogError::Conflict(why) | CatalogError::Invalid(why) => {
+                    ImportAnswer::new(ImportCode::ValidationFailure, why)
+                }
                 other => {
                     tracing::error!(error = ?other, "auto-registration failed");
                     ImportAnswer::new(ImportCode::InternalServerError, "the taxonomy could not be updated")
@@ -160,11 +198,23 @@ async fn import_events(
             return answer;
         }
     }
-    let mut answer = match state.store.insert_events(&service_id, batch, received.timestamp_millis()).await {
-        Ok(_) => ImportAnswer { code: ImportCode::Ok, problems: Vec::new(), rate: None, retry_after_secs: None },
+    let mut answer = match state
+        .store
+        .insert_events(&service_id, batch, received.timestamp_millis())
+        .await
+    {
+        Ok(_) => ImportAnswer {
+            code: ImportCode::Ok,
+            problems: Vec::new(),
+            rate: None,
+            retry_after_secs: None,
+        },
         Err(e) => {
             tracing::error!(error = %e, "event import failed");
-            ImportAnswer::new(ImportCode::InternalServerError, "the events could not be stored; nothing was stored")
+            ImportAnswer::new(
+                ImportCode::InternalServerError,
+                "the events could not be stored; nothing was stored",
+            )
         }
     };
     answer.rate = Some(rate);

@@ -42,11 +42,13 @@ pub(crate) fn build(layout: &Layout, rows: &[EventRow<'_>]) -> Result<RecordBatc
             (_, SysType::Timestamp) => {
                 let mut b = TimestampMicrosecondBuilder::with_capacity(n);
                 for r in rows {
-                    b.append_value(match name {
-                        "correction_ts" => r.correction_ms,
-                        "server_ts" => r.server_ms,
-                        _ => r.event.event_datetime_ms,
-                    } * 1000);
+                    b.append_value(
+                        match name {
+                            "correction_ts" => r.correction_ms,
+                            "server_ts" => r.server_ms,
+                            _ => r.event.event_datetime_ms,
+                        } * 1000,
+                    );
                 }
                 Arc::new(b.finish())
             }
@@ -128,13 +130,13 @@ fn append_value(b: &mut dyn ArrayBuilder, ty: PropertyType, v: Option<&Value>) -
         }};
     }
     match ty {
-        PropertyType::String => scalar!(StringBuilder, String, |x: &String| x.as_str()),
+        PropertyType::String => scalar!(StringBuilder, String, String::as_str),
         PropertyType::Long => scalar!(Int64Builder, Long, |x: &i64| *x),
         PropertyType::Double => scalar!(Float64Builder, Double, |x: &f64| *x),
         PropertyType::Boolean => scalar!(BooleanBuilder, Boolean, |x: &bool| *x),
         PropertyType::Datetime => scalar!(TimestampMicrosecondBuilder, Datetime, |x: &i64| *x * 1000),
         PropertyType::Date => scalar!(Date32Builder, Date, |x: &i32| *x),
-        PropertyType::StringArray => array!(StringBuilder, StringArray, |x: &String| x.as_str()),
+        PropertyType::StringArray => array!(StringBuilder, StringArray, String::as_str),
         PropertyType::LongArray => array!(Int64Builder, LongArray, |x: &i64| *x),
         PropertyType::DoubleArray => array!(Float64Builder, DoubleArray, |x: &f64| *x),
     }

@@ -34,8 +34,10 @@ pub(crate) fn run(
 ) -> Result<ExportSummary, StoreError> {
     let interrupt = conn.interrupt_handle();
     sink.set_interrupt(Box::new(move || interrupt.interrupt()));
-    if failpoint == Some(FailPoint::BeforeFirstByte) {
-        return Err(StoreError::query("injected failure before the first byte"));
+    match failpoint {
+        Some(FailPoint::BeforeFirstByte) => return Err(StoreError::query("injected failure before the first byte")),
+        Some(FailPoint::InternalBeforeFirstByte) => return Err(StoreError::internal("injected internal error")),
+        _ => {}
     }
 
     let select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
@@ -43,12 +45,21 @@ pub(crate) fn run(
         None => (String::new(), Vec::new()),
         Some((kind, names)) => {
             let marks = vec!["?"; names.len()].join(", ");
-            let op = if *kind == EventFilterKind::Include { "IN" } else { "NOT IN" };
+            let op = if *kind == EventFilterKind::Include {
+                "IN"
+            } else {
+                "NOT IN"
+            };
             (format!(" AND event_name {op} ({marks})"), names.clone())
         }
     };
 
-    let mut out = Out { buf: plan.header_line(), sink, summary: ExportSummary::default(), failpoint };
+    let mut out = Out {
+        buf: plan.header_line(),
+        sink,
+        summary: ExportSummary::default(),
+        failpoint,
+    };
     let mut scratch = Vec::new();
     for day in plan.days() {
         let (start_ms, end_ms) = day_bounds_ms(day, timezone);
@@ -120,8 +131,13 @@ impl Out<'_> {
         if !self.sink.send(chunk) {
             return Err(StoreError::new(StoreErrorKind::Cancelled, "the client went away"));
         }
-        if self.failpoint == Some(FailPoint::AfterFirstChunk) {
-            return Err(StoreError::query("injected failure after the first chunk"));
+        if let Some(FailPoint::AfterBytes(n)) = self.failpoint {
+            if self.summary.bytes >= n {
+                return Err(StoreError::query(format!(
+                    "injected failure after {} bytes",
+                    self.summary.bytes
+                )));
+            }
         }
         Ok(())
     }
@@ -233,7 +249,11 @@ impl<'a> Col<'a> {
 }
 
 fn encode_batch(batch: &RecordBatch, out: &mut Out<'_>, scratch: &mut Vec<u8>) -> Result<(), StoreError> {
-    let cols = batch.columns().iter().map(|a| Col::new(a.as_ref())).collect::<Result<Vec<_>, _>>()?;
+    let cols = batch
+        .columns()
+        .iter()
+        .map(|a| Col::new(a.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
     for row in 0..batch.num_rows() {
         for (c, col) in cols.iter().enumerate() {
             if c > 0 {

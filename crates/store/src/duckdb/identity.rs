@@ -17,7 +17,9 @@ use crate::StoreError;
 type Key = (String, &'static str, String);
 
 fn kind_static(kind: &str) -> Option<&'static str> {
-    fineport_contract::import::IDENTIFIER_KINDS.into_iter().find(|k| *k == kind)
+    fineport_contract::import::IDENTIFIER_KINDS
+        .into_iter()
+        .find(|k| *k == kind)
 }
 
 /// The committed identity index.
@@ -43,16 +45,28 @@ impl Identities {
     pub fn load(conn: &Connection) -> Result<Identities, StoreError> {
         let mut ids = Identities::default();
         let mut stmt = conn.prepare("SELECT service_id, unified_id, external_id FROM profiles")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?)))? {
+        for row in stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+            ))
+        })? {
             let (service, uid, ext) = row?;
             ids.profiles.insert((service, uid), ext);
         }
         let mut stmt = conn.prepare("SELECT service_id, kind, value, unified_id FROM identifiers")?;
         for row in stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })? {
             let (service, kind, value, uid) = row?;
-            let kind = kind_static(&kind).ok_or_else(|| StoreError::internal(format!("unknown identifier kind {kind:?}")))?;
+            let kind =
+                kind_static(&kind).ok_or_else(|| StoreError::internal(format!("unknown identifier kind {kind:?}")))?;
             ids.by_identifier.insert((service, kind, value), uid);
         }
         Ok(ids)
@@ -73,25 +87,26 @@ impl Identities {
     /// that an identifier leads to takes the external_id (a merge).
     pub fn resolve(&self, staged: &mut Staged, service: &str, identity: &Identity) -> String {
         let key = |kind: &'static str, value: &str| (service.to_owned(), kind, value.to_owned());
-        let mut found = None;
-        if let Some(ext) = &identity.external_id {
-            found = self.lookup(staged, &key("external_id", ext)).cloned();
-            if found.is_none() {
+        let found = match &identity.external_id {
+            Some(ext) => self.lookup(staged, &key("external_id", ext)).cloned().or_else(|| {
                 // An anonymous profile reached by another identifier takes this external_id.
-                let anonymous = identity
+                let uid = identity
                     .identifiers()
                     .skip(1)
                     .filter_map(|(k, v)| self.lookup(staged, &key(k, v)).cloned())
-                    .find(|uid| matches!(self.external_of(staged, service, uid), Some(None)));
-                if let Some(uid) = anonymous {
-                    staged.profiles.insert((service.to_owned(), uid.clone()), Some(ext.clone()));
-                    staged.merged_profiles.push((service.to_owned(), uid.clone(), ext.clone()));
-                    found = Some(uid);
-                }
-            }
-        } else {
-            found = identity.identifiers().find_map(|(k, v)| self.lookup(staged, &key(k, v)).cloned());
-        }
+                    .find(|uid| matches!(self.external_of(staged, service, uid), Some(None)))?;
+                staged
+                    .profiles
+                    .insert((service.to_owned(), uid.clone()), Some(ext.clone()));
+                staged
+                    .merged_profiles
+                    .push((service.to_owned(), uid.clone(), ext.clone()));
+                Some(uid)
+            }),
+            None => identity
+                .identifiers()
+                .find_map(|(k, v)| self.lookup(staged, &key(k, v)).cloned()),
+        };
         let uid = found.unwrap_or_else(|| {
             let uid = Uuid::new_v4().to_string();
             let ext = identity.external_id.clone();
@@ -103,7 +118,9 @@ impl Identities {
             let k = key(kind, value);
             if self.lookup(staged, &k).is_none() {
                 staged.by_identifier.insert(k, uid.clone());
-                staged.new_identifiers.push((service.to_owned(), kind, value.to_owned(), uid.clone()));
+                staged
+                    .new_identifiers
+                    .push((service.to_owned(), kind, value.to_owned(), uid.clone()));
             }
         }
         uid

@@ -38,8 +38,11 @@ use crate::{
 pub enum FailPoint {
     /// The export fails before anything is sent.
     BeforeFirstByte,
-    /// The export fails right after its first chunk was sent.
-    AfterFirstChunk,
+    /// The export fails once it has handed at least this many bytes to the
+    /// sink (so the response has certainly started).
+    AfterBytes(u64),
+    /// The export hits an unexpected internal error before anything is sent.
+    InternalBeforeFirstByte,
 }
 
 /// Tuning for the embedded store.
@@ -53,7 +56,10 @@ pub struct DuckDbOptions {
 
 impl Default for DuckDbOptions {
     fn default() -> Self {
-        DuckDbOptions { threads: None, memory_limit: Some("4GB".into()) }
+        DuckDbOptions {
+            threads: None,
+            memory_limit: Some("4GB".into()),
+        }
     }
 }
 
@@ -64,7 +70,9 @@ pub struct DuckDbStore {
 struct Inner {
     /// The connection reads clone from (DuckDB connections are not `Sync`).
     reader: Mutex<Connection>,
-    writer: Mutex<Sender<Job>>,
+    /// `None` once closing: dropping the sender stops the writer thread.
+    writer: Mutex<Option<Sender<Job>>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     layouts: Layouts,
     failpoint: Mutex<Option<FailPoint>>,
 }
@@ -72,7 +80,8 @@ struct Inner {
 impl DuckDbStore {
     /// Opens (creating if needed) the database file at `path`.
     pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
-        let conn = Connection::open(path).map_err(|e| StoreError::internal(format!("cannot open {}: {e}", path.display())))?;
+        let conn =
+            Connection::open(path).map_err(|e| StoreError::internal(format!("cannot open {}: {e}", path.display())))?;
         Self::from_connection(conn, options)
     }
 
@@ -92,11 +101,16 @@ impl DuckDbStore {
         let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));
         let identities = identity::Identities::load(&conn)?;
         let writer_conn = conn.try_clone()?;
-        let writer = writer::spawn(WriterState { conn: writer_conn, layouts: layouts.clone(), identities })?;
+        let (writer, thread) = writer::spawn(WriterState {
+            conn: writer_conn,
+            layouts: layouts.clone(),
+            identities,
+        })?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {
                 reader: Mutex::new(conn),
-                writer: Mutex::new(writer),
+                writer: Mutex::new(Some(writer)),
+                writer_thread: Mutex::new(Some(thread)),
                 layouts,
                 failpoint: Mutex::new(None),
             }),
@@ -111,7 +125,11 @@ impl DuckDbStore {
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
-        let reader = self.inner.reader.lock().map_err(|_| StoreError::internal("reader lock poisoned"))?;
+        let reader = self
+            .inner
+            .reader
+            .lock()
+            .map_err(|_| StoreError::internal("reader lock poisoned"))?;
         Ok(reader.try_clone()?)
     }
 
@@ -127,15 +145,45 @@ impl DuckDbStore {
     }
 
     /// Runs a write in its own transaction on the writer thread.
-    async fn write(&self, work: impl FnOnce(&mut WriterState) -> Result<(), StoreError> + Send + 'static) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        work: impl FnOnce(&mut WriterState) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Exec { work: Box::new(work), reply })?;
-        rx.await.map_err(|_| StoreError::internal("the writer thread stopped"))?
+        self.send(Job::Exec {
+            work: Box::new(work),
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| StoreError::internal("the writer thread stopped"))?
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        let writer = self.inner.writer.lock().map_err(|_| StoreError::internal("writer lock poisoned"))?;
-        writer.send(job).map_err(|_| StoreError::internal("the writer thread stopped"))
+        let writer = self
+            .inner
+            .writer
+            .lock()
+            .map_err(|_| StoreError::internal("writer lock poisoned"))?;
+        let writer = writer
+            .as_ref()
+            .ok_or_else(|| StoreError::internal("the store is closed"))?;
+        writer
+            .send(job)
+            .map_err(|_| StoreError::internal("the writer thread stopped"))
+    }
+}
+
+impl Drop for Inner {
+    /// Closes the database deterministically: the writer thread finishes
+    /// what it was given and drops its connection before this returns, so
+    /// the file can be opened again at once.
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Some(thread) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -148,13 +196,20 @@ fn ms_to_time(ms: i64) -> DateTime<Utc> {
 fn register_in(state: &mut WriterState, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError> {
     let mut layout: Layout = (*state.layout(service_id)).clone();
     for name in &additions.events {
-        state.conn.execute("INSERT INTO taxonomy_events VALUES (?, ?)", params![service_id, name])?;
+        state
+            .conn
+            .execute("INSERT INTO taxonomy_events VALUES (?, ?)", params![service_id, name])?;
     }
     for (scope, def) in additions.properties() {
         let col = if scope == PropertyScope::User {
             None
         } else {
-            let column = PropertyColumn { col: layout.next_column_name(), scope, name: def.name.clone(), ty: def.ty };
+            let column = PropertyColumn {
+                col: layout.next_column_name(),
+                scope,
+                name: def.name.clone(),
+                ty: def.ty,
+            };
             schema::add_column(&state.conn, service_id, &column)?;
             let col = column.col.clone();
             layout.push(column);
@@ -255,20 +310,34 @@ impl Store for DuckDbStore {
         .await
     }
 
-    async fn create_service(&self, service: &Service, tokens: &[TokenRecord], taxonomy: &Taxonomy) -> Result<(), StoreError> {
+    async fn create_service(
+        &self,
+        service: &Service,
+        tokens: &[TokenRecord],
+        taxonomy: &Taxonomy,
+    ) -> Result<(), StoreError> {
         let service = service.clone();
         let tokens = tokens.to_vec();
         let taxonomy = taxonomy.to_doc();
         self.write(move |state| {
             let exists: Option<String> = state
                 .conn
-                .query_row("SELECT service_id FROM services WHERE service_id = ?", [&service.service_id], |r| r.get(0))
+                .query_row(
+                    "SELECT service_id FROM services WHERE service_id = ?",
+                    [&service.service_id],
+                    |r| r.get(0),
+                )
                 .optional()?;
             if exists.is_some() {
-                return Err(StoreError::new(StoreErrorKind::Conflict, format!("service {} exists", service.service_id)));
+                return Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    format!("service {} exists", service.service_id),
+                ));
             }
             let doc = serde_json::to_string(&service).map_err(json_error)?;
-            state.conn.execute("INSERT INTO services VALUES (?, ?)", params![service.service_id, doc])?;
+            state
+                .conn
+                .execute("INSERT INTO services VALUES (?, ?)", params![service.service_id, doc])?;
             save_tokens_in(&state.conn, &tokens)?;
             schema::create_event_tables(&state.conn, &service.service_id)?;
             state.set_layout(&service.service_id, Layout::default());
@@ -281,9 +350,15 @@ impl Store for DuckDbStore {
         let service = service.clone();
         self.write(move |state| {
             let doc = serde_json::to_string(&service).map_err(json_error)?;
-            let n = state.conn.execute("UPDATE services SET doc = ? WHERE service_id = ?", params![doc, service.service_id])?;
+            let n = state.conn.execute(
+                "UPDATE services SET doc = ? WHERE service_id = ?",
+                params![doc, service.service_id],
+            )?;
             if n == 0 {
-                return Err(StoreError::new(StoreErrorKind::NotFound, format!("no service {}", service.service_id)));
+                return Err(StoreError::new(
+                    StoreErrorKind::NotFound,
+                    format!("no service {}", service.service_id),
+                ));
             }
             Ok(())
         })
@@ -301,13 +376,25 @@ impl Store for DuckDbStore {
         }
         let service_id = service_id.to_owned();
         let additions = additions.clone();
-        self.write(move |state| register_in(state, &service_id, &additions)).await
+        self.write(move |state| register_in(state, &service_id, &additions))
+            .await
     }
 
-    async fn insert_events(&self, service_id: &str, batch: EventBatch, received_at_ms: i64) -> Result<InsertSummary, StoreError> {
+    async fn insert_events(
+        &self,
+        service_id: &str,
+        batch: EventBatch,
+        received_at_ms: i64,
+    ) -> Result<InsertSummary, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Events { service_id: service_id.to_owned(), batch, received_at_ms, reply })?;
-        rx.await.map_err(|_| StoreError::internal("the writer thread stopped"))?
+        self.send(Job::Events {
+            service_id: service_id.to_owned(),
+            batch: Box::new(batch),
+            received_at_ms,
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| StoreError::internal("the writer thread stopped"))?
     }
 
     fn export_events(
@@ -386,14 +473,20 @@ impl Store for DuckDbStore {
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let key = key.to_owned();
-        self.read(move |conn| Ok(conn.query_row("SELECT value FROM settings WHERE key = ?", [key], |r| r.get(0)).optional()?))
-            .await
+        self.read(move |conn| {
+            Ok(conn
+                .query_row("SELECT value FROM settings WHERE key = ?", [key], |r| r.get(0))
+                .optional()?)
+        })
+        .await
     }
 
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.write(move |state| {
-            state.conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", params![key, value])?;
+            state
+                .conn
+                .execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", params![key, value])?;
             Ok(())
         })
         .await

@@ -101,7 +101,8 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub fn push(&mut self, column: PropertyColumn) {
-        self.index.insert((column.scope, column.name.clone()), self.columns.len());
+        self.index
+            .insert((column.scope, column.name.clone()), self.columns.len());
         self.columns.push(column);
     }
 
@@ -196,13 +197,22 @@ pub(crate) fn load_layouts(conn: &Connection) -> Result<HashMap<String, Arc<Layo
     )?;
     let mut layouts: HashMap<String, Layout> = HashMap::new();
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+        ))
     })?;
     for row in rows {
         let (service_id, scope, name, ty, col) = row?;
         let scope = parse_scope(&scope)?;
         let ty = PropertyType::parse(&ty).ok_or_else(|| StoreError::internal(format!("unknown stored type {ty:?}")))?;
-        layouts.entry(service_id).or_default().push(PropertyColumn { col, scope, name, ty });
+        layouts
+            .entry(service_id)
+            .or_default()
+            .push(PropertyColumn { col, scope, name, ty });
     }
     Ok(layouts.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }

@@ -28,12 +28,15 @@ pub(crate) type ExecFn = Box<dyn FnOnce(&mut WriterState) -> Result<(), StoreErr
 pub(crate) enum Job {
     Events {
         service_id: String,
-        batch: EventBatch,
+        batch: Box<EventBatch>,
         received_at_ms: i64,
         reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
     },
     /// Any other write, run alone in its own transaction.
-    Exec { work: ExecFn, reply: oneshot::Sender<Result<(), StoreError>> },
+    Exec {
+        work: ExecFn,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 pub(crate) struct WriterState {
@@ -44,7 +47,10 @@ pub(crate) struct WriterState {
 
 impl WriterState {
     pub fn layout(&self, service_id: &str) -> Arc<Layout> {
-        self.layouts.read().map(|l| l.get(service_id).cloned().unwrap_or_default()).unwrap_or_default()
+        self.layouts
+            .read()
+            .map(|l| l.get(service_id).cloned().unwrap_or_default())
+            .unwrap_or_default()
     }
 
     pub fn set_layout(&self, service_id: &str, layout: Layout) {
@@ -54,7 +60,10 @@ impl WriterState {
     }
 
     /// Runs `f` in a transaction, committing on success.
-    pub fn transaction<T>(&mut self, f: impl FnOnce(&mut WriterState) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    pub fn transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut WriterState) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         match f(self) {
             Ok(v) => match self.conn.execute_batch("COMMIT") {
@@ -72,13 +81,13 @@ impl WriterState {
     }
 }
 
-pub(crate) fn spawn(state: WriterState) -> Result<Sender<Job>, StoreError> {
+pub(crate) fn spawn(state: WriterState) -> Result<(Sender<Job>, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("fineport-writer".into())
         .spawn(move || run(state, rx))
         .map_err(|e| StoreError::internal(format!("cannot start the writer thread: {e}")))?;
-    Ok(tx)
+    Ok((tx, thread))
 }
 
 fn run(mut state: WriterState, rx: Receiver<Job>) {
@@ -93,9 +102,19 @@ fn run(mut state: WriterState, rx: Receiver<Job>) {
                     commit_group(&mut state, std::mem::take(&mut group));
                     let _ = reply.send(state.transaction(work));
                 }
-                Job::Events { service_id, batch, received_at_ms, reply } => {
+                Job::Events {
+                    service_id,
+                    batch,
+                    received_at_ms,
+                    reply,
+                } => {
                     events += batch.events.len();
-                    group.push(EventJob { service_id, batch, received_at_ms, reply });
+                    group.push(EventJob {
+                        service_id,
+                        batch,
+                        received_at_ms,
+                        reply,
+                    });
                 }
             }
             if events < MAX_GROUP_EVENTS {
@@ -108,7 +127,7 @@ fn run(mut state: WriterState, rx: Receiver<Job>) {
 
 struct EventJob {
     service_id: String,
-    batch: EventBatch,
+    batch: Box<EventBatch>,
     received_at_ms: i64,
     reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
 }
@@ -156,7 +175,11 @@ fn commit_group(state: &mut WriterState, group: Vec<EventJob>) {
 }
 
 /// Inserts the events of `jobs` within the open transaction.
-fn insert_jobs(state: &mut WriterState, staged: &mut Staged, jobs: &[&EventJob]) -> Result<Vec<InsertSummary>, StoreError> {
+fn insert_jobs(
+    state: &mut WriterState,
+    staged: &mut Staged,
+    jobs: &[&EventJob],
+) -> Result<Vec<InsertSummary>, StoreError> {
     // Resolve identities in arrival order, then insert per service.
     let mut by_service: HashMap<&str, Vec<EventRow<'_>>> = HashMap::new();
     let mut uids = Vec::with_capacity(jobs.len());
@@ -193,14 +216,23 @@ fn insert_jobs(state: &mut WriterState, staged: &mut Staged, jobs: &[&EventJob])
         app.flush()?;
     }
     Identities::write(&state.conn, staged, now_ms)?;
-    Ok(jobs.iter().map(|j| InsertSummary { events: j.batch.events.len() }).collect())
+    Ok(jobs
+        .iter()
+        .map(|j| InsertSummary {
+            events: j.batch.events.len(),
+        })
+        .collect())
 }
 
 /// Records the `event_log_id`s of `rows` and returns those not seen before.
 fn claim_new_ids(conn: &Connection, service_id: &str, rows: &[EventRow<'_>]) -> Result<HashSet<String>, StoreError> {
-    let ids: Vec<duckdb::types::Value> = rows.iter().map(|r| duckdb::types::Value::Text(r.event_log_id.clone())).collect();
+    let ids: Vec<duckdb::types::Value> = rows
+        .iter()
+        .map(|r| duckdb::types::Value::Text(r.event_log_id.clone()))
+        .collect();
     let mut stmt = conn.prepare(&format!(
-        "INSERT OR IGNORE INTO {} SELECT DISTINCT CAST(unnest(?) AS UUID) RETURNING CAST(event_log_id AS VARCHAR)",
+        "INSERT OR IGNORE INTO {} SELECT DISTINCT CAST(x AS UUID) FROM unnest(CAST(? AS VARCHAR[])) AS t(x) \
+         RETURNING CAST(event_log_id AS VARCHAR)",
         ids_table(service_id)
     ))?;
     let new = stmt

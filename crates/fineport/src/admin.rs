@@ -1,0 +1,300 @@
+//! `fineport admin …`: a thin client of the admin API (SPEC §5.2). Each
+//! command prints the server's JSON answer, pretty-printed, to stdout; a
+//! non-2xx answer prints the server's error JSON to stderr and exits with 1.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use fineport_client::{AdminClient, ApiError, LimitSettings, ServiceSettings, TokenKind};
+use fineport_contract::taxonomy::{PropertyDef, TaxonomyDoc};
+use fineport_contract::types::PropertyType;
+use serde_json::Value;
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Base URL of the fineport server.
+    #[arg(long, global = true, env = "FINEPORT_URL", default_value = fineport_client::DEFAULT_URL)]
+    url: String,
+    /// The admin token.
+    #[arg(long, global = true, env = "FINEPORT_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// List, create, show and change services.
+    #[command(subcommand)]
+    Services(ServicesCommand),
+    /// Reissue or revoke a service's tokens.
+    #[command(subcommand)]
+    Tokens(TokensCommand),
+    /// Show or extend a service's taxonomy.
+    #[command(subcommand)]
+    Taxonomy(TaxonomyCommand),
+    /// Show a service's request log, newest first.
+    Requests {
+        /// Service id.
+        id: String,
+        /// How many entries (server default 100).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesCommand {
+    /// List every service.
+    List,
+    /// Create a service; prints its import and export tokens (shown once).
+    Create {
+        /// Service id (default: 10 generated lowercase alphanumerics).
+        #[arg(long)]
+        id: Option<String>,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+    /// Show one service.
+    Show {
+        /// Service id.
+        id: String,
+    },
+    /// Change a service's settings and limits.
+    Update {
+        /// Service id.
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct SettingsArgs {
+    /// Display name.
+    #[arg(long)]
+    name: Option<String>,
+    /// IANA timezone, e.g. UTC or Asia/Seoul.
+    #[arg(long)]
+    timezone: Option<String>,
+    /// How many days back an export may start (0 = unlimited).
+    #[arg(long)]
+    lookback_days: Option<u32>,
+    /// Register unknown names on first sight (`--auto-register=false` turns it off).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL")]
+    auto_register: Option<bool>,
+    /// Export calls per hour.
+    #[arg(long)]
+    export_per_hour: Option<u32>,
+    /// Exports running at the same time.
+    #[arg(long)]
+    export_concurrency: Option<u32>,
+    /// Imported events per minute.
+    #[arg(long)]
+    events_per_minute: Option<u64>,
+    /// Identity calls per minute.
+    #[arg(long)]
+    identities_per_minute: Option<u32>,
+    /// Profile calls per minute.
+    #[arg(long)]
+    profiles_per_minute: Option<u32>,
+}
+
+impl SettingsArgs {
+    fn into_settings(self, service_id: Option<String>) -> ServiceSettings {
+        ServiceSettings {
+            service_id,
+            name: self.name,
+            timezone: self.timezone,
+            export_lookback_days: self.lookback_days,
+            auto_register: self.auto_register,
+            limits: LimitSettings {
+                export_per_hour: self.export_per_hour,
+                export_concurrency: self.export_concurrency,
+                events_per_minute: self.events_per_minute,
+                identities_per_minute: self.identities_per_minute,
+                profiles_per_minute: self.profiles_per_minute,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Import,
+    Export,
+}
+
+impl From<Kind> for TokenKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Import => TokenKind::Import,
+            Kind::Export => TokenKind::Export,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum TokensCommand {
+    /// Issue a new token; the old one keeps working for 14 days.
+    Reissue {
+        /// Service id.
+        id: String,
+        kind: Kind,
+    },
+    /// Revoke the current and any previous token of that kind at once.
+    Revoke {
+        /// Service id.
+        id: String,
+        kind: Kind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaxonomyCommand {
+    /// Show the registered events and properties.
+    Show {
+        /// Service id.
+        id: String,
+    },
+    /// Register events and properties (idempotent).
+    #[command(after_help = "TYPE is one of: String, Long, Double, Boolean, Datetime, Date, \
+\"Array of String\", \"Array of Long\", \"Array of Double\" (case-insensitive).\n\
+Example: fineport admin taxonomy add shop --event view_banner --event-property banner_id:String \
+--event-property 'tags:Array of String' --item-property color:String")]
+    Add {
+        /// Service id.
+        id: String,
+        /// An event name (repeatable).
+        #[arg(long = "event", value_name = "NAME")]
+        events: Vec<String>,
+        /// An event property (repeatable).
+        #[arg(long = "event-property", value_name = "NAME:TYPE", value_parser = parse_property)]
+        event_properties: Vec<PropertyDef>,
+        /// An item property, inside df_items (repeatable).
+        #[arg(long = "item-property", value_name = "NAME:TYPE", value_parser = parse_property)]
+        item_properties: Vec<PropertyDef>,
+        /// A user property (repeatable).
+        #[arg(long = "user-property", value_name = "NAME:TYPE", value_parser = parse_property)]
+        user_properties: Vec<PropertyDef>,
+    },
+}
+
+/// Parses `NAME:TYPE`, the type spelled as in the SPEC (any case).
+fn parse_property(s: &str) -> Result<PropertyDef, String> {
+    let (name, ty) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected NAME:TYPE, got {s:?}"))?;
+    let (name, ty) = (name.trim(), ty.trim());
+    if name.is_empty() {
+        return Err(format!("expected NAME:TYPE, got {s:?}"));
+    }
+    let ty = PropertyType::ALL
+        .into_iter()
+        .find(|t| t.as_str().eq_ignore_ascii_case(ty))
+        .ok_or_else(|| {
+            let names: Vec<&str> = PropertyType::ALL.iter().map(|t| t.as_str()).collect();
+            format!("unknown type {ty:?}; use one of: {}", names.join(", "))
+        })?;
+    Ok(PropertyDef {
+        name: name.to_owned(),
+        ty,
+    })
+}
+
+pub async fn run(args: AdminArgs) -> ExitCode {
+    let Some(token) = args.admin_token.filter(|t| !t.is_empty()) else {
+        eprintln!("error: the admin token is required: pass --admin-token or set FINEPORT_ADMIN_TOKEN");
+        return ExitCode::from(2);
+    };
+    let client = match AdminClient::new(&args.url, token) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match call(&client, args.command).await {
+        Ok(answer) => {
+            println!("{}", pretty(&answer));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            match e.downcast_ref::<ApiError>() {
+                Some(api) => match api.json() {
+                    Some(json) => eprintln!("{}", pretty(&json)),
+                    None => eprintln!("error: {api}"),
+                },
+                None => eprintln!("error: {e:#}"),
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pretty(json: &Value) -> String {
+    serde_json::to_string_pretty(json).unwrap_or_else(|_| json.to_string())
+}
+
+async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Value> {
+    match command {
+        AdminCommand::Services(c) => match c {
+            ServicesCommand::List => client.list_services().await,
+            ServicesCommand::Create { id, settings } => client.create_service(&settings.into_settings(id)).await,
+            ServicesCommand::Show { id } => client.get_service(&id).await,
+            ServicesCommand::Update { id, settings } => client.update_service(&id, &settings.into_settings(None)).await,
+        },
+        AdminCommand::Tokens(c) => match c {
+            TokensCommand::Reissue { id, kind } => client.reissue_token(&id, kind.into()).await,
+            TokensCommand::Revoke { id, kind } => client.revoke_token(&id, kind.into()).await,
+        },
+        AdminCommand::Taxonomy(c) => match c {
+            TaxonomyCommand::Show { id } => client.taxonomy(&id).await,
+            TaxonomyCommand::Add {
+                id,
+                events,
+                event_properties,
+                item_properties,
+                user_properties,
+            } => {
+                let doc = TaxonomyDoc {
+                    events,
+                    event_properties,
+                    item_properties,
+                    user_properties,
+                };
+                if doc.is_empty() {
+                    anyhow::bail!("nothing to add: give --event, --event-property, --item-property or --user-property");
+                }
+                client.add_taxonomy(&id, &doc).await
+            }
+        },
+        AdminCommand::Requests { id, limit } => client.requests(&id, limit).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_name_and_type() {
+        assert_eq!(
+            parse_property("price:Long"),
+            Ok(PropertyDef {
+                name: "price".into(),
+                ty: PropertyType::Long
+            })
+        );
+        assert_eq!(
+            parse_property("tags:array of string"),
+            Ok(PropertyDef {
+                name: "tags".into(),
+                ty: PropertyType::StringArray
+            })
+        );
+        assert!(parse_property("price").is_err());
+        assert!(parse_property(":Long").is_err());
+        assert!(parse_property("price:Integer").is_err());
+    }
+}

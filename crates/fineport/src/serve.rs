@@ -1,0 +1,132 @@
+//! `fineport serve`: opens the data directory, builds the server state,
+//! optionally fills the demo service, and serves until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use fineport_server::clock::SystemClock;
+use fineport_server::limits::MemoryLimiter;
+use fineport_server::{build_state, Config, Parts};
+use fineport_store::duckdb::{DuckDbOptions, DuckDbStore};
+use tokio::net::TcpListener;
+
+/// The environment variable holding the admin token. When it is unset, a
+/// token is generated at first start, printed once, and stored hashed.
+const ADMIN_TOKEN_ENV: &str = "FINEPORT_ADMIN_TOKEN";
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "The admin token comes from FINEPORT_ADMIN_TOKEN; when it is unset, one is generated \
+at first start, printed once and stored hashed in the data directory."
+)]
+pub struct ServeArgs {
+    /// Address to listen on (host:port).
+    #[arg(long, env = "FINEPORT_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Data directory (created if absent); holds fineport.duckdb.
+    #[arg(long, env = "FINEPORT_DATA", default_value = "./fineport-data")]
+    data: PathBuf,
+    /// Create (if absent) a service `demo` with 30 days of synthetic shop
+    /// events, and print its tokens and a ready-to-paste curl export.
+    #[arg(long, env = "FINEPORT_DEMO")]
+    demo: bool,
+    /// DuckDB worker threads (default: the machine's cores).
+    #[arg(long, env = "FINEPORT_DUCKDB_THREADS")]
+    duckdb_threads: Option<usize>,
+    /// DuckDB memory limit, e.g. 4GB or 512MB.
+    #[arg(long, env = "FINEPORT_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
+    duckdb_memory_limit: String,
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
+    let db_path = args.data.join("fineport.duckdb");
+    let options = DuckDbOptions {
+        threads: args.duckdb_threads,
+        memory_limit: Some(args.duckdb_memory_limit.clone()),
+    };
+    let store = tokio::task::spawn_blocking(move || DuckDbStore::open(&db_path, &options))
+        .await
+        .context("opening the store panicked")?
+        .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+
+    let admin_token = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    let parts = Parts {
+        store: Arc::new(store),
+        clock: Arc::new(SystemClock),
+        limiter: Arc::new(MemoryLimiter::default()),
+        config: Config::default(),
+        admin_token,
+    };
+    let (state, generated) = build_state(parts).await.context("cannot load the catalog")?;
+    if let Some(token) = generated {
+        println!("admin token (shown once): {token}");
+        println!("  (set {ADMIN_TOKEN_ENV} to choose your own; this one is stored hashed only)");
+    }
+
+    let listener = TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("cannot read the listening address")?;
+
+    if args.demo {
+        let started = std::time::Instant::now();
+        let demo = fineport_server::demo::ensure_demo(&state, &args.data)
+            .await
+            .context("cannot set up the demo service")?;
+        if demo.created {
+            println!(
+                "demo service {:?} created with {} events in {:.1}s",
+                demo.service_id,
+                demo.events,
+                started.elapsed().as_secs_f64()
+            );
+        } else {
+            println!(
+                "demo service {:?} exists; its tokens are in {}",
+                demo.service_id,
+                args.data.join("demo-tokens.json").display()
+            );
+        }
+        println!("  import token (access_token):         {}", demo.import_token);
+        println!("  export token (Authorization: Bearer): {}", demo.export_token);
+        println!("export the last 7 days as CSV:");
+        println!("{}", demo.curl_command(&format!("http://{addr}")));
+    }
+
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, data = %args.data.display(), "serving");
+    fineport_server::serve(listener, state, shutdown_signal())
+        .await
+        .context("the server failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutting down: finishing open requests");
+}

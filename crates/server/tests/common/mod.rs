@@ -1,0 +1,234 @@
+//! The test harness: a real fineport server on `127.0.0.1:0` over a real
+//! DuckDB file in a temporary directory, with a manual clock. Dropping the
+//! [`TestServer`] shuts it down.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use fineport_server::clock::ManualClock;
+use fineport_server::limits::MemoryLimiter;
+use fineport_server::{build_state, Config, Parts, SharedState};
+use fineport_store::duckdb::DuckDbStore;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// 2026-11-25T03:00:00Z: 12:00 in Seoul, still the 25th in UTC.
+pub fn default_now() -> DateTime<Utc> {
+    at("2026-11-25T03:00:00Z")
+}
+
+pub fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .expect("valid RFC 3339")
+        .with_timezone(&Utc)
+}
+
+pub struct TestServer {
+    pub base: String,
+    pub addr: SocketAddr,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<DuckDbStore>,
+    pub state: SharedState,
+    pub http: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A service as the admin API created it.
+#[derive(Debug, Clone)]
+pub struct Svc {
+    pub id: String,
+    pub import_token: String,
+    pub export_token: String,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Config::default(), default_now()).await
+    }
+
+    pub async fn start_with(config: Config, now: DateTime<Utc>) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store =
+            Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &Default::default()).expect("open store"));
+        let clock = Arc::new(ManualClock::new(now));
+        let parts = Parts {
+            store: store.clone(),
+            clock: clock.clone(),
+            limiter: Arc::new(MemoryLimiter::default()),
+            config,
+            admin_token: Some(ADMIN_TOKEN.into()),
+        };
+        let (state, _) = build_state(parts).await.expect("build state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(fineport_server::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        TestServer {
+            base: format!("http://{addr}"),
+            addr,
+            clock,
+            store,
+            state,
+            http: reqwest::Client::builder().no_gzip().no_zstd().build().expect("client"),
+            shutdown: Some(tx),
+            server: Some(server),
+            dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POST to the admin API; returns (status, JSON body).
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, self.url(path)).bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Creates a service; panics unless the answer is 201.
+    pub async fn service(&self, body: Value) -> Svc {
+        let (status, v) = self
+            .admin(reqwest::Method::POST, "/admin/v1/services", Some(body))
+            .await;
+        assert_eq!(status, 201, "create service: {v}");
+        Svc {
+            id: v["service_id"].as_str().expect("service_id").to_owned(),
+            import_token: v["import_token"].as_str().expect("import_token").to_owned(),
+            export_token: v["export_token"].as_str().expect("export_token").to_owned(),
+        }
+    }
+
+    /// Adds to a service's taxonomy; panics unless 200.
+    pub async fn taxonomy(&self, svc: &Svc, doc: Value) {
+        let (status, v) = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/admin/v1/services/{}/taxonomy", svc.id),
+                Some(doc),
+            )
+            .await;
+        assert_eq!(status, 200, "taxonomy: {v}");
+    }
+
+    /// POST /api/v1/events; returns the answer's JSON (HTTP must be 200).
+    pub async fn import(&self, svc: &Svc, body: Value) -> Value {
+        let resp = self
+            .import_raw(&svc.id, Some(&svc.import_token), body.to_string())
+            .await;
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.json().await.expect("import answer is JSON")
+    }
+
+    pub async fn import_raw(&self, service_id: &str, token: Option<&str>, body: String) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/api/v1/events?service_id={service_id}")))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.header("access_token", t);
+        }
+        req.send().await.expect("import request")
+    }
+
+    /// POST /api/v1/export/event with the service's export token.
+    pub async fn export(&self, svc: &Svc, body: Value) -> reqwest::Response {
+        self.export_raw(
+            &format!("/api/v1/export/event?service_id={}", svc.id),
+            Some(&svc.export_token),
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn export_raw(&self, path_and_query: &str, token: Option<&str>, body: String) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(self.url(path_and_query))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("export request")
+    }
+
+    /// The service's request log, newest first.
+    pub async fn requests(&self, svc: &Svc) -> Vec<Value> {
+        let (status, v) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/admin/v1/services/{}/requests?limit=1000", svc.id),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "requests: {v}");
+        v["requests"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Parses CSV text with a real CSV parser: (header, rows).
+pub fn parse_csv(text: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+    let header = reader
+        .headers()
+        .expect("csv header")
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    let rows = reader
+        .records()
+        .map(|r| r.expect("csv record").iter().map(str::to_owned).collect())
+        .collect();
+    (header, rows)
+}
+
+/// A cell of `row` by column name.
+pub fn cell<'a>(header: &[String], row: &'a [String], column: &str) -> &'a str {
+    let i = header
+        .iter()
+        .position(|h| h == column)
+        .unwrap_or_else(|| panic!("no column {column} in {header:?}"));
+    &row[i]
+}
+
+/// A deterministic UUID for test event `n`.
+pub fn event_id(n: u128) -> String {
+    fineport_contract::Uuid::from_u128(0x1000_0000_0000_4000_8000_0000_0000_0000 + n).to_string()
+}
+
+/// One event body element.
+pub fn event(n: u128, name: &str, datetime: &str, properties: Value) -> Value {
+    json!({"event_log_id": event_id(n), "event_name": name, "event_datetime": datetime, "properties": properties})
+}
+
+/// An import body for `external_id` with `events`.
+pub fn events_body(external_id: &str, events: Vec<Value>) -> Value {
+    json!({"common": {"identity": {"external_id": external_id}}, "events": events})
+}

@@ -1,0 +1,254 @@
+//! The Import API's `/api/v1/events` end to end: every result code with its
+//! exact JSON, atomic batches, idempotency, group commit, limits.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+fn ok() -> Value {
+    json!({"status": true, "code": "20000", "message": "OK", "data": null})
+}
+
+/// Asserts a refusal: code, message, and a list of problems in `data`.
+fn assert_code(answer: &Value, code: &str, message: &str) {
+    assert_eq!(answer["status"], false, "{answer}");
+    assert_eq!(answer["code"], code, "{answer}");
+    assert_eq!(answer["message"], message, "{answer}");
+    let problems = answer["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("data lists the problems: {answer}"));
+    assert!(!problems.is_empty());
+    assert!(
+        problems
+            .iter()
+            .all(|p| p["reason"].as_str().is_some_and(|r| !r.is_empty())),
+        "{answer}"
+    );
+    assert_eq!(
+        answer.as_object().unwrap().len(),
+        4,
+        "exactly status, code, message, data: {answer}"
+    );
+}
+
+async fn exported_ids(server: &TestServer, svc: &Svc) -> Vec<String> {
+    let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let resp = server.export(svc, body).await;
+    assert_eq!(resp.status(), 200);
+    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    rows.iter()
+        .map(|r| cell(&header, r, "df_event_log_id").to_owned())
+        .collect()
+}
+
+fn login(n: u128) -> Value {
+    event(n, "df_login", "2026-11-25T01:00:00Z", json!({}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_result_code_with_its_exact_json() {
+    let server = TestServer::start().await;
+    let svc = server
+        .service(json!({"service_id": "shop", "limits": {"events_per_minute": 150}}))
+        .await;
+    let good = events_body("u1", vec![login(1)]).to_string();
+
+    let answer: Value = server
+        .import_raw(&svc.id, Some(&svc.import_token), good.clone())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer, ok());
+
+    let r = server
+        .import_raw(&svc.id, Some(&svc.import_token), "{not json".into())
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_code(&r.json().await.unwrap(), "40000", "BAD_REQUEST");
+
+    let mut bad = login(2);
+    bad["event_datetime"] = json!("yesterday");
+    let answer = server.import(&svc, events_body("u1", vec![login(3), bad])).await;
+    assert_code(&answer, "40001", "VALIDATION_FAILURE");
+    assert_eq!(answer["data"][0]["index"], 1);
+    assert!(answer["data"][0]["reason"].as_str().unwrap().contains("event_datetime"));
+
+    for service_id in ["", "nosuch"] {
+        let r = server
+            .import_raw(service_id, Some(&svc.import_token), good.clone())
+            .await;
+        assert_code(&r.json().await.unwrap(), "40101", "INVALID_SERVICE_ID");
+    }
+    for token in [None, Some("wrong"), Some(svc.export_token.as_str())] {
+        let r = server.import_raw(&svc.id, token, good.clone()).await;
+        assert_code(&r.json().await.unwrap(), "40201", "INVALID_TOKEN");
+    }
+
+    let many: Vec<Value> = (100..201).map(login).collect();
+    assert_code(
+        &server.import(&svc, events_body("u1", many)).await,
+        "40402",
+        "TOO_MANY_EVENTS",
+    );
+
+    // 150 per minute: 1 used, 100 more fit, the next 100 do not.
+    let hundred: Vec<Value> = (300..400).map(login).collect();
+    assert_eq!(server.import(&svc, events_body("u1", hundred)).await, ok());
+    let r = server
+        .import_raw(
+            &svc.id,
+            Some(&svc.import_token),
+            events_body("u1", (400..500).map(login).collect()).to_string(),
+        )
+        .await;
+    assert_eq!(r.headers()["x-rate-limit-limit"], "1m");
+    assert_eq!(r.headers()["x-rate-limit-remaining"], "49");
+    assert_eq!(r.headers()["retry-after"], "60");
+    assert_code(&r.json().await.unwrap(), "40401", "TOO_MANY_REQUEST");
+    server.clock.advance(chrono::Duration::minutes(1));
+    let r = server
+        .import_raw(
+            &svc.id,
+            Some(&svc.import_token),
+            events_body("u1", (400..500).map(login).collect()).to_string(),
+        )
+        .await;
+    assert_eq!(r.headers()["x-rate-limit-remaining"], "50");
+    assert_eq!(r.json::<Value>().await.unwrap(), ok());
+
+    let log = server.requests(&svc).await;
+    let messages: Vec<&str> = log.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(messages[..3], ["ok", "40401", "ok"]);
+    assert!(log
+        .iter()
+        .all(|e| e["endpoint"] == "/api/v1/events" && e["status"] == 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_invalid_event_stores_nothing() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let mut unknown = login(2);
+    unknown["event_name"] = json!("not_registered");
+    let mut too_many_items = login(3);
+    too_many_items["items"] = Value::Array((0..101).map(|i| json!({"df_item_id": format!("{i}")})).collect());
+    for bad in [unknown, too_many_items] {
+        let answer = server.import(&svc, events_body("u1", vec![login(1), bad])).await;
+        assert_code(&answer, "40001", "VALIDATION_FAILURE");
+    }
+    let no_identity = json!({"events": [login(1)]});
+    assert_code(&server.import(&svc, no_identity).await, "40001", "VALIDATION_FAILURE");
+    assert!(exported_ids(&server, &svc).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resent_events_are_acknowledged_and_stored_once() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let body = events_body("u1", vec![login(1), login(2), login(1)]);
+    assert_eq!(server.import(&svc, body.clone()).await, ok());
+    assert_eq!(server.import(&svc, body).await, ok());
+    assert_eq!(
+        server.import(&svc, events_body("u1", vec![login(2), login(3)])).await,
+        ok()
+    );
+    assert_eq!(
+        exported_ids(&server, &svc).await,
+        vec![event_id(1), event_id(2), event_id(3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_all_stored() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let mut tasks = Vec::new();
+    for client in 0..16u128 {
+        let (http, url, token) = (
+            server.http.clone(),
+            server.url("/api/v1/events?service_id=shop"),
+            svc.import_token.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for batch in 0..5u128 {
+                let events = (0..20).map(|i| login(client * 1000 + batch * 100 + i)).collect();
+                let body = events_body(&format!("user-{client}"), events);
+                let answer: Value = http
+                    .post(&url)
+                    .header("access_token", &token)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert_eq!(answer["code"], "20000", "{answer}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let ids = exported_ids(&server, &svc).await;
+    assert_eq!(ids.len(), 16 * 5 * 20);
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted, "same correction time: ordered by event_log_id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_register_learns_new_names_with_their_types() {
+    let server = TestServer::start().await;
+    let svc = server
+        .service(json!({"service_id": "auto", "auto_register": true}))
+        .await;
+    let e = event(
+        1,
+        "coupon_used",
+        "2026-11-25T01:00:00Z",
+        json!({"coupon": "WELCOME", "amount": 3000}),
+    );
+    assert_eq!(server.import(&svc, events_body("u1", vec![e])).await, ok());
+    let (_, taxonomy) = server
+        .admin(reqwest::Method::GET, "/admin/v1/services/auto/taxonomy", None)
+        .await;
+    assert!(taxonomy["events"].as_array().unwrap().contains(&json!("coupon_used")));
+    assert!(taxonomy["event_properties"]
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "amount", "type": "Long"})));
+    // The learned type now binds: a string is no Long.
+    let e = event(2, "coupon_used", "2026-11-25T01:00:00Z", json!({"amount": "lots"}));
+    assert_code(
+        &server.import(&svc, events_body("u1", vec![e])).await,
+        "40001",
+        "VALIDATION_FAILURE",
+    );
+    let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let (header, rows) = parse_csv(&server.export(&svc, body).await.text().await.unwrap());
+    assert_eq!(cell(&header, &rows[0], "amount"), "3000");
+    assert_eq!(cell(&header, &rows[0], "coupon"), "WELCOME");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_resolve_to_one_profile_per_user() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let anonymous = json!({"common": {"identity": {"email": "a@example.com"}}, "events": [login(1)]});
+    assert_eq!(server.import(&svc, anonymous).await, ok());
+    // The external_id joins the anonymous profile reached by its email.
+    let joined =
+        json!({"common": {"identity": {"external_id": "ext-1", "email": "a@example.com"}}, "events": [login(2)]});
+    assert_eq!(server.import(&svc, joined).await, ok());
+    assert_eq!(server.import(&svc, events_body("ext-1", vec![login(3)])).await, ok());
+    assert_eq!(server.import(&svc, events_body("ext-2", vec![login(4)])).await, ok());
+    let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let (header, rows) = parse_csv(&server.export(&svc, body).await.text().await.unwrap());
+    let uids: Vec<&str> = rows.iter().map(|r| cell(&header, r, "df_unified_id")).collect();
+    assert_eq!(uids[0], uids[1]);
+    assert_eq!(uids[1], uids[2]);
+    assert_ne!(uids[2], uids[3]);
+}
