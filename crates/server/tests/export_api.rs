@@ -603,6 +603,7 @@ async fn failures_before_the_first_byte_are_500_and_use_no_quota() {
     let ok = server.export(&svc, body).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(rate_remaining(&ok), 99, "the failed requests used no quota");
+    ok.text().await.unwrap(); // the log entry is written when the stream ends
     let log = server.requests(&svc).await;
     let statuses: Vec<(u64, &str)> = log
         .iter()
