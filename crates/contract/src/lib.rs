@@ -6,6 +6,7 @@
 pub mod csv;
 pub mod export;
 pub mod import;
+pub mod profile;
 pub mod taxonomy;
 pub mod time;
 pub mod types;

@@ -6,13 +6,15 @@
 //! reach memory only after the store has them, so memory never shows what a
 //! restart would lose.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Duration, Utc};
+use fineport_contract::profile::Audience;
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc, TaxonomyError};
 use fineport_contract::Tz;
 use fineport_store::{Service, Store, StoreError, StoreErrorKind, TokenKind, TokenRecord};
+use rand::Rng;
 
 use crate::tokens;
 
@@ -27,6 +29,7 @@ pub struct ServiceView {
 struct Entry {
     view: ServiceView,
     tokens: Vec<TokenRecord>,
+    audiences: BTreeMap<String, Audience>,
 }
 
 /// Why a catalog change was refused.
@@ -102,15 +105,23 @@ impl Catalog {
                 .collect();
             let timezone = fineport_contract::time::parse_timezone(&service.timezone).unwrap_or(Tz::UTC);
             let id = service.service_id.clone();
+            let audiences = snapshot
+                .audiences
+                .iter()
+                .filter(|(s, _)| *s == id)
+                .map(|(_, a)| (a.id.clone(), a.clone()))
+                .collect();
+            let view = ServiceView {
+                service,
+                timezone,
+                taxonomy: Arc::new(taxonomy),
+            };
             entries.insert(
                 id,
                 Entry {
-                    view: ServiceView {
-                        service,
-                        timezone,
-                        taxonomy: Arc::new(taxonomy),
-                    },
+                    view,
                     tokens,
+                    audiences,
                 },
             );
         }
@@ -198,7 +209,14 @@ impl Catalog {
             timezone,
             taxonomy: Arc::new(taxonomy),
         };
-        self.write().insert(service.service_id, Entry { view, tokens });
+        self.write().insert(
+            service.service_id,
+            Entry {
+                view,
+                tokens,
+                audiences: BTreeMap::new(),
+            },
+        );
         Ok((import_token, export_token))
     }
 
@@ -323,5 +341,64 @@ impl Catalog {
             e.view.taxonomy = Arc::new(taxonomy);
         }
         Ok(additions)
+    }
+}
+
+impl Catalog {
+    pub fn audiences(&self, service_id: &str) -> Option<Vec<Audience>> {
+        self.read()
+            .get(service_id)
+            .map(|e| e.audiences.values().cloned().collect())
+    }
+
+    pub fn audience(&self, service_id: &str, audience_id: &str) -> Option<Audience> {
+        self.read().get(service_id)?.audiences.get(audience_id).cloned()
+    }
+
+    /// Checks and saves an audience, generating its id when absent. `Conflict`
+    /// when the id is taken.
+    pub async fn create_audience(&self, service_id: &str, mut audience: Audience) -> Result<Audience, CatalogError> {
+        let _guard = self.changes.lock().await;
+        let view = self
+            .service(service_id)
+            .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+        audience.check(&view.taxonomy).map_err(CatalogError::Invalid)?;
+        let taken = |id: &str| {
+            self.read()
+                .get(service_id)
+                .is_some_and(|e| e.audiences.contains_key(id))
+        };
+        if audience.id.is_empty() {
+            const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+            loop {
+                let mut rng = rand::rng();
+                let id: String = (0..6)
+                    .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+                    .collect();
+                if !taken(&id) {
+                    audience.id = id;
+                    break;
+                }
+            }
+        } else if taken(&audience.id) {
+            return Err(CatalogError::Conflict(format!("audience {:?} exists", audience.id)));
+        }
+        self.store.save_audience(service_id, &audience).await?;
+        if let Some(e) = self.write().get_mut(service_id) {
+            e.audiences.insert(audience.id.clone(), audience.clone());
+        }
+        Ok(audience)
+    }
+
+    pub async fn delete_audience(&self, service_id: &str, audience_id: &str) -> Result<(), CatalogError> {
+        let _guard = self.changes.lock().await;
+        if self.audience(service_id, audience_id).is_none() {
+            return Err(CatalogError::NotFound(format!("{service_id}/{audience_id}")));
+        }
+        self.store.delete_audience(service_id, audience_id).await?;
+        if let Some(e) = self.write().get_mut(service_id) {
+            e.audiences.remove(audience_id);
+        }
+        Ok(())
     }
 }

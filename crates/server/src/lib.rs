@@ -85,6 +85,7 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
 pub fn router(state: SharedState) -> Router {
     let export_api = Router::new()
         .route(export::EVENT_ENDPOINT, post(export::export_event))
+        .route(export::PROFILE_ENDPOINT, post(export::export_userprofile))
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
             ExportError::new(ExportFailure::with_detail(
@@ -95,6 +96,12 @@ pub fn router(state: SharedState) -> Router {
         }));
     let import_api = Router::new()
         .route(import::EVENTS_ENDPOINT, post(import::events))
+        .route(import::Endpoint::Identities.path(), post(import::identities))
+        .route(
+            import::Endpoint::IdentitiesDelete.path(),
+            post(import::identities_delete),
+        )
+        .route(import::Endpoint::UserProfile.path(), post(import::user_profile))
         .layer(CatchPanicLayer::custom(|_| {
             ImportAnswer::new(ImportCode::InternalServerError, "internal error").into_response()
         }));

@@ -18,7 +18,8 @@ pub use records::*;
 
 use async_trait::async_trait;
 use fineport_contract::export::EventExportPlan;
-use fineport_contract::import::EventBatch;
+use fineport_contract::import::{EventBatch, Identity};
+use fineport_contract::profile::{Audience, AudienceFilter, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc};
 use fineport_contract::Tz;
 
@@ -83,6 +84,35 @@ pub trait Store: Send + Sync + 'static {
         plan: &EventExportPlan,
         sink: &mut dyn ExportSink,
     ) -> Result<ExportSummary, StoreError>;
+
+    /// Creates or updates the profile of `identity` (resolution with merge
+    /// and moves, SPEC §1). Returns its `df_unified_id`. Durable on return.
+    async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError>;
+
+    /// Deletes the profile with `external_id`, its identifiers and its
+    /// properties, irreversibly; events stay. `false` if there was none.
+    async fn delete_profile(&self, service_id: &str, external_id: &str) -> Result<bool, StoreError>;
+
+    /// Applies profile updates atomically: a property older (by request
+    /// time) than the stored one is not overwritten. Durable on return.
+    async fn update_profiles(&self, service_id: &str, updates: Vec<ProfileUpdate>) -> Result<(), StoreError>;
+
+    /// Runs a user-profile export (one row per profile, ordered by
+    /// `df_unified_id`) into `sink`. Blocking, like [`Store::export_events`].
+    fn export_profiles(
+        &self,
+        service_id: &str,
+        timezone: Tz,
+        plan: &ProfileExportPlan,
+        audience: Option<&AudienceFilter>,
+        sink: &mut dyn ExportSink,
+    ) -> Result<ExportSummary, StoreError>;
+
+    /// Saves (creates or replaces) an audience definition.
+    async fn save_audience(&self, service_id: &str, audience: &Audience) -> Result<(), StoreError>;
+
+    /// Deletes an audience. `false` if there was none.
+    async fn delete_audience(&self, service_id: &str, audience_id: &str) -> Result<bool, StoreError>;
 
     /// Appends entries to the request log.
     async fn append_request_log(&self, entries: Vec<RequestLogEntry>) -> Result<(), StoreError>;

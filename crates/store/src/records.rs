@@ -97,6 +97,8 @@ pub struct CatalogSnapshot {
     pub services: Vec<Service>,
     pub tokens: Vec<TokenRecord>,
     pub taxonomies: HashMap<String, Taxonomy>,
+    /// (service_id, audience)
+    pub audiences: Vec<(String, fineport_contract::profile::Audience)>,
 }
 
 /// The result of storing an event batch.

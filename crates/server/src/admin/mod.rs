@@ -28,6 +28,11 @@ pub fn routes(state: SharedState) -> Router<SharedState> {
         .route("/admin/v1/services/{id}/tokens/{kind}", delete(revoke_token))
         .route("/admin/v1/services/{id}/taxonomy", get(get_taxonomy).post(add_taxonomy))
         .route("/admin/v1/services/{id}/requests", get(requests))
+        .route(
+            "/admin/v1/services/{id}/audiences",
+            get(list_audiences).post(create_audience),
+        )
+        .route("/admin/v1/services/{id}/audiences/{aid}", delete(delete_audience))
         .layer(axum::middleware::from_fn_with_state(state, require_admin))
 }
 
@@ -307,4 +312,20 @@ async fn requests(
         )
     })?;
     Ok(Json(json!({ "requests": entries })).into_response())
+}
+
+async fn list_audiences(State(state): State<SharedState>, Path(id): Path<String>) -> AdminResult {
+    let audiences = state.catalog.audiences(&id).ok_or(CatalogError::NotFound(id))?;
+    Ok(Json(json!({ "audiences": audiences })).into_response())
+}
+
+async fn create_audience(State(state): State<SharedState>, Path(id): Path<String>, body: Bytes) -> AdminResult {
+    let audience: fineport_contract::profile::Audience = parse(&body)?;
+    let created = state.catalog.create_audience(&id, audience).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn delete_audience(State(state): State<SharedState>, Path((id, aid)): Path<(String, String)>) -> AdminResult {
+    state.catalog.delete_audience(&id, &aid).await?;
+    Ok(Json(json!({"deleted": aid})).into_response())
 }

@@ -16,6 +16,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use fineport_contract::export::{check_lookback, EventExportRequest, ExportFailure, ExportOutcome};
+use fineport_contract::profile::plan_profile_export;
 use fineport_contract::time::today_in;
 use fineport_store::{ExportSink, ExportSummary, Limits, RequestLogEntry, StoreError, TokenKind};
 use tokio::sync::mpsc;
@@ -23,10 +24,11 @@ use tokio::sync::mpsc;
 use self::error::{rate_headers, store_outcome, ExportError};
 use self::stream::{ChannelSink, ExportBody, InterruptSlot, Ledger, Msg, CHANNEL_CHUNKS};
 use crate::catalog::ServiceView;
-use crate::limits::{Counter, RateStatus};
+use crate::limits::{Counter, ExportPermit, RateStatus};
 use crate::state::{header_str, read_body, service_id_param, Caller, SharedState};
 
 pub const EVENT_ENDPOINT: &str = "/api/v1/export/event";
+pub const PROFILE_ENDPOINT: &str = "/api/v1/export/userprofile";
 
 /// A request that passed authentication, with what its log entry needs.
 struct Admitted {
@@ -143,24 +145,10 @@ pub async fn export_event(
         }
     };
 
-    let limits = service.service.limits;
-    let permit = match state.limiter.acquire_export(
-        &service.service.service_id,
-        u64::from(limits.export_per_hour),
-        limits.export_concurrency,
-        now,
-    ) {
+    let permit = match acquire(&state, &service, now) {
         Ok(p) => p,
-        Err(refusal) => {
-            let error = ExportError {
-                failure: ExportFailure::new(ExportOutcome::TooManyApiRequests),
-                rate: Some(refusal.status),
-                retry_after_secs: Some(refusal.retry_after_secs),
-            };
-            return refuse(&state, error, entry, started);
-        }
+        Err(error) => return refuse(&state, error, entry, started),
     };
-
     let filename = format!(
         "{}_events_{}_{}.csv",
         service.service.service_id, plan.from_date, plan.to_date
@@ -178,6 +166,101 @@ pub async fn export_event(
         store.export_events(&service_id, timezone, &plan, sink)
     })
     .await
+}
+
+/// `POST /api/v1/export/userprofile`.
+pub async fn export_userprofile(
+    State(state): State<SharedState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let Admitted { service, entry } = match authenticate(&state, PROFILE_ENDPOINT, &caller, query.as_deref(), &headers)
+    {
+        Ok(a) => a,
+        Err(refused) => {
+            let (error, entry) = *refused;
+            return refuse(&state, error, entry, started);
+        }
+    };
+    let now = state.clock.now();
+    let service_id = service.service.service_id.clone();
+    let checked = async {
+        let bytes = read_body(body, state.config.export_body_limit, state.config.body_timeout)
+            .await
+            .map_err(|e| ExportFailure::invalid(e.to_string()))?;
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))?;
+        let plan = plan_profile_export(&json, &service.taxonomy)?;
+        let audience = match &plan.audience {
+            None => None,
+            Some(id) => {
+                let audience = state
+                    .catalog
+                    .audience(&service_id, id)
+                    .ok_or_else(|| ExportFailure::invalid(format!("audience {id:?} does not exist")))?;
+                // A rule may name things the taxonomy no longer types the same way.
+                Some(audience.filter(&service.taxonomy).map_err(ExportFailure::invalid)?)
+            }
+        };
+        Ok::<_, ExportFailure>((plan, audience))
+    }
+    .await;
+    let (plan, audience) = match checked {
+        Ok(ok) => ok,
+        Err(failure) => {
+            let per_hour = u64::from(service.service.limits.export_per_hour);
+            let rate = state.limiter.peek(&service_id, Counter::Exports, per_hour, now);
+            let error = ExportError {
+                failure,
+                rate: Some(rate),
+                retry_after_secs: None,
+            };
+            return refuse(&state, error, entry, started);
+        }
+    };
+    let permit = match acquire(&state, &service, now) {
+        Ok(p) => p,
+        Err(error) => return refuse(&state, error, entry, started),
+    };
+    let filename = format!("{service_id}_userprofile_{}.csv", today_in(service.timezone, now));
+    let store = state.store.clone();
+    let timezone = service.timezone;
+    let ledger = Ledger {
+        log: state.log.clone(),
+        entry,
+        started,
+        permit,
+    };
+    stream_csv(ledger, filename, move |sink| {
+        store.export_profiles(&service_id, timezone, &plan, audience.as_ref(), sink)
+    })
+    .await
+}
+
+/// Admits an export under the service's hourly quota and concurrency limit
+/// (shared by both export endpoints).
+fn acquire(
+    state: &SharedState,
+    service: &ServiceView,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<ExportPermit, ExportError> {
+    let limits = service.service.limits;
+    state
+        .limiter
+        .acquire_export(
+            &service.service.service_id,
+            u64::from(limits.export_per_hour),
+            limits.export_concurrency,
+            now,
+        )
+        .map_err(|refusal| ExportError {
+            failure: ExportFailure::new(ExportOutcome::TooManyApiRequests),
+            rate: Some(refusal.status),
+            retry_after_secs: Some(refusal.retry_after_secs),
+        })
 }
 
 /// Logs a refused request and answers it.

@@ -92,8 +92,90 @@ pub fn authenticate(
     Ok((service, token_id))
 }
 
+/// The Import API endpoints, each with the counter its limit uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Events,
+    Identities,
+    IdentitiesDelete,
+    UserProfile,
+}
+
+impl Endpoint {
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::Events => EVENTS_ENDPOINT,
+            Endpoint::Identities => "/api/v1/identities",
+            Endpoint::IdentitiesDelete => "/api/v1/identities/delete",
+            Endpoint::UserProfile => "/api/v1/user-profile",
+        }
+    }
+
+    /// Events count events; the others count requests (SPEC §3).
+    fn counter(self) -> Counter {
+        match self {
+            Endpoint::Events => Counter::Events,
+            Endpoint::Identities | Endpoint::IdentitiesDelete => Counter::Identities,
+            Endpoint::UserProfile => Counter::Profiles,
+        }
+    }
+
+    fn limit(self, limits: &Limits) -> u64 {
+        match self.counter() {
+            Counter::Events => limits.events_per_minute,
+            Counter::Identities => u64::from(limits.identities_per_minute),
+            _ => u64::from(limits.profiles_per_minute),
+        }
+    }
+}
+
 /// `POST /api/v1/events`.
 pub async fn events(
+    state: State<SharedState>,
+    caller: Caller,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(Endpoint::Events, state, caller, query, headers, body).await
+}
+
+/// `POST /api/v1/identities`.
+pub async fn identities(
+    state: State<SharedState>,
+    caller: Caller,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(Endpoint::Identities, state, caller, query, headers, body).await
+}
+
+/// `POST /api/v1/identities/delete`.
+pub async fn identities_delete(
+    state: State<SharedState>,
+    caller: Caller,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(Endpoint::IdentitiesDelete, state, caller, query, headers, body).await
+}
+
+/// `POST /api/v1/user-profile`.
+pub async fn user_profile(
+    state: State<SharedState>,
+    caller: Caller,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    handle(Endpoint::UserProfile, state, caller, query, headers, body).await
+}
+
+/// One Import API request: answer, rate headers and request log entry.
+async fn handle(
+    endpoint: Endpoint,
     State(state): State<SharedState>,
     caller: Caller,
     RawQuery(query): RawQuery,
@@ -105,7 +187,7 @@ pub async fn events(
     let mut entry = RequestLogEntry {
         time: received,
         service_id: service_id_param(query.as_deref()).unwrap_or_default(),
-        endpoint: EVENTS_ENDPOINT.into(),
+        endpoint: endpoint.path().into(),
         status: 200,
         message: String::new(),
         ip: caller.ip,
@@ -115,18 +197,17 @@ pub async fn events(
         bytes: None,
         duration_ms: 0,
     };
-    let per_minute = state
+    let limits = state
         .catalog
         .service(&entry.service_id)
-        .map_or(Limits::default().events_per_minute, |s| {
-            s.service.limits.events_per_minute
-        });
-    let mut answer = import_events(&state, query.as_deref(), &headers, body, received, &mut entry).await;
+        .map_or(Limits::default(), |s| s.service.limits);
+    let mut answer = import(endpoint, &state, query.as_deref(), &headers, body, received, &mut entry).await;
     if answer.rate.is_none() {
+        let limit = endpoint.limit(&limits);
         answer.rate = Some(
             state
                 .limiter
-                .peek(&entry.service_id, Counter::Events, per_minute, received),
+                .peek(&entry.service_id, endpoint.counter(), limit, received),
         );
     }
     entry.message = if answer.code == ImportCode::Ok {
@@ -139,7 +220,26 @@ pub async fn events(
     answer.into_response()
 }
 
-async fn import_events(
+/// What a validated request stores.
+enum Work {
+    Events(fineport_contract::import::EventBatch),
+    Identity(fineport_contract::profile::IdentityRequest),
+    Delete(String),
+    Profiles(fineport_contract::profile::ProfileBatch),
+}
+
+impl Work {
+    /// Units counted against the per-minute limit.
+    fn units(&self) -> u64 {
+        match self {
+            Work::Events(batch) => batch.events.len() as u64,
+            _ => 1,
+        }
+    }
+}
+
+async fn import(
+    endpoint: Endpoint,
     state: &SharedState,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -162,29 +262,48 @@ async fn import_events(
         Err(e) => return ImportAnswer::new(ImportCode::BadRequest, format!("the body is not JSON: {e}")),
     };
     let service_id = service.service.service_id.clone();
-    let batch = match validate_events(&json, &service.taxonomy, service.service.auto_register) {
-        Ok(b) => b,
+    let auto = service.service.auto_register;
+    let validated = match endpoint {
+        Endpoint::Events => validate_events(&json, &service.taxonomy, auto).map(Work::Events),
+        Endpoint::Identities => fineport_contract::profile::validate_identity(&json).map(Work::Identity),
+        Endpoint::IdentitiesDelete => fineport_contract::profile::validate_delete(&json).map(Work::Delete),
+        Endpoint::UserProfile => {
+            fineport_contract::profile::validate_profiles(&json, &service.taxonomy, auto).map(Work::Profiles)
+        }
+    };
+    let work = match validated {
+        Ok(w) => w,
         Err(rejection) => return rejection.into(),
     };
-    entry.rows = Some(batch.events.len() as u64);
-    let limit = service.service.limits.events_per_minute;
+    entry.rows = Some(work.units());
+    let limit = endpoint.limit(&service.service.limits);
     let rate = match state
         .limiter
-        .take(&service_id, Counter::Events, batch.events.len() as u64, limit, received)
+        .take(&service_id, endpoint.counter(), work.units(), limit, received)
     {
         Ok(rate) => rate,
         Err(refusal) => {
+            let unit = if endpoint == Endpoint::Events {
+                "events"
+            } else {
+                "requests"
+            };
             let mut answer = ImportAnswer::new(
                 ImportCode::TooManyRequest,
-                format!("more than {limit} events this minute; retry after the window resets"),
+                format!("more than {limit} {unit} this minute; retry after the window resets"),
             );
             answer.rate = Some(refusal.status);
             answer.retry_after_secs = Some(refusal.retry_after_secs);
             return answer;
         }
     };
-    if !batch.registrations.is_empty() {
-        if let Err(e) = state.catalog.register(&service_id, &batch.registrations).await {
+    let registrations = match &work {
+        Work::Events(batch) => Some(&batch.registrations),
+        Work::Profiles(batch) => Some(&batch.registrations),
+        _ => None,
+    };
+    if let Some(doc) = registrations.filter(|d| !d.is_empty()) {
+        if let Err(e) = state.catalog.register(&service_id, doc).await {
             let mut answer = match e {
                 CatalogError::Conflict(why) | CatalogError::Invalid(why) => {
                     ImportAnswer::new(ImportCode::ValidationFailure, why)
@@ -198,22 +317,32 @@ async fn import_events(
             return answer;
         }
     }
-    let mut answer = match state
-        .store
-        .insert_events(&service_id, batch, received.timestamp_millis())
-        .await
-    {
-        Ok(_) => ImportAnswer {
+    let stored = match work {
+        Work::Events(batch) => state
+            .store
+            .insert_events(&service_id, batch, received.timestamp_millis())
+            .await
+            .map(drop),
+        Work::Identity(request) => state
+            .store
+            .upsert_identity(&service_id, request.identity)
+            .await
+            .map(drop),
+        Work::Delete(external_id) => state.store.delete_profile(&service_id, &external_id).await.map(drop),
+        Work::Profiles(batch) => state.store.update_profiles(&service_id, batch.updates).await,
+    };
+    let mut answer = match stored {
+        Ok(()) => ImportAnswer {
             code: ImportCode::Ok,
             problems: Vec::new(),
             rate: None,
             retry_after_secs: None,
         },
         Err(e) => {
-            tracing::error!(error = %e, "event import failed");
+            tracing::error!(error = %e, endpoint = endpoint.path(), "import failed");
             ImportAnswer::new(
                 ImportCode::InternalServerError,
-                "the events could not be stored; nothing was stored",
+                "the request could not be stored; nothing was stored",
             )
         }
     };

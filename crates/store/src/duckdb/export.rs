@@ -32,13 +32,7 @@ pub(crate) fn run(
     sink: &mut dyn ExportSink,
     failpoint: Option<FailPoint>,
 ) -> Result<ExportSummary, StoreError> {
-    let interrupt = conn.interrupt_handle();
-    sink.set_interrupt(Box::new(move || interrupt.interrupt()));
-    match failpoint {
-        Some(FailPoint::BeforeFirstByte) => return Err(StoreError::query("injected failure before the first byte")),
-        Some(FailPoint::InternalBeforeFirstByte) => return Err(StoreError::internal("injected internal error")),
-        _ => {}
-    }
+    start(conn, sink, failpoint)?;
 
     let select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
     let (filter, names) = match &plan.event_filter {
@@ -83,7 +77,23 @@ pub(crate) fn run(
     Ok(out.summary)
 }
 
-fn query_error(e: duckdb::Error) -> StoreError {
+/// What every export does first: let the sink interrupt the connection's
+/// query, and honour a before-the-first-byte failpoint.
+pub(crate) fn start(
+    conn: &Connection,
+    sink: &mut dyn ExportSink,
+    failpoint: Option<FailPoint>,
+) -> Result<(), StoreError> {
+    let interrupt = conn.interrupt_handle();
+    sink.set_interrupt(Box::new(move || interrupt.interrupt()));
+    match failpoint {
+        Some(FailPoint::BeforeFirstByte) => Err(StoreError::query("injected failure before the first byte")),
+        Some(FailPoint::InternalBeforeFirstByte) => Err(StoreError::internal("injected internal error")),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn query_error(e: duckdb::Error) -> StoreError {
     // An interrupted query is one whose client left; report it as such.
     let message = e.to_string();
     if message.contains("INTERRUPT") || message.contains("nterrupted") {
@@ -114,15 +124,35 @@ fn column_expr(layout: &Layout, source: &ColumnSource) -> String {
     column.map_or_else(|| "NULL".to_string(), |c| c.col.clone())
 }
 
-struct Out<'a> {
-    buf: Vec<u8>,
+/// The CSV being written: a buffer handed to the sink in ~64 KiB chunks.
+pub(crate) struct Out<'a> {
+    pub buf: Vec<u8>,
     sink: &'a mut dyn ExportSink,
-    summary: ExportSummary,
+    pub summary: ExportSummary,
     failpoint: Option<FailPoint>,
 }
 
-impl Out<'_> {
-    fn flush(&mut self) -> Result<(), StoreError> {
+impl<'a> Out<'a> {
+    pub fn new(header: Vec<u8>, sink: &'a mut dyn ExportSink, failpoint: Option<FailPoint>) -> Self {
+        Out {
+            buf: header,
+            sink,
+            summary: ExportSummary::default(),
+            failpoint,
+        }
+    }
+
+    /// Ends a row: counts it and hands a full chunk on.
+    pub fn end_row(&mut self) -> Result<(), StoreError> {
+        self.buf.push(b'\n');
+        self.summary.rows += 1;
+        if self.buf.len() >= CHUNK_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), StoreError> {
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -261,11 +291,7 @@ fn encode_batch(batch: &RecordBatch, out: &mut Out<'_>, scratch: &mut Vec<u8>) -
             }
             col.cell(&mut out.buf, scratch, row);
         }
-        out.buf.push(b'\n');
-        out.summary.rows += 1;
-        if out.buf.len() >= CHUNK_BYTES {
-            out.flush()?;
-        }
+        out.end_row()?;
     }
     Ok(())
 }

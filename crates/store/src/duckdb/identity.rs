@@ -39,6 +39,23 @@ pub(crate) struct Staged {
     new_profiles: Vec<(String, String, Option<String>)>,
     merged_profiles: Vec<(String, String, String)>,
     new_identifiers: Vec<(String, &'static str, String, String)>,
+    /// Identifiers that now belong to another profile: (key, new unified id).
+    moved_identifiers: Vec<(Key, String)>,
+    /// Identifiers and profiles of deleted profiles.
+    removed_identifiers: Vec<Key>,
+    removed_profiles: Vec<(String, String)>,
+}
+
+impl Staged {
+    /// This staging after its rows were written: the lookups stay for the
+    /// rest of the transaction, the lists of rows to write are emptied.
+    pub fn written(mut self) -> Staged {
+        self.new_profiles.clear();
+        self.merged_profiles.clear();
+        self.new_identifiers.clear();
+        self.moved_identifiers.clear();
+        self
+    }
 }
 
 impl Identities {
@@ -114,16 +131,52 @@ impl Identities {
             staged.new_profiles.push((service.to_owned(), uid.clone(), ext));
             uid
         });
+        // Identifiers the profile does not hold yet join it; with an
+        // external_id present, one held by another profile moves here.
         for (kind, value) in identity.identifiers() {
             let k = key(kind, value);
-            if self.lookup(staged, &k).is_none() {
-                staged.by_identifier.insert(k, uid.clone());
-                staged
-                    .new_identifiers
-                    .push((service.to_owned(), kind, value.to_owned(), uid.clone()));
+            match self.lookup(staged, &k).cloned() {
+                None => {
+                    staged.by_identifier.insert(k, uid.clone());
+                    staged
+                        .new_identifiers
+                        .push((service.to_owned(), kind, value.to_owned(), uid.clone()));
+                }
+                Some(owner) if owner != uid && identity.external_id.is_some() && kind != "external_id" => {
+                    staged.by_identifier.insert(k.clone(), uid.clone());
+                    staged.moved_identifiers.push((k, uid.clone()));
+                }
+                Some(_) => {}
             }
         }
         uid
+    }
+
+    /// The profile an external_id belongs to, if any (committed state).
+    pub fn by_external_id(&self, service: &str, external_id: &str) -> Option<String> {
+        self.by_identifier
+            .get(&(service.to_owned(), "external_id", external_id.to_owned()))
+            .cloned()
+    }
+
+    /// Stages the deletion of a profile with everything that points at it,
+    /// and deletes its rows in the current transaction.
+    pub fn delete(conn: &Connection, staged: &mut Staged, service: &str, uid: &str) -> Result<(), StoreError> {
+        let mut stmt = conn.prepare("SELECT kind, value FROM identifiers WHERE service_id = ? AND unified_id = ?")?;
+        for row in stmt.query_map([service, uid], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+            let (kind, value) = row?;
+            if let Some(kind) = kind_static(&kind) {
+                staged.removed_identifiers.push((service.to_owned(), kind, value));
+            }
+        }
+        staged.removed_profiles.push((service.to_owned(), uid.to_owned()));
+        for table in ["identifiers", "user_properties", "profiles"] {
+            conn.execute(
+                &format!("DELETE FROM {table} WHERE service_id = ? AND unified_id = ?"),
+                [service, uid],
+            )?;
+        }
+        Ok(())
     }
 
     /// Writes staged changes in the current transaction.
@@ -146,6 +199,12 @@ impl Identities {
                 app.append_row(duckdb::params![service, kind, value, uid])?;
             }
         }
+        for ((service, kind, value), uid) in &staged.moved_identifiers {
+            conn.execute(
+                "UPDATE identifiers SET unified_id = ? WHERE service_id = ? AND kind = ? AND value = ?",
+                duckdb::params![uid, service, kind, value],
+            )?;
+        }
         Ok(())
     }
 
@@ -153,5 +212,11 @@ impl Identities {
     pub fn apply(&mut self, staged: Staged) {
         self.by_identifier.extend(staged.by_identifier);
         self.profiles.extend(staged.profiles);
+        for key in staged.removed_identifiers {
+            self.by_identifier.remove(&key);
+        }
+        for key in staged.removed_profiles {
+            self.profiles.remove(&key);
+        }
     }
 }

@@ -8,6 +8,7 @@
 mod batch;
 mod export;
 mod identity;
+mod profiles;
 mod schema;
 mod writer;
 
@@ -19,7 +20,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use duckdb::{params, Connection, OptionalExt};
 use fineport_contract::export::EventExportPlan;
-use fineport_contract::import::EventBatch;
+use fineport_contract::import::{EventBatch, Identity};
+use fineport_contract::profile::{Audience, AudienceFilter, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::taxonomy::{PropertyScope, Taxonomy, TaxonomyDoc};
 use fineport_contract::types::PropertyType;
 use fineport_contract::Tz;
@@ -105,6 +107,7 @@ impl DuckDbStore {
             conn: writer_conn,
             layouts: layouts.clone(),
             identities,
+            pending: None,
         })?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {
@@ -156,6 +159,22 @@ impl DuckDbStore {
         })?;
         rx.await
             .map_err(|_| StoreError::internal("the writer thread stopped"))?
+    }
+
+    /// Runs a write that answers a value, in its own transaction.
+    async fn write_with<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.write(move |state| {
+            let value = work(state)?;
+            let _ = tx.send(value);
+            Ok(())
+        })
+        .await?;
+        rx.await
+            .map_err(|_| StoreError::internal("the writer dropped its answer"))
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
@@ -305,6 +324,11 @@ impl Store for DuckDbStore {
                     PropertyScope::User => taxonomy.user_properties.insert(name, ty),
                 };
             }
+            let mut stmt = conn.prepare("SELECT service_id, doc FROM audiences ORDER BY service_id, audience_id")?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+                let (service_id, doc) = row?;
+                snapshot.audiences.push((service_id, serde_json::from_str(&doc).map_err(json_error)?));
+            }
             Ok(snapshot)
         })
         .await
@@ -415,6 +439,62 @@ impl Store for DuckDbStore {
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
         let failpoint = self.inner.failpoint.lock().ok().and_then(|f| *f);
         export::run(&conn, &layout, service_id, timezone, plan, sink, failpoint)
+    }
+
+    async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError> {
+        let service_id = service_id.to_owned();
+        self.write_with(move |state| profiles::upsert_identity(state, &service_id, &identity))
+            .await
+    }
+
+    async fn delete_profile(&self, service_id: &str, external_id: &str) -> Result<bool, StoreError> {
+        let (service_id, external_id) = (service_id.to_owned(), external_id.to_owned());
+        self.write_with(move |state| profiles::delete_profile(state, &service_id, &external_id))
+            .await
+    }
+
+    async fn update_profiles(&self, service_id: &str, updates: Vec<ProfileUpdate>) -> Result<(), StoreError> {
+        let service_id = service_id.to_owned();
+        self.write(move |state| profiles::update_profiles(state, &service_id, &updates))
+            .await
+    }
+
+    fn export_profiles(
+        &self,
+        service_id: &str,
+        timezone: Tz,
+        plan: &ProfileExportPlan,
+        audience: Option<&AudienceFilter>,
+        sink: &mut dyn ExportSink,
+    ) -> Result<ExportSummary, StoreError> {
+        let conn = self.connection()?;
+        let failpoint = self.inner.failpoint.lock().ok().and_then(|f| *f);
+        profiles::export(&conn, service_id, timezone, plan, audience, sink, failpoint)
+    }
+
+    async fn save_audience(&self, service_id: &str, audience: &Audience) -> Result<(), StoreError> {
+        let (service_id, audience) = (service_id.to_owned(), audience.clone());
+        self.write(move |state| {
+            let doc = serde_json::to_string(&audience).map_err(json_error)?;
+            state.conn.execute(
+                "INSERT OR REPLACE INTO audiences VALUES (?, ?, ?)",
+                params![service_id, audience.id, doc],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_audience(&self, service_id: &str, audience_id: &str) -> Result<bool, StoreError> {
+        let (service_id, audience_id) = (service_id.to_owned(), audience_id.to_owned());
+        self.write_with(move |state| {
+            let n = state.conn.execute(
+                "DELETE FROM audiences WHERE service_id = ? AND audience_id = ?",
+                params![service_id, audience_id],
+            )?;
+            Ok(n > 0)
+        })
+        .await
     }
 
     async fn append_request_log(&self, entries: Vec<RequestLogEntry>) -> Result<(), StoreError> {

@@ -39,6 +39,12 @@ CREATE TABLE IF NOT EXISTS profiles (
 CREATE TABLE IF NOT EXISTS identifiers (
     service_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, value VARCHAR NOT NULL, unified_id VARCHAR NOT NULL,
     PRIMARY KEY (service_id, kind, value));
+CREATE TABLE IF NOT EXISTS user_properties (
+    service_id VARCHAR NOT NULL, unified_id VARCHAR NOT NULL, name VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    updated_ms BIGINT NOT NULL, PRIMARY KEY (service_id, unified_id, name));
+CREATE TABLE IF NOT EXISTS audiences (
+    service_id VARCHAR NOT NULL, audience_id VARCHAR NOT NULL, doc VARCHAR NOT NULL,
+    PRIMARY KEY (service_id, audience_id));
 CREATE TABLE IF NOT EXISTS request_log (
     time_ms BIGINT NOT NULL, service_id VARCHAR NOT NULL, endpoint VARCHAR NOT NULL, status INTEGER NOT NULL,
     message VARCHAR NOT NULL, ip VARCHAR NOT NULL, user_agent VARCHAR NOT NULL, token_id VARCHAR,

@@ -43,6 +43,8 @@ pub(crate) struct WriterState {
     pub conn: Connection,
     pub layouts: Layouts,
     pub identities: Identities,
+    /// Identity changes of the running `Exec` job, applied after its commit.
+    pub pending: Option<Staged>,
 }
 
 impl WriterState {
@@ -100,7 +102,12 @@ fn run(mut state: WriterState, rx: Receiver<Job>) {
                 Job::Exec { work, reply } => {
                     // Writes before this one are committed first, in order.
                     commit_group(&mut state, std::mem::take(&mut group));
-                    let _ = reply.send(state.transaction(work));
+                    let result = state.transaction(work);
+                    if let (Ok(()), Some(staged)) = (&result, state.pending.take()) {
+                        state.identities.apply(staged);
+                    }
+                    state.pending = None;
+                    let _ = reply.send(result);
                 }
                 Job::Events {
                     service_id,

@@ -1,0 +1,224 @@
+//! Profiles on DuckDB: identity upserts and deletes, user-property updates
+//! that never let an older update overwrite a newer one, audiences, and the
+//! streaming user-profile export.
+//!
+//! User properties are rows of `user_properties` holding each value as its
+//! CSV cell text (see `fineport_contract::profile::cell_text`). The export
+//! joins them to `profiles` ordered by `df_unified_id` and folds each
+//! profile's rows into one CSV row as they stream by, so memory stays flat.
+
+use std::collections::HashMap;
+
+use duckdb::arrow::array::{Array, StringArray};
+use duckdb::types::Value as Sql;
+use duckdb::{params, params_from_iter, Connection};
+use fineport_contract::csv;
+use fineport_contract::import::Identity;
+use fineport_contract::profile::{
+    AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate, EXTERNAL_ID_COLUMN, UNIFIED_ID_COLUMN,
+};
+use fineport_contract::time::day_bounds_ms;
+use fineport_contract::Tz;
+
+use super::export::{query_error, start, Out};
+use super::identity::{Identities, Staged};
+use super::schema::events_table;
+use super::writer::WriterState;
+use super::FailPoint;
+use crate::{ExportSink, ExportSummary, StoreError};
+
+/// Resolves `identity` within the open transaction; its changes apply
+/// after the commit.
+fn resolve(state: &mut WriterState, service_id: &str, identity: &Identity, now_ms: i64) -> Result<String, StoreError> {
+    let mut staged = state.pending.take().unwrap_or_default();
+    let uid = state.identities.resolve(&mut staged, service_id, identity);
+    Identities::write(&state.conn, &staged, now_ms)?;
+    state.pending = Some(staged.written());
+    Ok(uid)
+}
+
+pub(crate) fn upsert_identity(
+    state: &mut WriterState,
+    service_id: &str,
+    identity: &Identity,
+) -> Result<String, StoreError> {
+    resolve(state, service_id, identity, chrono::Utc::now().timestamp_millis())
+}
+
+pub(crate) fn delete_profile(state: &mut WriterState, service_id: &str, external_id: &str) -> Result<bool, StoreError> {
+    let Some(uid) = state.identities.by_external_id(service_id, external_id) else {
+        return Ok(false);
+    };
+    let mut staged = Staged::default();
+    Identities::delete(&state.conn, &mut staged, service_id, &uid)?;
+    state.pending = Some(staged);
+    Ok(true)
+}
+
+pub(crate) fn update_profiles(
+    state: &mut WriterState,
+    service_id: &str,
+    updates: &[ProfileUpdate],
+) -> Result<(), StoreError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    for update in updates {
+        let uid = resolve(state, service_id, &update.identity, now)?;
+        for (name, cell) in &update.properties {
+            state.conn.execute(
+                "INSERT INTO user_properties VALUES (?, ?, ?, ?, ?) ON CONFLICT (service_id, unified_id, name) \
+                 DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms \
+                 WHERE excluded.updated_ms >= user_properties.updated_ms",
+                params![service_id, uid, name, cell, update.request_ms],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// The `WHERE` restriction of an audience and its parameters.
+fn audience_sql(service_id: &str, timezone: Tz, audience: Option<&AudienceFilter>, params: &mut Vec<Sql>) -> String {
+    let list = |items: &[String]| Sql::List(items.iter().cloned().map(Sql::Text).collect());
+    match audience {
+        None => String::new(),
+        Some(AudienceFilter::ExternalIds(ids)) => {
+            params.push(list(ids));
+            " AND list_contains(CAST(? AS VARCHAR[]), p.external_id)".to_string()
+        }
+        Some(AudienceFilter::All(conditions)) => conditions
+            .iter()
+            .map(|c| match c {
+                CheckedCondition::Event { event, min_count, from_date, to_date } => {
+                    let (start, _) = day_bounds_ms(*from_date, timezone);
+                    let (_, end) = day_bounds_ms(*to_date, timezone);
+                    params.push(Sql::Text(event.clone()));
+                    params.push(Sql::BigInt(i64::from(*min_count)));
+                    format!(
+                        " AND p.unified_id IN (SELECT unified_id FROM {} WHERE event_name = ? \
+                         AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT) \
+                         GROUP BY unified_id HAVING count(*) >= ?)",
+                        events_table(service_id),
+                        start * 1000,
+                        end * 1000
+                    )
+                }
+                CheckedCondition::Property { property, cell } => {
+                    params.push(Sql::Text(service_id.to_owned()));
+                    params.push(Sql::Text(property.clone()));
+                    params.push(Sql::Text(cell.clone()));
+                    " AND p.unified_id IN (SELECT unified_id FROM user_properties \
+                     WHERE service_id = ? AND name = ? AND value = ?)"
+                        .to_string()
+                }
+            })
+            .collect(),
+    }
+}
+
+/// What one CSV column of a profile row holds.
+enum ProfileColumn {
+    UnifiedId,
+    ExternalId,
+    Property(String),
+}
+
+pub(crate) fn export(
+    conn: &Connection,
+    service_id: &str,
+    timezone: Tz,
+    plan: &ProfileExportPlan,
+    audience: Option<&AudienceFilter>,
+    sink: &mut dyn ExportSink,
+    failpoint: Option<FailPoint>,
+) -> Result<ExportSummary, StoreError> {
+    start(conn, sink, failpoint)?;
+    let headers = plan.headers();
+    let columns: Vec<ProfileColumn> = headers
+        .iter()
+        .map(|h| match h.as_str() {
+            UNIFIED_ID_COLUMN => ProfileColumn::UnifiedId,
+            EXTERNAL_ID_COLUMN if plan.with_external_id => ProfileColumn::ExternalId,
+            name => ProfileColumn::Property(name.to_owned()),
+        })
+        .collect();
+    let names: Vec<String> = plan.properties.iter().map(|(n, _)| n.clone()).collect();
+
+    let mut params = Vec::new();
+    let join = if names.is_empty() {
+        "LEFT JOIN (SELECT NULL::VARCHAR AS unified_id, NULL::VARCHAR AS name, NULL::VARCHAR AS value) up ON false"
+            .to_string()
+    } else {
+        params.push(Sql::List(names.iter().cloned().map(Sql::Text).collect()));
+        "LEFT JOIN user_properties up ON up.service_id = p.service_id AND up.unified_id = p.unified_id \
+         AND list_contains(CAST(? AS VARCHAR[]), up.name)"
+            .to_string()
+    };
+    params.push(Sql::Text(service_id.to_owned()));
+    let restriction = audience_sql(service_id, timezone, audience, &mut params);
+    let sql = format!(
+        "SELECT p.unified_id, p.external_id, up.name, up.value FROM profiles p {join} \
+         WHERE p.service_id = ?{restriction} ORDER BY p.unified_id"
+    );
+
+    let mut header = Vec::new();
+    csv::push_line(&mut header, &headers);
+    let mut out = Out::new(header, sink, failpoint);
+    let mut stmt = conn.prepare(&sql).map_err(query_error)?;
+    let stream = stmt
+        .stream_arrow(params_from_iter(params.iter()))
+        .map_err(query_error)?;
+    let mut current: Option<(String, Option<String>)> = None;
+    let mut values: HashMap<String, String> = HashMap::new();
+    for batch in stream {
+        let batch = batch.map_err(query_error)?;
+        let strings = |i: usize| {
+            batch.column(i).as_any().downcast_ref::<StringArray>().ok_or_else(|| {
+                StoreError::internal(format!(
+                    "unexpected profile column type {}",
+                    batch.column(i).data_type()
+                ))
+            })
+        };
+        let (uids, exts, props, vals) = (strings(0)?, strings(1)?, strings(2)?, strings(3)?);
+        for row in 0..batch.num_rows() {
+            let uid = uids.value(row);
+            if current.as_ref().is_none_or(|(u, _)| u != uid) {
+                if let Some(done) = current.take() {
+                    write_row(&mut out, &columns, &done, &values)?;
+                    values.clear();
+                }
+                let ext = (!exts.is_null(row)).then(|| exts.value(row).to_owned());
+                current = Some((uid.to_owned(), ext));
+            }
+            if !props.is_null(row) && !vals.is_null(row) {
+                values.insert(props.value(row).to_owned(), vals.value(row).to_owned());
+            }
+        }
+    }
+    if let Some(done) = current.take() {
+        write_row(&mut out, &columns, &done, &values)?;
+    }
+    out.flush()?;
+    Ok(out.summary)
+}
+
+fn write_row(
+    out: &mut Out<'_>,
+    columns: &[ProfileColumn],
+    (uid, ext): &(String, Option<String>),
+    values: &HashMap<String, String>,
+) -> Result<(), StoreError> {
+    for (i, column) in columns.iter().enumerate() {
+        if i > 0 {
+            out.buf.push(b',');
+        }
+        let cell = match column {
+            ProfileColumn::UnifiedId => Some(uid.as_str()),
+            ProfileColumn::ExternalId => ext.as_deref(),
+            ProfileColumn::Property(name) => values.get(name).map(String::as_str),
+        };
+        if let Some(cell) = cell {
+            csv::push_field(&mut out.buf, cell.as_bytes());
+        }
+    }
+    out.end_row()
+}
