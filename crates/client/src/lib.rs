@@ -212,6 +212,24 @@ impl AdminClient {
         self.call(Method::POST, url, Some(Self::json(additions)?)).await
     }
 
+    /// `GET /admin/v1/services/{id}/audiences`.
+    pub async fn audiences(&self, service_id: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, self.url(&["services", service_id, "audiences"]), None)
+            .await
+    }
+
+    /// `POST /admin/v1/services/{id}/audiences`: `{"id"?,"name","external_ids"|"rule"}`.
+    pub async fn create_audience(&self, service_id: &str, audience: &Value) -> anyhow::Result<Value> {
+        let url = self.url(&["services", service_id, "audiences"]);
+        self.call(Method::POST, url, Some(audience.clone())).await
+    }
+
+    /// `DELETE /admin/v1/services/{id}/audiences/{aid}`.
+    pub async fn delete_audience(&self, service_id: &str, audience_id: &str) -> anyhow::Result<Value> {
+        let url = self.url(&["services", service_id, "audiences", audience_id]);
+        self.call(Method::DELETE, url, None).await
+    }
+
     /// `GET /admin/v1/services/{id}/requests?limit=N`: the request log, newest first.
     pub async fn requests(&self, service_id: &str, limit: Option<usize>) -> anyhow::Result<Value> {
         let mut url = self.url(&["services", service_id, "requests"]);

@@ -33,6 +33,9 @@ enum AdminCommand {
     /// Show or extend a service's taxonomy.
     #[command(subcommand)]
     Taxonomy(TaxonomyCommand),
+    /// List, create and delete a service's audiences.
+    #[command(subcommand)]
+    Audiences(AudiencesCommand),
     /// Show a service's request log, newest first.
     Requests {
         /// Service id.
@@ -147,6 +150,43 @@ enum TokensCommand {
         /// Service id.
         id: String,
         kind: Kind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AudiencesCommand {
+    /// List a service's audiences.
+    List {
+        /// Service id.
+        id: String,
+    },
+    /// Create an audience: a static list (--external-id, repeatable) or a rule (--rule JSON).
+    #[command(
+        after_help = "Example rule: --rule '{\"all\":[{\"event\":\"df_purchase\",\"min_count\":3,\
+\"from_date\":\"2026-11-01\",\"to_date\":\"2026-11-30\"},{\"property\":\"df_membership\",\"equals\":\"gold\"}]}'"
+    )]
+    Create {
+        /// Service id.
+        id: String,
+        /// The audience's name.
+        #[arg(long)]
+        name: String,
+        /// The audience id (6 lowercase letters or digits; generated when absent).
+        #[arg(long = "audience-id")]
+        audience_id: Option<String>,
+        /// A member's external_id (repeatable).
+        #[arg(long = "external-id", value_name = "ID", conflicts_with = "rule")]
+        external_ids: Vec<String>,
+        /// The rule, as JSON: {"all":[conditions]}.
+        #[arg(long, value_name = "JSON")]
+        rule: Option<String>,
+    },
+    /// Delete an audience.
+    Delete {
+        /// Service id.
+        id: String,
+        /// Audience id.
+        audience_id: String,
     },
 }
 
@@ -268,6 +308,30 @@ async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Val
                 }
                 client.add_taxonomy(&id, &doc).await
             }
+        },
+        AdminCommand::Audiences(c) => match c {
+            AudiencesCommand::List { id } => client.audiences(&id).await,
+            AudiencesCommand::Create {
+                id,
+                name,
+                audience_id,
+                external_ids,
+                rule,
+            } => {
+                let mut body = serde_json::json!({ "name": name });
+                if let Some(aid) = audience_id {
+                    body["id"] = aid.into();
+                }
+                match rule {
+                    Some(rule) => {
+                        body["rule"] =
+                            serde_json::from_str(&rule).map_err(|e| anyhow::anyhow!("--rule is not JSON: {e}"))?;
+                    }
+                    None => body["external_ids"] = external_ids.into(),
+                }
+                client.create_audience(&id, &body).await
+            }
+            AudiencesCommand::Delete { id, audience_id } => client.delete_audience(&id, &audience_id).await,
         },
         AdminCommand::Requests { id, limit } => client.requests(&id, limit).await,
     }

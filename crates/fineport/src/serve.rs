@@ -95,6 +95,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("  export token (Authorization: Bearer): {}", demo.export_token);
         println!("export the last 7 days as CSV:");
         println!("{}", demo.curl_command(&format!("http://{addr}")));
+        println!("export the gold members' profiles (audience gold01):");
+        println!("{}", demo.profile_curl_command(&format!("http://{addr}")));
     }
 
     println!("listening on http://{addr}");

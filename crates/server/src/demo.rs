@@ -59,6 +59,23 @@ const SEED: u64 = 0x00f1_e9a0_2d3e_3010;
 const CONCURRENT_BATCHES: usize = 8;
 /// Days of the export the printed `curl` command asks for (ending today).
 const CURL_DAYS: i64 = 7;
+/// The demo's audiences: gold members, and users who bought 3+ times.
+const GOLD_AUDIENCE: &str = "gold01";
+const BUYERS_AUDIENCE: &str = "buy3x0";
+const NAMES: &[&str] = &[
+    "김민준",
+    "이서연",
+    "박지호",
+    "최하은",
+    "정도윤",
+    "강지우",
+    "조서준",
+    "윤하린",
+    "장예준",
+    "임수아",
+];
+const MEMBERSHIPS: &[&str] = &["gold", "silver", "silver", "bronze", "bronze", "bronze"];
+const GENDERS: &[&str] = &["Male", "Female", "Female", "Male", "NonBinary", "Other"];
 
 /// What [`ensure_demo`] did, and what a user needs to try the demo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +95,18 @@ pub struct DemoInfo {
 }
 
 impl DemoInfo {
+    /// A ready-to-paste `curl` that exports the gold members' profiles
+    /// (the demo's `gold01` audience) with their external ids.
+    pub fn profile_curl_command(&self, base_url: &str) -> String {
+        let body = json!({
+            "properties_condition_type": "include",
+            "properties": ["df_name", "df_membership", "df_push_optin"],
+            "identities_condition_type": "all",
+            "audience": GOLD_AUDIENCE,
+        });
+        self.curl(base_url, "/api/v1/export/userprofile", &body)
+    }
+
     /// A ready-to-paste `curl` that exports the last 7 days of the demo's
     /// events as CSV from the server at `base_url` (e.g. `http://127.0.0.1:8080`).
     pub fn curl_command(&self, base_url: &str) -> String {
@@ -86,8 +115,12 @@ impl DemoInfo {
             "from_date": self.from_date.format("%Y-%m-%d").to_string(),
             "to_date": self.to_date.format("%Y-%m-%d").to_string(),
         });
+        self.curl(base_url, "/api/v1/export/event", &body)
+    }
+
+    fn curl(&self, base_url: &str, path: &str, body: &Value) -> String {
         format!(
-            "curl -sS -X POST '{base}/api/v1/export/event?service_id={id}' \\\n  \
+            "curl -sS -X POST '{base}{path}?service_id={id}' \\\n  \
              -H 'Authorization: Bearer {token}' \\\n  \
              -H 'Content-Type: application/json' \\\n  \
              -d '{body}'",
@@ -171,7 +204,9 @@ async fn fill(state: &SharedState, now: DateTime<Utc>, tz: Tz) -> anyhow::Result
         .service(DEMO_SERVICE_ID)
         .ok_or_else(|| anyhow!("the demo service vanished"))?
         .taxonomy;
-    let bodies = Generator::new(now, tz).bodies();
+    let generator = Generator::new(now, tz);
+    let profiles = generator.profiles();
+    let bodies = generator.bodies();
     let mut batches = Vec::with_capacity(bodies.len());
     for (i, body) in bodies.iter().enumerate() {
         let batch = validate_events(body, &taxonomy, false)
@@ -188,6 +223,31 @@ async fn fill(state: &SharedState, now: DateTime<Utc>, tz: Tz) -> anyhow::Result
         events += result.context("storing demo events")?.events;
     }
     tracing::info!(events, batches = bodies.len(), "demo events stored");
+    for chunk in profiles.chunks(fineport_contract::profile::MAX_PROFILES_PER_REQUEST) {
+        let batch = fineport_contract::profile::validate_profiles(&Value::Array(chunk.to_vec()), &taxonomy, false)
+            .map_err(|r| anyhow!("demo profiles are invalid ({}): {:?}", r.code.code(), r.problems))?;
+        store
+            .update_profiles(DEMO_SERVICE_ID, batch.updates)
+            .await
+            .context("storing demo profiles")?;
+    }
+    let today = today_in(tz, now);
+    let audiences = [
+        json!({"id": GOLD_AUDIENCE, "name": "Gold members",
+               "rule": {"all": [{"property": "df_membership", "equals": "gold"}]}}),
+        json!({"id": BUYERS_AUDIENCE, "name": "Bought 3+ times in the last 30 days",
+               "rule": {"all": [{"event": "df_purchase", "min_count": 3,
+                                 "from_date": (today - Duration::days(DAYS - 1)).to_string(), "to_date": today.to_string()}]}}),
+    ];
+    for audience in audiences {
+        let audience = serde_json::from_value(audience)?;
+        state
+            .catalog
+            .create_audience(DEMO_SERVICE_ID, audience)
+            .await
+            .map_err(catalog_error)?;
+    }
+    tracing::info!(profiles = profiles.len(), "demo profiles and audiences stored");
     Ok(events)
 }
 
@@ -582,6 +642,40 @@ impl Generator {
             total: 0,
             orders: 0,
         }
+    }
+
+    /// One user-profile body per user: names, gender, membership and
+    /// consents, from a generator of its own so the events stay the same.
+    fn profiles(&self) -> Vec<Value> {
+        let mut rng = StdRng::seed_from_u64(SEED ^ 0x5eed);
+        let request_datetime = DateTime::from_timestamp_millis(self.now_ms).unwrap_or_default();
+        let pick = |rng: &mut StdRng, list: &[&'static str]| list[rng.random_range(0..list.len())];
+        self.users
+            .iter()
+            .map(|user| {
+                let birth = format!(
+                    "{}-{:02}-{:02}",
+                    rng.random_range(1965..2006),
+                    rng.random_range(1..13),
+                    rng.random_range(1..29)
+                );
+                json!({
+                    "identity": user.identity,
+                    "request_datetime": request_datetime.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    "user_properties": {
+                        "df_name": pick(&mut rng, NAMES),
+                        "df_gender": pick(&mut rng, GENDERS),
+                        "df_birth": birth,
+                        "df_membership": if user.member { pick(&mut rng, MEMBERSHIPS) } else { "none" },
+                        "df_push_optin": rng.random_bool(0.7),
+                        "df_push_ads_optin": rng.random_bool(0.4),
+                        "df_sms_ads_optin": rng.random_bool(0.3),
+                        "df_kakao_ads_optin": rng.random_bool(0.5),
+                        "df_push_night_ads_optin": rng.random_bool(0.1),
+                    }
+                })
+            })
+            .collect()
     }
 
     /// The request bodies: each user's events in time order, in batches of

@@ -73,6 +73,32 @@ async fn the_demo_service_exports_a_month_of_realistic_events() {
             .join(",")
     ));
 
+    // The profile export of the gold audience works as pasted too.
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(info.profile_curl_command(&server.base))
+        .output()
+        .await
+        .expect("sh");
+    assert!(out.status.success());
+    let (header, rows) = parse_csv(&String::from_utf8(out.stdout).unwrap());
+    assert_eq!(
+        header,
+        vec![
+            "df_external_id",
+            "df_membership",
+            "df_name",
+            "df_push_optin",
+            "df_unified_id"
+        ]
+    );
+    assert!(rows.len() > 10, "{} gold members", rows.len());
+    assert!(rows.iter().all(|r| cell(&header, r, "df_membership") == "gold"));
+    let (_, audiences) = server
+        .admin(reqwest::Method::GET, "/admin/v1/services/demo/audiences", None)
+        .await;
+    assert_eq!(audiences["audiences"].as_array().map(Vec::len), Some(2));
+
     // A second start finds the service and its tokens.
     let again = fineport_server::demo::ensure_demo(&server.state, server.dir.path())
         .await

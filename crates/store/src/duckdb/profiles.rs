@@ -27,14 +27,17 @@ use super::writer::WriterState;
 use super::FailPoint;
 use crate::{ExportSink, ExportSummary, StoreError};
 
-/// Resolves `identity` within the open transaction; its changes apply
-/// after the commit.
-fn resolve(state: &mut WriterState, service_id: &str, identity: &Identity, now_ms: i64) -> Result<String, StoreError> {
+/// Resolves identities within the open transaction and writes what they
+/// create; the index changes apply after the commit.
+fn resolve(state: &mut WriterState, service_id: &str, identities: &[&Identity]) -> Result<Vec<String>, StoreError> {
     let mut staged = state.pending.take().unwrap_or_default();
-    let uid = state.identities.resolve(&mut staged, service_id, identity);
-    Identities::write(&state.conn, &staged, now_ms)?;
+    let uids = identities
+        .iter()
+        .map(|identity| state.identities.resolve(&mut staged, service_id, identity))
+        .collect();
+    Identities::write(&state.conn, &staged, chrono::Utc::now().timestamp_millis())?;
     state.pending = Some(staged.written());
-    Ok(uid)
+    Ok(uids)
 }
 
 pub(crate) fn upsert_identity(
@@ -42,7 +45,9 @@ pub(crate) fn upsert_identity(
     service_id: &str,
     identity: &Identity,
 ) -> Result<String, StoreError> {
-    resolve(state, service_id, identity, chrono::Utc::now().timestamp_millis())
+    let mut uids = resolve(state, service_id, &[identity])?;
+    uids.pop()
+        .ok_or_else(|| StoreError::internal("identity resolution answered nothing"))
 }
 
 pub(crate) fn delete_profile(state: &mut WriterState, service_id: &str, external_id: &str) -> Result<bool, StoreError> {
@@ -60,18 +65,41 @@ pub(crate) fn update_profiles(
     service_id: &str,
     updates: &[ProfileUpdate],
 ) -> Result<(), StoreError> {
-    let now = chrono::Utc::now().timestamp_millis();
-    for update in updates {
-        let uid = resolve(state, service_id, &update.identity, now)?;
+    let identities: Vec<&Identity> = updates.iter().map(|u| &u.identity).collect();
+    let uids = resolve(state, service_id, &identities)?;
+    // The newest value of each (profile, property) in this request; on a
+    // tie the later update wins, as it would against a stored value.
+    let mut latest: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
+    for (update, uid) in updates.iter().zip(&uids) {
         for (name, cell) in &update.properties {
-            state.conn.execute(
-                "INSERT INTO user_properties VALUES (?, ?, ?, ?, ?) ON CONFLICT (service_id, unified_id, name) \
-                 DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms \
-                 WHERE excluded.updated_ms >= user_properties.updated_ms",
-                params![service_id, uid, name, cell, update.request_ms],
-            )?;
+            let slot = latest
+                .entry((uid.as_str(), name.as_str()))
+                .or_insert((cell.as_str(), update.request_ms));
+            if update.request_ms >= slot.1 {
+                *slot = (cell.as_str(), update.request_ms);
+            }
         }
     }
+    // One set-based upsert through a staging table: row-by-row upserts
+    // cost DuckDB milliseconds each.
+    let conn = &state.conn;
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS stage_user_properties \
+         (service_id VARCHAR, unified_id VARCHAR, name VARCHAR, value VARCHAR, updated_ms BIGINT); \
+         DELETE FROM stage_user_properties;",
+    )?;
+    {
+        let mut app = conn.appender_to_catalog_and_db("stage_user_properties", "temp", "main")?;
+        for ((uid, name), (cell, ms)) in &latest {
+            app.append_row(params![service_id, uid, name, cell, ms])?;
+        }
+        app.flush()?;
+    }
+    conn.execute_batch(
+        "INSERT INTO user_properties SELECT * FROM stage_user_properties \
+         ON CONFLICT (service_id, unified_id, name) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms \
+         WHERE excluded.updated_ms >= user_properties.updated_ms",
+    )?;
     Ok(())
 }
 
