@@ -2,6 +2,7 @@
 //! command prints the server's JSON answer, pretty-printed, to stdout; a
 //! non-2xx answer prints the server's error JSON to stderr and exits with 1.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -256,7 +257,8 @@ pub async fn run(args: AdminArgs) -> ExitCode {
     };
     match call(&client, args.command).await {
         Ok(answer) => {
-            println!("{}", pretty(&answer));
+            // A closed pipe (`| head`) is not an error of ours.
+            let _ = writeln!(std::io::stdout(), "{}", pretty(&answer));
             ExitCode::SUCCESS
         }
         Err(e) => {
