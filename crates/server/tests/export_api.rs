@@ -655,3 +655,21 @@ async fn exports_compress_by_accept_encoding() {
         assert_eq!(decoded, plain, "{encoding} decodes to the same bytes");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_of_centuries_costs_only_the_days_that_hold_events() {
+    let server = TestServer::start().await;
+    let svc = server
+        .service(json!({"service_id": "long", "export_lookback_days": 0}))
+        .await;
+    let events = vec![
+        event(1, "df_login", "2026-11-20T01:00:00Z", json!({})),
+        event(2, "df_login", "2026-11-25T01:00:00Z", json!({})),
+    ];
+    server.import(&svc, events_body("u", events)).await;
+    // One query per day of 1100 years would not finish in any reasonable time.
+    let resp = server.export(&svc, all_events("1900-01-01", "2999-12-31")).await;
+    assert_eq!(resp.status(), 200);
+    let (_, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(rows.len(), 2);
+}

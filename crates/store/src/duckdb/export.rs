@@ -55,7 +55,7 @@ pub(crate) fn run(
         failpoint,
     };
     let mut scratch = Vec::new();
-    for day in plan.days() {
+    for day in days_with_events(conn, service_id, timezone, plan)? {
         let (start_ms, end_ms) = day_bounds_ms(day, timezone);
         let sql = format!(
             "SELECT {} FROM {} WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){} \
@@ -75,6 +75,37 @@ pub(crate) fn run(
     }
     out.flush()?;
     Ok(out.summary)
+}
+
+/// The days of the plan that can hold events: those between the first and
+/// the last event of the range. A range of years (look-back 0) or one that
+/// reaches far into the future costs one query, not one per empty day.
+fn days_with_events(
+    conn: &Connection,
+    service_id: &str,
+    timezone: Tz,
+    plan: &EventExportPlan,
+) -> Result<Vec<chrono::NaiveDate>, StoreError> {
+    let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
+    let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
+    let sql = format!(
+        "SELECT epoch_ms(min(correction_ts)), epoch_ms(max(correction_ts)) FROM {} \
+         WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT)",
+        events_table(service_id),
+        start_ms * 1000,
+        end_ms * 1000
+    );
+    let (first, last): (Option<i64>, Option<i64>) = conn
+        .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(query_error)?;
+    let (Some(first), Some(last)) = (first, last) else {
+        return Ok(Vec::new());
+    };
+    let day_of = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.with_timezone(&timezone).date_naive());
+    let (Some(first_day), Some(last_day)) = (day_of(first), day_of(last)) else {
+        return Ok(Vec::new());
+    };
+    Ok(plan.days().filter(|d| *d >= first_day && *d <= last_day).collect())
 }
 
 /// What every export does first: let the sink interrupt the connection's

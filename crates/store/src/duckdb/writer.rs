@@ -61,6 +61,19 @@ impl WriterState {
         }
     }
 
+    /// Re-reads the layouts after a rolled-back change, so that memory never
+    /// shows columns the database does not have.
+    pub fn reload_layouts(&self) {
+        match super::schema::load_layouts(&self.conn) {
+            Ok(fresh) => {
+                if let Ok(mut l) = self.layouts.write() {
+                    *l = fresh;
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot reload table layouts"),
+        }
+    }
+
     /// Runs `f` in a transaction, committing on success.
     pub fn transaction<T>(
         &mut self,
@@ -107,6 +120,9 @@ fn run(mut state: WriterState, rx: Receiver<Job>) {
                         state.identities.apply(staged);
                     }
                     state.pending = None;
+                    if result.is_err() {
+                        state.reload_layouts();
+                    }
                     let _ = reply.send(result);
                 }
                 Job::Events {
