@@ -447,7 +447,7 @@ mod tests {
         let batch = validate_profiles(&one, &taxonomy(), false).unwrap();
         assert_eq!(
             batch.updates[0].properties,
-            vec![("df_push_optin".into(), "true".into()), ("score".into(), "3.0".into())]
+            vec![("score".into(), "3.0".into()), ("df_push_optin".into(), "true".into())]
         );
         let many = Json::Array(vec![one.clone(); 101]);
         assert_eq!(

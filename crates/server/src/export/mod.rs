@@ -15,6 +15,7 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
 use fineport_contract::export::{check_lookback, EventExportRequest, ExportFailure, ExportOutcome};
 use fineport_contract::profile::plan_profile_export;
 use fineport_contract::time::today_in;
@@ -97,88 +98,105 @@ fn authenticate(
     }
 }
 
+/// The blocking work that writes an export's CSV into a sink.
+type Producer = Box<dyn FnOnce(&mut dyn ExportSink) -> Result<ExportSummary, StoreError> + Send>;
+
+/// A checked export: its file name and the work that writes it.
+struct ExportJob {
+    filename: String,
+    produce: Producer,
+}
+
 /// `POST /api/v1/export/event`.
 pub async fn export_event(
-    State(state): State<SharedState>,
+    state: State<SharedState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    query: RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let started = Instant::now();
-    let admitted = match authenticate(&state, EVENT_ENDPOINT, &caller, query.as_deref(), &headers) {
-        Ok(a) => a,
-        Err(refused) => {
-            let (error, entry) = *refused;
-            return refuse(&state, error, entry, started);
-        }
-    };
-    let Admitted { service, entry } = admitted;
-    let now = state.clock.now();
-    let per_hour = u64::from(service.service.limits.export_per_hour);
-    let rate = state
-        .limiter
-        .peek(&service.service.service_id, Counter::Exports, per_hour, now);
-
-    let checked = async {
-        let bytes = read_body(body, state.config.export_body_limit, state.config.body_timeout)
-            .await
-            .map_err(|e| ExportFailure::invalid(e.to_string()))?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))?;
-        let request = EventExportRequest::parse(&json)?;
-        let plan = request.plan(&service.taxonomy)?;
-        let today = today_in(service.timezone, now);
-        check_lookback(plan.from_date, today, service.service.export_lookback_days)?;
-        Ok::<_, ExportFailure>(plan)
-    }
-    .await;
-    let plan = match checked {
-        Ok(plan) => plan,
-        Err(failure) => {
-            let error = ExportError {
-                failure,
-                rate: Some(rate),
-                retry_after_secs: None,
-            };
-            return refuse(&state, error, entry, started);
-        }
-    };
-
-    let permit = match acquire(&state, &service, now) {
-        Ok(p) => p,
-        Err(error) => return refuse(&state, error, entry, started),
-    };
-    let filename = format!(
-        "{}_events_{}_{}.csv",
-        service.service.service_id, plan.from_date, plan.to_date
-    );
-    let store = state.store.clone();
-    let service_id = service.service.service_id.clone();
-    let timezone = service.timezone;
-    let ledger = Ledger {
-        log: state.log.clone(),
-        entry,
-        started,
-        permit,
-    };
-    stream_csv(ledger, filename, move |sink| {
-        store.export_events(&service_id, timezone, &plan, sink)
-    })
+    export(
+        EVENT_ENDPOINT,
+        state,
+        caller,
+        query,
+        headers,
+        body,
+        |state, service, json, now| {
+            let plan = EventExportRequest::parse(json)?.plan(&service.taxonomy)?;
+            check_lookback(
+                plan.from_date,
+                today_in(service.timezone, now),
+                service.service.export_lookback_days,
+            )?;
+            let (store, service_id, timezone) = (
+                state.store.clone(),
+                service.service.service_id.clone(),
+                service.timezone,
+            );
+            Ok(ExportJob {
+                filename: format!("{service_id}_events_{}_{}.csv", plan.from_date, plan.to_date),
+                produce: Box::new(move |sink| store.export_events(&service_id, timezone, &plan, sink)),
+            })
+        },
+    )
     .await
 }
 
 /// `POST /api/v1/export/userprofile`.
 pub async fn export_userprofile(
+    state: State<SharedState>,
+    caller: Caller,
+    query: RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    export(
+        PROFILE_ENDPOINT,
+        state,
+        caller,
+        query,
+        headers,
+        body,
+        |state, service, json, now| {
+            let plan = plan_profile_export(json, &service.taxonomy)?;
+            let service_id = service.service.service_id.clone();
+            let audience = match &plan.audience {
+                None => None,
+                Some(id) => {
+                    let audience = state
+                        .catalog
+                        .audience(&service_id, id)
+                        .ok_or_else(|| ExportFailure::invalid(format!("audience {id:?} does not exist")))?;
+                    // A rule may name things the taxonomy no longer types the same way.
+                    Some(audience.filter(&service.taxonomy).map_err(ExportFailure::invalid)?)
+                }
+            };
+            let (store, timezone) = (state.store.clone(), service.timezone);
+            Ok(ExportJob {
+                filename: format!("{service_id}_userprofile_{}.csv", today_in(timezone, now)),
+                produce: Box::new(move |sink| {
+                    store.export_profiles(&service_id, timezone, &plan, audience.as_ref(), sink)
+                }),
+            })
+        },
+    )
+    .await
+}
+
+/// The flow both export endpoints share, in the documented order of
+/// checks; `check` validates the body and names and prepares the work.
+async fn export(
+    endpoint: &str,
     State(state): State<SharedState>,
     caller: Caller,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
+    check: impl FnOnce(&SharedState, &ServiceView, &serde_json::Value, DateTime<Utc>) -> Result<ExportJob, ExportFailure>,
 ) -> Response {
     let started = Instant::now();
-    let Admitted { service, entry } = match authenticate(&state, PROFILE_ENDPOINT, &caller, query.as_deref(), &headers)
-    {
+    let Admitted { service, entry } = match authenticate(&state, endpoint, &caller, query.as_deref(), &headers) {
         Ok(a) => a,
         Err(refused) => {
             let (error, entry) = *refused;
@@ -186,33 +204,19 @@ pub async fn export_userprofile(
         }
     };
     let now = state.clock.now();
-    let service_id = service.service.service_id.clone();
-    let checked = async {
-        let bytes = read_body(body, state.config.export_body_limit, state.config.body_timeout)
-            .await
-            .map_err(|e| ExportFailure::invalid(e.to_string()))?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&bytes).map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))?;
-        let plan = plan_profile_export(&json, &service.taxonomy)?;
-        let audience = match &plan.audience {
-            None => None,
-            Some(id) => {
-                let audience = state
-                    .catalog
-                    .audience(&service_id, id)
-                    .ok_or_else(|| ExportFailure::invalid(format!("audience {id:?} does not exist")))?;
-                // A rule may name things the taxonomy no longer types the same way.
-                Some(audience.filter(&service.taxonomy).map_err(ExportFailure::invalid)?)
-            }
-        };
-        Ok::<_, ExportFailure>((plan, audience))
-    }
-    .await;
-    let (plan, audience) = match checked {
-        Ok(ok) => ok,
+    let checked = match read_body(body, state.config.export_body_limit, state.config.body_timeout).await {
+        Err(e) => Err(ExportFailure::invalid(e.to_string())),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))
+            .and_then(|json| check(&state, &service, &json, now)),
+    };
+    let job = match checked {
+        Ok(job) => job,
         Err(failure) => {
             let per_hour = u64::from(service.service.limits.export_per_hour);
-            let rate = state.limiter.peek(&service_id, Counter::Exports, per_hour, now);
+            let rate = state
+                .limiter
+                .peek(&service.service.service_id, Counter::Exports, per_hour, now);
             let error = ExportError {
                 failure,
                 rate: Some(rate),
@@ -225,19 +229,13 @@ pub async fn export_userprofile(
         Ok(p) => p,
         Err(error) => return refuse(&state, error, entry, started),
     };
-    let filename = format!("{service_id}_userprofile_{}.csv", today_in(service.timezone, now));
-    let store = state.store.clone();
-    let timezone = service.timezone;
     let ledger = Ledger {
         log: state.log.clone(),
         entry,
         started,
         permit,
     };
-    stream_csv(ledger, filename, move |sink| {
-        store.export_profiles(&service_id, timezone, &plan, audience.as_ref(), sink)
-    })
-    .await
+    stream_csv(ledger, job.filename, job.produce).await
 }
 
 /// Admits an export under the service's hourly quota and concurrency limit
@@ -275,11 +273,7 @@ fn refuse(state: &SharedState, error: ExportError, mut entry: RequestLogEntry, s
 /// Runs `produce` on a blocking thread and answers with its CSV, once its
 /// first chunk is ready. A failure before that answers 500 with the
 /// detailed response; after it, the body breaks (see [`stream`]).
-async fn stream_csv(
-    ledger: Ledger,
-    filename: String,
-    produce: impl FnOnce(&mut dyn ExportSink) -> Result<ExportSummary, StoreError> + Send + 'static,
-) -> Response {
+async fn stream_csv(ledger: Ledger, filename: String, produce: Producer) -> Response {
     let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
     let interrupt: InterruptSlot = Default::default();
     let mut sink = ChannelSink {
