@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use fineport_store::Store;
+use fineport_store::{RequestLogEntry, Store};
 
 use crate::catalog::{Catalog, TokenPolicy};
 use crate::clock::Clock;
@@ -77,6 +77,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
             .take(256)
             .collect();
         Ok(Caller { ip, user_agent })
+    }
+}
+
+impl Caller {
+    /// A request-log entry for this caller's request, outcome still unknown.
+    pub fn log_entry(
+        &self,
+        endpoint: &str,
+        service_id: Option<&str>,
+        time: chrono::DateTime<chrono::Utc>,
+    ) -> RequestLogEntry {
+        RequestLogEntry {
+            time,
+            service_id: service_id.unwrap_or_default().to_owned(),
+            endpoint: endpoint.to_owned(),
+            status: 0,
+            message: String::new(),
+            ip: self.ip.clone(),
+            user_agent: self.user_agent.clone(),
+            token_id: None,
+            rows: None,
+            bytes: None,
+            duration_ms: 0,
+        }
     }
 }
 

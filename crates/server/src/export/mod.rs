@@ -47,19 +47,7 @@ fn authenticate(
 ) -> Result<Admitted, Box<(ExportError, RequestLogEntry)>> {
     let now = state.clock.now();
     let service_id = service_id_param(query);
-    let mut entry = RequestLogEntry {
-        time: now,
-        service_id: service_id.clone().unwrap_or_default(),
-        endpoint: endpoint.to_owned(),
-        status: 0,
-        message: String::new(),
-        ip: caller.ip.clone(),
-        user_agent: caller.user_agent.clone(),
-        token_id: None,
-        rows: None,
-        bytes: None,
-        duration_ms: 0,
-    };
+    let mut entry = caller.log_entry(endpoint, service_id.as_deref(), now);
     let service = service_id.as_deref().and_then(|id| state.catalog.service(id));
     let per_hour = service
         .as_ref()

@@ -184,19 +184,8 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let received = state.clock.now();
-    let mut entry = RequestLogEntry {
-        time: received,
-        service_id: service_id_param(query.as_deref()).unwrap_or_default(),
-        endpoint: endpoint.path().into(),
-        status: 200,
-        message: String::new(),
-        ip: caller.ip,
-        user_agent: caller.user_agent,
-        token_id: None,
-        rows: None,
-        bytes: None,
-        duration_ms: 0,
-    };
+    let mut entry = caller.log_entry(endpoint.path(), service_id_param(query.as_deref()).as_deref(), received);
+    entry.status = 200;
     let limits = state
         .catalog
         .service(&entry.service_id)
