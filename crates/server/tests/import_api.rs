@@ -127,6 +127,30 @@ async fn every_result_code_with_its_exact_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_is_50000_and_stores_nothing() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    server.store.inject_write_failure(true);
+    let answer = server.import(&svc, events_body("u1", vec![login(1)])).await;
+    assert_code(&answer, "50000", "INTERNAL_SERVER_ERROR");
+    let profile = json!({"identity": {"external_id": "u1"}, "user_properties": {"df_name": "x"},
+                         "request_datetime": "2026-11-25T00:00:00Z"});
+    let r = server
+        .http
+        .post(server.url("/api/v1/user-profile?service_id=shop"))
+        .header("access_token", &svc.import_token)
+        .json(&profile)
+        .send()
+        .await
+        .unwrap();
+    assert_code(&r.json().await.unwrap(), "50000", "INTERNAL_SERVER_ERROR");
+    server.store.inject_write_failure(false);
+    assert!(exported_ids(&server, &svc).await.is_empty());
+    assert_eq!(server.import(&svc, events_body("u1", vec![login(1)])).await, ok());
+    assert_eq!(exported_ids(&server, &svc).await, vec![event_id(1)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_invalid_event_stores_nothing() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;

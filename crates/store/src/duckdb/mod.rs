@@ -77,6 +77,8 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     layouts: Layouts,
     failpoint: Mutex<Option<FailPoint>>,
+    /// Test hook: imports fail as a broken store would, storing nothing.
+    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl DuckDbStore {
@@ -116,6 +118,7 @@ impl DuckDbStore {
                 writer_thread: Mutex::new(Some(thread)),
                 layouts,
                 failpoint: Mutex::new(None),
+                fail_writes: Default::default(),
             }),
         })
     }
@@ -125,6 +128,19 @@ impl DuckDbStore {
         if let Ok(mut f) = self.inner.failpoint.lock() {
             *f = failpoint;
         }
+    }
+
+    /// Makes every following import (events, identities, profiles) fail
+    /// before it reaches the database (`false` to stop). Test hook.
+    pub fn inject_write_failure(&self, fail: bool) {
+        self.inner.fail_writes.store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn check_writes(&self) -> Result<(), StoreError> {
+        if self.inner.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::internal("injected write failure"));
+        }
+        Ok(())
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -410,6 +426,7 @@ impl Store for DuckDbStore {
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
+        self.check_writes()?;
         let (reply, rx) = oneshot::channel();
         self.send(Job::Events {
             service_id: service_id.to_owned(),
@@ -442,6 +459,7 @@ impl Store for DuckDbStore {
     }
 
     async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError> {
+        self.check_writes()?;
         let service_id = service_id.to_owned();
         self.write_with(move |state| profiles::upsert_identity(state, &service_id, &identity))
             .await
@@ -454,6 +472,7 @@ impl Store for DuckDbStore {
     }
 
     async fn update_profiles(&self, service_id: &str, updates: Vec<ProfileUpdate>) -> Result<(), StoreError> {
+        self.check_writes()?;
         let service_id = service_id.to_owned();
         self.write(move |state| profiles::update_profiles(state, &service_id, &updates))
             .await
