@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// DuckDB memory limit, e.g. 4GB or 512MB.
     #[arg(long, env = "FINEPORT_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     duckdb_memory_limit: String,
+    /// Hours after a token reissue before the same kind may be reissued again.
+    #[arg(long, env = "FINEPORT_TOKEN_REISSUE_COOLDOWN_HOURS", default_value_t = 24)]
+    token_reissue_cooldown_hours: u32,
+    /// Largest Import API request body, in bytes.
+    #[arg(long, env = "FINEPORT_IMPORT_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
+    import_body_limit: usize,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -58,7 +64,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         store: Arc::new(store),
         clock: Arc::new(SystemClock),
         limiter: Arc::new(MemoryLimiter::default()),
-        config: Config::default(),
+        config: Config {
+            import_body_limit: args.import_body_limit,
+            token_policy: fineport_server::catalog::TokenPolicy {
+                cooldown: chrono::Duration::hours(i64::from(args.token_reissue_cooldown_hours)),
+                ..Default::default()
+            },
+            ..Config::default()
+        },
         admin_token,
     };
     let (state, generated) = build_state(parts).await.context("cannot load the catalog")?;
