@@ -1,8 +1,10 @@
 //! `fineport`: the one binary. `fineport serve` runs the server (SPEC §5.1);
-//! `fineport admin …` is a thin client of the admin API (SPEC §5.2/5.3).
+//! `fineport admin …` is a thin client of the admin API (SPEC §5.2/5.3);
+//! `fineport bench` measures export and import speed (docs/benchmarks.md).
 //! Every flag can also be given as a `FINEPORT_*` environment variable.
 
 mod admin;
+mod bench;
 mod serve;
 
 use std::io::IsTerminal;
@@ -28,6 +30,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage services, tokens and taxonomies of a running server.
     Admin(admin::AdminArgs),
+    /// Measure export and import speed beside DuckDB's own CSV export.
+    Bench(bench::BenchArgs),
 }
 
 fn init_logging(default: &str) {
@@ -57,6 +61,16 @@ async fn main() -> ExitCode {
         Command::Admin(args) => {
             init_logging("warn");
             admin::run(args).await
+        }
+        Command::Bench(args) => {
+            init_logging("warn");
+            match bench::run(args).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

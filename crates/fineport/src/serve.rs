@@ -53,6 +53,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = DuckDbOptions {
         threads: args.duckdb_threads,
         memory_limit: Some(args.duckdb_memory_limit.clone()),
+        ..DuckDbOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || DuckDbStore::open(&db_path, &options))
         .await

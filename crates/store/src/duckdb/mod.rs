@@ -54,6 +54,10 @@ pub struct DuckDbOptions {
     pub threads: Option<usize>,
     /// DuckDB memory limit, e.g. `"2GB"`.
     pub memory_limit: Option<String>,
+    /// WAL size that triggers a checkpoint. DuckDB's 16 MB default makes a
+    /// busy import checkpoint every few seconds, and each checkpoint rewrites
+    /// the idempotency index, so its cost grows with the table.
+    pub checkpoint_threshold: Option<String>,
 }
 
 impl Default for DuckDbOptions {
@@ -61,6 +65,7 @@ impl Default for DuckDbOptions {
         DuckDbOptions {
             threads: None,
             memory_limit: Some("4GB".into()),
+            checkpoint_threshold: Some("1GB".into()),
         }
     }
 }
@@ -98,8 +103,10 @@ impl DuckDbStore {
         if let Some(t) = options.threads {
             conn.execute_batch(&format!("SET threads = {t}"))?;
         }
-        if let Some(m) = &options.memory_limit {
-            conn.execute(&format!("SET memory_limit = '{}'", m.replace('\'', "")), [])?;
+        for (setting, value) in [("memory_limit", &options.memory_limit), ("checkpoint_threshold", &options.checkpoint_threshold)] {
+            if let Some(v) = value {
+                conn.execute_batch(&format!("SET {setting} = '{}'", v.replace('\'', "")))?;
+            }
         }
         conn.execute_batch(schema::META_DDL)?;
         let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));

@@ -1,0 +1,264 @@
+//! `fineport bench`: fineport's export and import speed beside DuckDB's own
+//! (docs/benchmarks.md has the method and the results).
+//!
+//! One run: generate a seeded synthetic service ([`data`]); start
+//! `fineport serve` as a child process on a fresh data directory
+//! ([`server`]); load the data through `POST /api/v1/events` from several
+//! concurrent clients; time three exports over HTTP (1 day and 30 days with
+//! every property, 30 days with an include filter on events and properties),
+//! with the time to first byte and the server's RSS sampled during each;
+//! stop the server; run DuckDB's `COPY … TO … (FORMAT CSV)` of the same rows
+//! and columns on the same file ([`native`]); print the table ([`report`]).
+//! Every timing is the best of `--runs`; row counts are checked against the
+//! generator's, so a short export fails the bench instead of flattering it.
+
+mod data;
+mod http;
+mod native;
+mod report;
+mod server;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::Args;
+use serde_json::{json, Value};
+
+use self::http::{ExportRun, Tokens};
+use self::native::{Native, NativeRun, Query};
+use self::report::{Case, Report};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events in the synthetic service (spread over 30 days).
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Seed of the generator: the same seed and size give the same data.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// How events fall in time: `live` (requests in time order, a few late
+    /// events) or `shuffled` (every event anywhere in the month).
+    #[arg(long, value_enum, default_value = "live")]
+    arrival: data::Arrival,
+    /// Concurrent import clients (one connection each).
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Runs of each export; the best time is reported.
+    #[arg(long, default_value_t = 2)]
+    runs: usize,
+    /// Where the bench's data directory is created (a fresh one per run).
+    #[arg(long, default_value = "/var/tmp")]
+    dir: PathBuf,
+    /// Keep the data directory (its path is printed) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// One export case: its request body and the rows it must return.
+struct ExportCase {
+    label: &'static str,
+    body: Value,
+    from: &'static str,
+    until: &'static str,
+    events: Option<&'static [&'static str]>,
+    rows: u64,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.events == 0 {
+        bail!("--events must be at least 1");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("fineport-bench-")
+        .tempdir_in(&args.dir)
+        .with_context(|| format!("cannot create a directory in {}", args.dir.display()))?;
+    let result = run_in(&args, tmp.path().to_path_buf()).await;
+    if args.keep {
+        let kept = tmp.keep();
+        eprintln!("data kept in {}", kept.display());
+    }
+    let report = result?;
+    println!("{}", report.render());
+    Ok(())
+}
+
+async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!(
+        "generating {} events (seed {}, {:?} arrival)…",
+        args.events, args.seed, args.arrival
+    );
+    let started = Instant::now();
+    let (seed, events, arrival) = (args.seed, args.events, args.arrival);
+    let dataset = tokio::task::spawn_blocking(move || data::generate(events, seed, arrival, threads)).await?;
+    let generate_time = started.elapsed();
+    let cases = export_cases(&dataset);
+    let mut report = Report::new(
+        args.events,
+        args.seed,
+        args.clients,
+        dataset.bodies.len(),
+        dataset.items,
+    );
+    report.arrival = format!("{:?}", args.arrival).to_lowercase();
+    report.generate_time = generate_time;
+    report.body_bytes = dataset.bodies.iter().map(|b| b.len() as u64).sum();
+
+    let data_dir = dir.join("data");
+    let server = server::Server::start(&data_dir)?;
+    let Tokens { import, export } = http::create_service(&server.base, &data::taxonomy()).await?;
+    eprintln!(
+        "importing {} requests from {} clients…",
+        dataset.bodies.len(),
+        args.clients
+    );
+    let bodies: Vec<Bytes> = dataset.bodies.into_iter().map(Bytes::from).collect();
+    report.import_time = http::import_all(&server.base, &import, bodies, args.clients).await?;
+    report.rss_after_import = server::rss_bytes(server.pid()).unwrap_or(0);
+
+    let mut headers = Vec::new();
+    for case in &cases {
+        eprintln!("exporting over HTTP: {}…", case.label);
+        let (run, header) = best_export(args.runs, &server, &export, case).await?;
+        report.cases.push(Case::new(case.label, run));
+        headers.push(header);
+    }
+    report.rss_peak_lifetime = peak_rss(server.pid());
+    server.stop()?;
+
+    let db = data_dir.join("fineport.duckdb");
+    let out = dir.join("native.csv");
+    let runs = args.runs;
+    let native_runs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(NativeRun, NativeRun)>> {
+        let native = Native::open(&db)?;
+        cases
+            .iter()
+            .zip(&headers)
+            .map(|(case, header)| {
+                eprintln!("DuckDB COPY: {}…", case.label);
+                let q = |ordered| Query {
+                    header,
+                    from_day: case.from,
+                    until_day: case.until,
+                    events: case.events,
+                    ordered,
+                };
+                Ok((
+                    best_native(runs, &native, &q(true), &out)?,
+                    best_native(runs, &native, &q(false), &out)?,
+                ))
+            })
+            .collect()
+    })
+    .await??;
+    for (case, (ordered, unordered)) in report.cases.iter_mut().zip(native_runs) {
+        case.native_ordered = Some(ordered);
+        case.native_unordered = Some(unordered);
+    }
+    Ok(report)
+}
+
+fn export_cases(d: &data::Dataset) -> Vec<ExportCase> {
+    let all = |from, to| json!({"events_condition_type": "all", "from_date": from, "to_date": to});
+    vec![
+        ExportCase {
+            label: "1 day, all properties",
+            body: all(data::ONE_DAY, data::ONE_DAY),
+            from: data::ONE_DAY,
+            until: data::DAY_AFTER_ONE_DAY,
+            events: None,
+            rows: d.per_day[data::ONE_DAY_INDEX],
+        },
+        ExportCase {
+            label: "30 days, all properties",
+            body: all(data::FIRST_DAY, data::LAST_DAY),
+            from: data::FIRST_DAY,
+            until: data::DAY_AFTER_LAST_DAY,
+            events: None,
+            rows: d.per_day.iter().sum(),
+        },
+        ExportCase {
+            label: "30 days, include filter (3 events, 6 properties)",
+            body: json!({
+                "events_condition_type": "include",
+                "events": data::FILTER_EVENTS,
+                "properties_condition_type": "include",
+                "properties": data::FILTER_PROPERTIES,
+                "from_date": data::FIRST_DAY,
+                "to_date": data::LAST_DAY,
+            }),
+            from: data::FIRST_DAY,
+            until: data::DAY_AFTER_LAST_DAY,
+            events: Some(&data::FILTER_EVENTS),
+            rows: d.filtered_per_day.iter().sum(),
+        },
+    ]
+}
+
+/// Runs an export `runs` times: the best time and first byte, the largest
+/// RSS growth; fails when the row count is not the generator's.
+async fn best_export(
+    runs: usize,
+    server: &server::Server,
+    token: &str,
+    case: &ExportCase,
+) -> anyhow::Result<(ExportRun, String)> {
+    let mut best: Option<ExportRun> = None;
+    let mut header = Vec::new();
+    for _ in 0..runs.max(1) {
+        let (run, h) = http::export(&server.base, token, &case.body, server.pid()).await?;
+        if run.rows != case.rows {
+            bail!("{}: {} rows exported, {} expected", case.label, run.rows, case.rows);
+        }
+        header = h;
+        best = Some(match best {
+            None => run,
+            Some(b) => {
+                // Memory: the run that grew the most; times: the best of each.
+                let (before, peak) = if run.rss_growth() > b.rss_growth() {
+                    (run.rss_before, run.rss_peak)
+                } else {
+                    (b.rss_before, b.rss_peak)
+                };
+                ExportRun {
+                    total: b.total.min(run.total),
+                    first_byte: b.first_byte.min(run.first_byte),
+                    rss_before: before,
+                    rss_peak: peak,
+                    ..run
+                }
+            }
+        });
+    }
+    let header = String::from_utf8(header).context("the CSV header is not UTF-8")?;
+    Ok((best.context("no export run")?, header))
+}
+
+fn best_native(runs: usize, native: &Native, q: &Query<'_>, out: &std::path::Path) -> anyhow::Result<NativeRun> {
+    let mut best: Option<NativeRun> = None;
+    for _ in 0..runs.max(1) {
+        let run = native.copy(q, out)?;
+        if best.as_ref().is_none_or(|b| run.total < b.total) {
+            best = Some(run);
+        }
+    }
+    best.context("no native run")
+}
+
+/// The process's lifetime peak RSS (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Seconds as a float, for rates.
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64().max(1e-9)
+}

@@ -1,0 +1,113 @@
+//! The reference: DuckDB's own CSV writer on the same file, the same rows
+//! and the same columns as a fineport export, in this process after the
+//! server has stopped (DuckDB lets one process open a file read-write):
+//! `COPY (SELECT <columns> FROM events_bench WHERE <range> [AND event_name IN …]
+//! [ORDER BY correction_ts, event_log_id]) TO '<file>' (FORMAT CSV, HEADER)`.
+//!
+//! The columns are taken from the header fineport sent, mapped to the
+//! table's columns through `taxonomy_properties`. DuckDB writes its own
+//! spellings (`2025-09-15 10:00:00.123` for a timestamp, `[a, b]` for a
+//! list), so the bytes differ a little; the rows, columns and order do not.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use duckdb::Connection;
+
+use super::http::SERVICE_ID;
+
+/// The system columns: CSV name → table column.
+const SYSTEM: [(&str, &str); 8] = [
+    ("df_unified_id", "unified_id"),
+    ("event_name", "event_name"),
+    ("df_api_version", "api_version"),
+    ("df_server_datetime", "server_ts"),
+    ("df_correction_datetime", "correction_ts"),
+    ("df_event_log_id", "event_log_id"),
+    ("df_event_datetime", "event_ts"),
+    ("df_platform", "platform"),
+];
+
+pub struct Native {
+    conn: Connection,
+    /// (scope, property name) → column.
+    columns: HashMap<(String, String), String>,
+}
+
+/// What a native COPY is asked to write.
+pub struct Query<'a> {
+    pub header: &'a str,
+    pub from_day: &'a str,
+    /// The day after the last one.
+    pub until_day: &'a str,
+    pub events: Option<&'a [&'a str]>,
+    pub ordered: bool,
+}
+
+pub struct NativeRun {
+    pub bytes: u64,
+    pub total: Duration,
+}
+
+impl Native {
+    pub fn open(db: &Path) -> anyhow::Result<Native> {
+        let conn = Connection::open(db).with_context(|| format!("cannot open {}", db.display()))?;
+        let mut stmt =
+            conn.prepare("SELECT scope, name, col FROM taxonomy_properties WHERE service_id = ? AND col IS NOT NULL")?;
+        let rows = stmt.query_map([SERVICE_ID], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+        let columns = rows.collect::<Result<HashMap<_, _>, _>>()?;
+        drop(stmt);
+        Ok(Native { conn, columns })
+    }
+
+    /// The SELECT expression of a CSV column of fineport's header.
+    fn column(&self, name: &str) -> anyhow::Result<String> {
+        if let Some((_, col)) = SYSTEM.iter().find(|(n, _)| *n == name) {
+            return Ok((*col).to_string());
+        }
+        let key = match name.strip_prefix("df_items_") {
+            Some(item) => ("item".to_string(), item.to_string()),
+            None => ("event".to_string(), name.to_string()),
+        };
+        match self.columns.get(&key) {
+            Some(col) => Ok(format!("{col} AS \"{name}\"")),
+            None => bail!("no column for {name}"),
+        }
+    }
+
+    /// Runs one COPY to `out` and returns its size and time.
+    pub fn copy(&self, q: &Query<'_>, out: &Path) -> anyhow::Result<NativeRun> {
+        let select = q
+            .header
+            .split(',')
+            .map(|name| self.column(name))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let filter = q.events.map_or(String::new(), |names| {
+            let list: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+            format!(" AND event_name IN ({})", list.join(", "))
+        });
+        let order = if q.ordered {
+            " ORDER BY correction_ts, event_log_id"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "COPY (SELECT {} FROM \"events_{SERVICE_ID}\" WHERE correction_ts >= TIMESTAMP '{}' \
+             AND correction_ts < TIMESTAMP '{}'{filter}{order}) TO '{}' (FORMAT CSV, HEADER)",
+            select.join(", "),
+            q.from_day,
+            q.until_day,
+            out.display()
+        );
+        let started = Instant::now();
+        self.conn
+            .execute_batch(&sql)
+            .with_context(|| format!("native COPY failed: {sql}"))?;
+        let total = started.elapsed();
+        let bytes = std::fs::metadata(out)?.len();
+        std::fs::remove_file(out).ok();
+        Ok(NativeRun { bytes, total })
+    }
+}

@@ -1,0 +1,234 @@
+//! The bench's results and their Markdown table (the form docs/benchmarks.md
+//! keeps them in).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::http::ExportRun;
+use super::native::NativeRun;
+use super::secs;
+
+pub struct Case {
+    pub label: &'static str,
+    pub run: ExportRun,
+    pub native_ordered: Option<NativeRun>,
+    pub native_unordered: Option<NativeRun>,
+}
+
+impl Case {
+    pub fn new(label: &'static str, run: ExportRun) -> Case {
+        Case {
+            label,
+            run,
+            native_ordered: None,
+            native_unordered: None,
+        }
+    }
+}
+
+pub struct Report {
+    pub events: u64,
+    pub seed: u64,
+    pub arrival: String,
+    pub clients: usize,
+    pub requests: usize,
+    pub items: u64,
+    pub generate_time: Duration,
+    pub body_bytes: u64,
+    pub import_time: Duration,
+    pub rss_after_import: u64,
+    pub rss_peak_lifetime: u64,
+    pub cases: Vec<Case>,
+}
+
+impl Report {
+    pub fn new(events: u64, seed: u64, clients: usize, requests: usize, items: u64) -> Report {
+        Report {
+            events,
+            seed,
+            arrival: String::new(),
+            clients,
+            requests,
+            items,
+            generate_time: Duration::ZERO,
+            body_bytes: 0,
+            import_time: Duration::ZERO,
+            rss_after_import: 0,
+            rss_peak_lifetime: 0,
+            cases: Vec::new(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## fineport bench: {} events, seed {}, {} arrival\n\nmachine: {}\n",
+            thousands(self.events),
+            self.seed,
+            self.arrival,
+            machine()
+        );
+        self.render_exports(&mut s);
+        self.render_latency_memory(&mut s);
+        self.render_import(&mut s);
+        s
+    }
+
+    fn render_exports(&self, s: &mut String) {
+        s.push_str(
+            "### Export (best of the runs; ratio = DuckDB's time / fineport's time, so ≥ 1.0× means fineport is as fast or faster)\n\n\
+             | export | rows | fineport: time | rows/s | MB/s | DuckDB COPY with ORDER BY: time | MB/s | ratio | DuckDB COPY without ORDER BY: time | ratio |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for c in &self.cases {
+            let t = secs(c.run.total);
+            let _ = write!(
+                s,
+                "| {} | {} | {:.2} s | {} | {:.1} |",
+                c.label,
+                thousands(c.run.rows),
+                t,
+                thousands((c.run.rows as f64 / t) as u64),
+                c.run.bytes as f64 / 1e6 / t
+            );
+            match &c.native_ordered {
+                Some(n) => {
+                    let _ = write!(
+                        s,
+                        " {:.2} s | {:.1} | {:.2}× |",
+                        secs(n.total),
+                        n.bytes as f64 / 1e6 / secs(n.total),
+                        secs(n.total) / t
+                    );
+                }
+                None => s.push_str(" – | – | – |"),
+            }
+            match &c.native_unordered {
+                Some(n) => {
+                    let _ = writeln!(s, " {:.2} s | {:.2}× |", secs(n.total), secs(n.total) / t);
+                }
+                None => s.push_str(" – | – |\n"),
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nCSV sizes: {}\n",
+            self.cases
+                .iter()
+                .map(|c| {
+                    let native = c.native_ordered.as_ref().map_or(0, |n| n.bytes);
+                    format!(
+                        "{}: fineport {:.1} MB, DuckDB {:.1} MB",
+                        c.label,
+                        c.run.bytes as f64 / 1e6,
+                        native as f64 / 1e6
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
+
+    fn render_latency_memory(&self, s: &mut String) {
+        s.push_str("### Latency and server memory\n\n| measure | value |\n|---|---:|\n");
+        if let Some(c) = self.cases.first() {
+            let _ = writeln!(
+                s,
+                "| first byte, {} | {:.1} ms |",
+                c.label,
+                c.run.first_byte.as_secs_f64() * 1e3
+            );
+        }
+        for c in &self.cases {
+            let _ = writeln!(
+                s,
+                "| server RSS before → peak during: {} ({} rows) | {} → {} MiB (+{} MiB) |",
+                c.label,
+                thousands(c.run.rows),
+                mib(c.run.rss_before),
+                mib(c.run.rss_peak),
+                mib(c.run.rss_growth())
+            );
+        }
+        let _ = writeln!(
+            s,
+            "| server RSS after the import / lifetime peak (VmHWM) | {} / {} MiB |\n",
+            mib(self.rss_after_import),
+            mib(self.rss_peak_lifetime)
+        );
+    }
+
+    fn render_import(&self, s: &mut String) {
+        let t = secs(self.import_time);
+        let _ = writeln!(
+            s,
+            "### Import (POST /api/v1/events, every answer 20000 = committed)\n\n| measure | value |\n|---|---:|\n\
+             | events (items) | {} ({}) |\n\
+             | requests of ≤ 100 events / clients | {} / {} |\n\
+             | request bodies | {:.1} MB, generated in {:.1} s (before timing) |\n\
+             | time | {:.2} s |\n\
+             | throughput | {} events/s |",
+            thousands(self.events),
+            thousands(self.items),
+            thousands(self.requests as u64),
+            self.clients,
+            self.body_bytes as f64 / 1e6,
+            secs(self.generate_time),
+            t,
+            thousands((self.events as f64 / t) as u64)
+        );
+    }
+}
+
+fn mib(bytes: u64) -> u64 {
+    bytes / (1024 * 1024)
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// CPU model, cores and memory, from /proc.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?.to_owned();
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
+    format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thousands;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(4_000_000), "4,000,000");
+    }
+}
