@@ -521,14 +521,17 @@ async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
     let refused = server.export(&svc, body.clone()).await;
     assert_eq!(refused.headers()["retry-after"], "1");
     assert_failure(refused, 429, "too_many_api_requests").await;
+    // The server frees a slot as soon as it sees the connection close.
     drop((a, b));
+    wait_for_log(&server, &svc, "client_connection_closed", 2).await;
 
     // Many disconnects in a row, each after the first chunk...
-    for _ in 0..8 {
+    for i in 0..8 {
         let mut resp = server.export(&svc, body.clone()).await;
-        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.status(), 200, "disconnect {i}");
         assert!(resp.chunk().await.unwrap().is_some());
         drop(resp);
+        wait_for_log(&server, &svc, "client_connection_closed", 3 + i).await;
     }
     let closed = wait_for_log(&server, &svc, "client_connection_closed", 10).await;
     assert!(closed.iter().all(|e| e["status"] == 200));

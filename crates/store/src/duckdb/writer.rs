@@ -253,7 +253,7 @@ fn claim_new_ids(conn: &Connection, service_id: &str, rows: &[EventRow<'_>]) -> 
         .iter()
         .map(|r| duckdb::types::Value::Text(r.event_log_id.clone()))
         .collect();
-    let mut stmt = conn.prepare(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {} SELECT DISTINCT CAST(x AS UUID) FROM unnest(CAST(? AS VARCHAR[])) AS t(x) \
          RETURNING CAST(event_log_id AS VARCHAR)",
         ids_table(service_id)
