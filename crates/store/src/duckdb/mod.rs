@@ -103,7 +103,10 @@ impl DuckDbStore {
         if let Some(t) = options.threads {
             conn.execute_batch(&format!("SET threads = {t}"))?;
         }
-        for (setting, value) in [("memory_limit", &options.memory_limit), ("checkpoint_threshold", &options.checkpoint_threshold)] {
+        for (setting, value) in [
+            ("memory_limit", &options.memory_limit),
+            ("checkpoint_threshold", &options.checkpoint_threshold),
+        ] {
             if let Some(v) = value {
                 conn.execute_batch(&format!("SET {setting} = '{}'", v.replace('\'', "")))?;
             }
