@@ -82,21 +82,7 @@ impl LimitSettings {
     }
 }
 
-/// A token kind, as the admin API spells it in paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    Import,
-    Export,
-}
-
-impl TokenKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Import => "import",
-            TokenKind::Export => "export",
-        }
-    }
-}
+pub use fineport_contract::tokens::TokenKind;
 
 /// A client of the admin API of one fineport server.
 #[derive(Debug, Clone)]

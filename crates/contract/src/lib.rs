@@ -9,6 +9,7 @@ pub mod import;
 pub mod profile;
 pub mod taxonomy;
 pub mod time;
+pub mod tokens;
 pub mod types;
 
 pub use chrono_tz::Tz;

@@ -140,7 +140,8 @@ async fn taxonomy_starts_standard_adds_idempotently_and_refuses_type_changes() {
     }
 }
 
-async fn open_state(path: &std::path::Path) -> fineport_server::SharedState {
+/// Opens the store at `path` without FINEPORT_ADMIN_TOKEN, as `serve` would.
+async fn open_state(path: &std::path::Path) -> (fineport_server::SharedState, Option<String>) {
     let store = std::sync::Arc::new(fineport_store::duckdb::DuckDbStore::open(path, &Default::default()).unwrap());
     let parts = fineport_server::Parts {
         store,
@@ -149,24 +150,14 @@ async fn open_state(path: &std::path::Path) -> fineport_server::SharedState {
         config: Default::default(),
         admin_token: None,
     };
-    let (state, generated) = fineport_server::build_state(parts).await.unwrap();
-    assert!(generated.is_none(), "a restart keeps the admin token");
-    state
+    fineport_server::build_state(parts).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_catalog_and_admin_token_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fineport.duckdb");
-    let store = std::sync::Arc::new(fineport_store::duckdb::DuckDbStore::open(&path, &Default::default()).unwrap());
-    let parts = fineport_server::Parts {
-        store,
-        clock: std::sync::Arc::new(fineport_server::clock::ManualClock::new(default_now())),
-        limiter: std::sync::Arc::new(fineport_server::limits::MemoryLimiter::default()),
-        config: Default::default(),
-        admin_token: None,
-    };
-    let (state, generated) = fineport_server::build_state(parts).await.unwrap();
+    let (state, generated) = open_state(&path).await;
     let admin_token = generated.expect("a first start generates the admin token");
     let service = fineport_store::Service {
         service_id: "shop".into(),
@@ -182,7 +173,8 @@ async fn the_catalog_and_admin_token_survive_a_restart() {
     state.catalog.register("shop", &doc).await.unwrap();
     drop(state);
 
-    let state = open_state(&path).await;
+    let (state, generated) = open_state(&path).await;
+    assert!(generated.is_none(), "a restart keeps the admin token");
     assert_eq!(
         state.admin_token_hash,
         fineport_server::tokens::hash(&admin_token),

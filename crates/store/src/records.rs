@@ -42,31 +42,7 @@ pub struct Service {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TokenKind {
-    /// `access_token` header, Import API only.
-    Import,
-    /// `Authorization: Bearer`, Export API only.
-    Export,
-}
-
-impl TokenKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenKind::Import => "import",
-            TokenKind::Export => "export",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<TokenKind> {
-        match s {
-            "import" => Some(TokenKind::Import),
-            "export" => Some(TokenKind::Export),
-            _ => None,
-        }
-    }
-}
+pub use fineport_contract::tokens::TokenKind;
 
 /// A token as stored: its hash, never the token itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
