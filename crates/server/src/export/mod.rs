@@ -284,7 +284,14 @@ async fn stream_csv(ledger: Ledger, filename: String, produce: Producer) -> Resp
     let rate = guard.ledger.as_ref().map(|l| l.permit.status);
     let first = match rx.recv().await {
         Some(Msg::Chunk(chunk)) => chunk,
-        Some(Msg::Done(Ok(_))) => Vec::new(),
+        Some(Msg::Done(Ok(summary))) => {
+            // Finished without a byte (no store does this: the header always
+            // comes): an empty, complete body.
+            if let Some(ledger) = guard.ledger.take() {
+                ledger.close(200, Ok(()), Some(summary.rows), 0);
+            }
+            Vec::new()
+        }
         Some(Msg::Done(Err(e))) => {
             let outcome = match store_outcome(&e) {
                 ExportOutcome::QueryError => ExportOutcome::QueryError,
