@@ -185,6 +185,24 @@ async fn resent_events_are_acknowledged_and_stored_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resent_after_a_restart_are_stored_once() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    assert_eq!(
+        server.import(&svc, events_body("u1", vec![login(1), login(2)])).await,
+        ok()
+    );
+    let server = server.restart().await;
+    let body = events_body("u1", vec![login(2), login(1), login(3)]);
+    assert_eq!(server.import(&svc, body.clone()).await, ok());
+    assert_eq!(server.import(&svc, body).await, ok());
+    assert_eq!(
+        exported_ids(&server, &svc).await,
+        vec![event_id(1), event_id(2), event_id(3)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_all_stored() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use fineport_server::clock::ManualClock;
+use fineport_server::clock::{Clock, ManualClock};
 use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts, SharedState};
 use fineport_store::duckdb::DuckDbStore;
@@ -53,7 +53,25 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config, now: DateTime<Utc>) -> TestServer {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, now).await
+    }
+
+    /// Stops this server, closes its store and starts a new server on the
+    /// same database file, as a process restart would.
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server");
+        }
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let (config, now) = (self.state.config.clone(), self.clock.now());
+        drop(self);
+        Self::start_in(dir, config, now).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>) -> TestServer {
         let store =
             Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &Default::default()).expect("open store"));
         let clock = Arc::new(ManualClock::new(now));

@@ -6,6 +6,7 @@
 //! sees only committed data. See [`schema`] for the table layout.
 
 mod batch;
+mod event_ids;
 mod export;
 mod identity;
 mod profiles;
@@ -120,6 +121,7 @@ impl DuckDbStore {
             layouts: layouts.clone(),
             identities,
             pending: None,
+            event_ids: Default::default(),
         })?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {

@@ -8,9 +8,9 @@
 //! reach SQL text and names that differ only in case stay distinct. Rows
 //! are appended in arrival order, which is close to time order, so DuckDB's
 //! per-row-group min/max on `correction_ts` skips most of the table for a
-//! one-day query. `event_ids_<service_id>` holds the `event_log_id`s under a
-//! primary key: it is what makes imports idempotent without an index on the
-//! wide event table (which would block `ALTER TABLE … ADD COLUMN`).
+//! one-day query. The tables have no index (one would block `ALTER TABLE …
+//! ADD COLUMN`): idempotency by `event_log_id` is kept in the writer's
+//! memory (see `event_ids`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,10 +71,6 @@ pub(crate) enum SysType {
 
 pub(crate) fn events_table(service_id: &str) -> String {
     format!("\"events_{service_id}\"")
-}
-
-pub(crate) fn ids_table(service_id: &str) -> String {
-    format!("\"event_ids_{service_id}\"")
 }
 
 /// One property column of an event table.
@@ -163,7 +159,7 @@ pub(crate) fn column_sql_type(column: &PropertyColumn) -> String {
     }
 }
 
-/// Creates a service's event and id tables.
+/// Creates a service's event table.
 pub(crate) fn create_event_tables(conn: &Connection, service_id: &str) -> Result<(), StoreError> {
     let system: Vec<String> = SYSTEM_COLUMNS
         .iter()
@@ -176,10 +172,9 @@ pub(crate) fn create_event_tables(conn: &Connection, service_id: &str) -> Result
         })
         .collect();
     conn.execute_batch(&format!(
-        "CREATE TABLE {} ({});\nCREATE TABLE {} (event_log_id UUID PRIMARY KEY);",
+        "CREATE TABLE {} ({})",
         events_table(service_id),
-        system.join(", "),
-        ids_table(service_id)
+        system.join(", ")
     ))?;
     Ok(())
 }

@@ -16,8 +16,9 @@ use fineport_contract::import::EventBatch;
 use tokio::sync::oneshot;
 
 use super::batch::{self, EventRow};
+use super::event_ids::IdSet;
 use super::identity::{Identities, Staged};
-use super::schema::{ids_table, Layout, Layouts};
+use super::schema::{Layout, Layouts};
 use crate::{InsertSummary, StoreError};
 
 /// Most events gathered into one transaction.
@@ -45,6 +46,9 @@ pub(crate) struct WriterState {
     pub identities: Identities,
     /// Identity changes of the running `Exec` job, applied after its commit.
     pub pending: Option<Staged>,
+    /// The committed `event_log_id`s of each service that imported since
+    /// the start (loaded on its first import).
+    pub event_ids: HashMap<String, IdSet>,
 }
 
 impl WriterState {
@@ -71,6 +75,24 @@ impl WriterState {
                 }
             }
             Err(e) => tracing::error!(error = %e, "cannot reload table layouts"),
+        }
+    }
+
+    /// The committed ids of a service, loaded on first use.
+    fn event_ids(&mut self, service_id: &str) -> Result<&IdSet, StoreError> {
+        if !self.event_ids.contains_key(service_id) {
+            let ids = IdSet::load(&self.conn, service_id)?;
+            tracing::info!(service_id, ids = ids.len(), "loaded the event ids of a service");
+            self.event_ids.insert(service_id.to_owned(), ids);
+        }
+        Ok(&self.event_ids[service_id])
+    }
+
+    /// Applies what a committed group changed to the in-memory indexes.
+    fn apply(&mut self, changes: GroupChanges) {
+        self.identities.apply(changes.identities);
+        for (service_id, ids) in changes.event_ids {
+            self.event_ids.entry(service_id).or_default().extend(ids);
         }
     }
 
@@ -160,14 +182,14 @@ fn commit_group(state: &mut WriterState, group: Vec<EventJob>) {
         return;
     }
     let result = state.transaction(|s| {
-        let mut staged = Staged::default();
+        let mut changes = GroupChanges::default();
         let jobs: Vec<&EventJob> = group.iter().collect();
-        let summaries = insert_jobs(s, &mut staged, &jobs)?;
-        Ok((summaries, staged))
+        let summaries = insert_jobs(s, &mut changes, &jobs)?;
+        Ok((summaries, changes))
     });
     match result {
-        Ok((summaries, staged)) => {
-            state.identities.apply(staged);
+        Ok((summaries, changes)) => {
+            state.apply(changes);
             for (job, summary) in group.into_iter().zip(summaries) {
                 let _ = job.reply.send(Ok(summary));
             }
@@ -180,13 +202,13 @@ fn commit_group(state: &mut WriterState, group: Vec<EventJob>) {
             tracing::warn!(error = %e, jobs = group.len(), "group commit failed; retrying its requests one by one");
             for job in group {
                 let one = state.transaction(|s| {
-                    let mut staged = Staged::default();
-                    let summary = insert_jobs(s, &mut staged, &[&job])?;
-                    Ok((summary, staged))
+                    let mut changes = GroupChanges::default();
+                    let summary = insert_jobs(s, &mut changes, &[&job])?;
+                    Ok((summary, changes))
                 });
                 let reply = match one {
-                    Ok((mut summaries, staged)) => {
-                        state.identities.apply(staged);
+                    Ok((mut summaries, changes)) => {
+                        state.apply(changes);
                         Ok(summaries.pop().unwrap_or_default())
                     }
                     Err(e) => Err(e),
@@ -197,38 +219,55 @@ fn commit_group(state: &mut WriterState, group: Vec<EventJob>) {
     }
 }
 
+/// What one group's transaction adds to the writer's in-memory indexes,
+/// applied only once it has committed.
+#[derive(Default)]
+struct GroupChanges {
+    identities: Staged,
+    /// The ids of the events the group inserted, per service.
+    event_ids: Vec<(String, Vec<u128>)>,
+}
+
 /// Inserts the events of `jobs` within the open transaction.
 fn insert_jobs(
     state: &mut WriterState,
-    staged: &mut Staged,
+    changes: &mut GroupChanges,
     jobs: &[&EventJob],
 ) -> Result<Vec<InsertSummary>, StoreError> {
     // Resolve identities in arrival order, then insert per service.
-    let mut by_service: HashMap<&str, Vec<EventRow<'_>>> = HashMap::new();
-    let mut uids = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        uids.push(state.identities.resolve(staged, &job.service_id, &job.batch.identity));
-    }
+    let uids: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            state
+                .identities
+                .resolve(&mut changes.identities, &job.service_id, &job.batch.identity)
+        })
+        .collect();
+    let mut by_service: HashMap<&str, Vec<(&EventJob, &str)>> = HashMap::new();
     for (job, uid) in jobs.iter().zip(&uids) {
-        let rows = by_service.entry(job.service_id.as_str()).or_default();
-        for event in &job.batch.events {
-            rows.push(EventRow {
-                event,
-                event_log_id: event.event_log_id.hyphenated().to_string(),
-                unified_id: uid,
-                server_ms: job.received_at_ms,
-                correction_ms: event.event_datetime_ms.min(job.received_at_ms),
-            });
-        }
+        by_service.entry(job.service_id.as_str()).or_default().push((job, uid));
     }
     let now_ms = jobs.iter().map(|j| j.received_at_ms).max().unwrap_or_default();
-    for (service_id, rows) in by_service {
-        let new_ids = claim_new_ids(&state.conn, service_id, &rows)?;
-        let mut seen = HashSet::new();
-        let fresh: Vec<EventRow<'_>> = rows
-            .into_iter()
-            .filter(|r| new_ids.contains(&r.event_log_id) && seen.insert(r.event_log_id.clone()))
-            .collect();
+    for (service_id, service_jobs) in by_service {
+        // Events already stored, and repeats within the group, are skipped.
+        let stored = state.event_ids(service_id)?;
+        let mut fresh_ids = HashSet::new();
+        let mut fresh = Vec::new();
+        for (job, uid) in service_jobs {
+            for event in &job.batch.events {
+                let id = event.event_log_id.as_u128();
+                if stored.contains(id) || !fresh_ids.insert(id) {
+                    continue;
+                }
+                fresh.push(EventRow {
+                    event,
+                    event_log_id: event.event_log_id.hyphenated().to_string(),
+                    unified_id: uid,
+                    server_ms: job.received_at_ms,
+                    correction_ms: event.event_datetime_ms.min(job.received_at_ms),
+                });
+            }
+        }
         if fresh.is_empty() {
             continue;
         }
@@ -237,29 +276,15 @@ fn insert_jobs(
         let mut app = state.conn.appender(&format!("events_{service_id}"))?;
         app.append_record_batch(batch)?;
         app.flush()?;
+        changes
+            .event_ids
+            .push((service_id.to_owned(), fresh_ids.into_iter().collect()));
     }
-    Identities::write(&state.conn, staged, now_ms)?;
+    Identities::write(&state.conn, &changes.identities, now_ms)?;
     Ok(jobs
         .iter()
         .map(|j| InsertSummary {
             events: j.batch.events.len(),
         })
         .collect())
-}
-
-/// Records the `event_log_id`s of `rows` and returns those not seen before.
-fn claim_new_ids(conn: &Connection, service_id: &str, rows: &[EventRow<'_>]) -> Result<HashSet<String>, StoreError> {
-    let ids: Vec<duckdb::types::Value> = rows
-        .iter()
-        .map(|r| duckdb::types::Value::Text(r.event_log_id.clone()))
-        .collect();
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT OR IGNORE INTO {} SELECT DISTINCT CAST(x AS UUID) FROM unnest(CAST(? AS VARCHAR[])) AS t(x) \
-         RETURNING CAST(event_log_id AS VARCHAR)",
-        ids_table(service_id)
-    ))?;
-    let new = stmt
-        .query_map([duckdb::types::Value::List(ids)], |r| r.get::<_, String>(0))?
-        .collect::<Result<HashSet<_>, _>>()?;
-    Ok(new)
 }
