@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use fineport_server::clock::{Clock, ManualClock};
 use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts, SharedState};
-use fineport_store::duckdb::DuckDbStore;
+use fineport_store::duckdb::{DuckDbOptions, DuckDbStore};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -72,8 +72,13 @@ impl TestServer {
     }
 
     async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>) -> TestServer {
-        let store =
-            Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &Default::default()).expect("open store"));
+        // One export slice per hour with events, so that every export test
+        // goes through the slice workers and their ordering.
+        let options = DuckDbOptions {
+            export_slice_cells: 1,
+            ..Default::default()
+        };
+        let store = Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
         let clock = Arc::new(ManualClock::new(now));
         let parts = Parts {
             store: store.clone(),

@@ -1,11 +1,23 @@
 //! The streaming event export on DuckDB.
 //!
-//! One query per service day, each sorted on its own by
-//! `(correction_ts, event_log_id)`: the days are disjoint and in order, so
-//! the concatenation is the globally ordered result, while DuckDB only ever
-//! sorts one day and the memory of an export does not grow with its range.
-//! Results are pulled as a stream of Arrow batches and encoded straight into
-//! CSV chunks by the contract's cell encoder.
+//! The range is cut into *slices*: consecutive time ranges of about
+//! [`DEFAULT_SLICE_CELLS`] cells each (rows × columns; a store option), cut
+//! on UTC hour boundaries from a histogram of the range. Each slice is one
+//! query sorted on its own by `(correction_ts, event_log_id)`; slices are
+//! disjoint and in order, so their concatenation is the globally ordered
+//! result, while DuckDB only ever sorts one slice and an export's memory
+//! follows the slice size, not the range or the service's daily volume.
+//!
+//! A slice is smaller than one of DuckDB's row groups, so its query runs on
+//! one thread. Two slice workers, each with its own connection, run the
+//! queries of alternate slices ahead of the encoder: while this thread
+//! encodes slice *k*, the other worker is already sorting slice *k + 1*, so
+//! both cores work as they do in DuckDB's own parallel COPY. Every slice
+//! query reads only rows with `rowid <=` the last one in the histogram's
+//! snapshot: events are only ever appended, so all slices see the same
+//! committed set even though they run in separate transactions.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use duckdb::arrow::array::{
     Array, BooleanArray, Date32Array, Float64Array, Int64Array, ListArray, StringArray, TimestampMicrosecondArray,
@@ -23,6 +35,33 @@ use super::schema::{events_table, Layout};
 use super::FailPoint;
 use crate::{ExportSink, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 
+/// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
+/// 45 columns of a full export, so two slices in flight stay well inside the
+/// memory budget of an export. An hour with more rows is one slice on its own.
+pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
+
+/// Slice workers, each with its own connection.
+const WORKERS: usize = 2;
+
+/// Arrow batches a worker may run ahead of the encoder, per worker.
+const BATCHES_AHEAD: usize = 4;
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// A time range `[start_ms, end_ms)` of the export, queried on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slice {
+    start_ms: i64,
+    end_ms: i64,
+}
+
+/// What a worker hands the encoder.
+enum Piece {
+    Batch(RecordBatch),
+    /// The current slice is complete.
+    SliceEnd,
+}
+
 pub(crate) fn run(
     conn: &Connection,
     layout: &Layout,
@@ -30,9 +69,13 @@ pub(crate) fn run(
     timezone: Tz,
     plan: &EventExportPlan,
     sink: &mut dyn ExportSink,
-    failpoint: Option<FailPoint>,
+    (failpoint, slice_cells): (Option<FailPoint>, u64),
 ) -> Result<ExportSummary, StoreError> {
-    start(conn, sink, failpoint)?;
+    let worker_conns = (0..WORKERS).map(|_| conn.try_clone()).collect::<Result<Vec<_>, _>>()?;
+    let mut interrupts = vec![conn.interrupt_handle()];
+    interrupts.extend(worker_conns.iter().map(Connection::interrupt_handle));
+    let interrupt_all = move || interrupts.iter().for_each(|i| i.interrupt());
+    start(sink, Box::new(interrupt_all.clone()), failpoint)?;
 
     let select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
     let (filter, names) = match &plan.event_filter {
@@ -47,76 +90,181 @@ pub(crate) fn run(
             (format!(" AND event_name {op} ({marks})"), names.clone())
         }
     };
-
-    let mut out = Out {
-        buf: plan.header_line(),
-        sink,
-        summary: ExportSummary::default(),
-        failpoint,
+    let table = events_table(service_id);
+    let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
+    let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
+    let rows_per_slice = (slice_cells / select.len().max(1) as u64).max(1);
+    let (last_rowid, slices) = plan_slices(conn, &table, &filter, &names, (start_ms, end_ms), rows_per_slice)?;
+    let query = SliceQuery {
+        sql_head: format!("SELECT {} FROM {table} WHERE rowid <= {last_rowid}", select.join(", ")),
+        filter,
+        names,
     };
-    let mut scratch = Vec::new();
-    for day in days_with_events(conn, service_id, timezone, plan)? {
-        let (start_ms, end_ms) = day_bounds_ms(day, timezone);
-        let sql = format!(
-            "SELECT {} FROM {} WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){} \
-             ORDER BY correction_ts, event_log_id",
-            select.join(", "),
-            events_table(service_id),
-            start_ms * 1000,
-            end_ms * 1000,
-            filter,
-        );
-        let mut stmt = conn.prepare(&sql).map_err(query_error)?;
-        let stream = stmt.stream_arrow(params_from_iter(names.iter())).map_err(query_error)?;
-        for batch in stream {
-            let batch = batch.map_err(query_error)?;
-            encode_batch(&batch, &mut out, &mut scratch)?;
+
+    let mut out = Out::new(plan.header_line(), sink, failpoint);
+    std::thread::scope(|scope| -> Result<(), StoreError> {
+        let mut receivers = Vec::new();
+        for (w, worker_conn) in worker_conns.into_iter().enumerate() {
+            let (tx, rx) = sync_channel(BATCHES_AHEAD);
+            let mine: Vec<Slice> = slices.iter().copied().skip(w).step_by(WORKERS).collect();
+            let query = &query;
+            scope.spawn(move || query.run_all(&worker_conn, &mine, &tx));
+            receivers.push(rx);
         }
-    }
+        let result = encode_slices(&receivers, slices.len(), &mut out);
+        if result.is_err() {
+            // Stop workers that are still sorting slices nobody will read.
+            drop(receivers);
+            interrupt_all();
+        }
+        result
+    })?;
     out.flush()?;
     Ok(out.summary)
 }
 
-/// The days of the plan that can hold events: those between the first and
-/// the last event of the range. A range of years (look-back 0) or one that
-/// reaches far into the future costs one query, not one per empty day.
-fn days_with_events(
-    conn: &Connection,
-    service_id: &str,
-    timezone: Tz,
-    plan: &EventExportPlan,
-) -> Result<Vec<chrono::NaiveDate>, StoreError> {
-    let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
-    let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
-    let sql = format!(
-        "SELECT epoch_ms(min(correction_ts)), epoch_ms(max(correction_ts)) FROM {} \
-         WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT)",
-        events_table(service_id),
-        start_ms * 1000,
-        end_ms * 1000
-    );
-    let (first, last): (Option<i64>, Option<i64>) = conn
-        .query_row(&sql, [], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(query_error)?;
-    let (Some(first), Some(last)) = (first, last) else {
-        return Ok(Vec::new());
-    };
-    let day_of = |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map(|t| t.with_timezone(&timezone).date_naive());
-    let (Some(first_day), Some(last_day)) = (day_of(first), day_of(last)) else {
-        return Ok(Vec::new());
-    };
-    Ok(plan.days().filter(|d| *d >= first_day && *d <= last_day).collect())
+/// Takes the slices' batches in slice order (worker `k % WORKERS` has slice
+/// `k`) and encodes them.
+fn encode_slices(
+    receivers: &[Receiver<Result<Piece, StoreError>>],
+    slices: usize,
+    out: &mut Out<'_>,
+) -> Result<(), StoreError> {
+    let mut scratch = Vec::new();
+    for k in 0..slices {
+        let rx = &receivers[k % receivers.len()];
+        loop {
+            match rx.recv() {
+                Ok(Ok(Piece::Batch(batch))) => encode_batch(&batch, out, &mut scratch)?,
+                Ok(Ok(Piece::SliceEnd)) => break,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(StoreError::internal("an export worker stopped")),
+            }
+        }
+    }
+    Ok(())
 }
 
-/// What every export does first: let the sink interrupt the connection's
-/// query, and honour a before-the-first-byte failpoint.
-pub(crate) fn start(
+/// The query of one slice, without its time range.
+struct SliceQuery {
+    sql_head: String,
+    filter: String,
+    names: Vec<String>,
+}
+
+impl SliceQuery {
+    /// Runs `slices` in order, handing their batches on; stops at the first
+    /// error (which it hands on) or when the encoder has gone.
+    fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
+        for slice in slices {
+            match self.run_one(conn, *slice, tx) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `Ok(false)` when the encoder has gone.
+    fn run_one(
+        &self,
+        conn: &Connection,
+        slice: Slice,
+        tx: &SyncSender<Result<Piece, StoreError>>,
+    ) -> Result<bool, StoreError> {
+        let sql = format!(
+            "{} AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){} \
+             ORDER BY correction_ts, event_log_id",
+            self.sql_head,
+            slice.start_ms * 1000,
+            slice.end_ms * 1000,
+            self.filter,
+        );
+        let mut stmt = conn.prepare(&sql).map_err(query_error)?;
+        for batch in stmt
+            .stream_arrow(params_from_iter(self.names.iter()))
+            .map_err(query_error)?
+        {
+            let batch = batch.map_err(query_error)?;
+            if tx.send(Ok(Piece::Batch(batch))).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(tx.send(Ok(Piece::SliceEnd)).is_ok())
+    }
+}
+
+/// Cuts `[start_ms, end_ms)` into slices from an hourly histogram of the
+/// rows the export will read, and returns them with the last `rowid` of
+/// the histogram's snapshot. Hours without rows cost nothing: a range of
+/// years with a few events is one or two queries.
+fn plan_slices(
     conn: &Connection,
+    table: &str,
+    filter: &str,
+    names: &[String],
+    (start_ms, end_ms): (i64, i64),
+    rows_per_slice: u64,
+) -> Result<(i64, Vec<Slice>), StoreError> {
+    // One statement, so the histogram and the rowid bound share a snapshot.
+    let sql = format!(
+        "WITH hist AS (SELECT epoch_ms(correction_ts) // {HOUR_MS} AS hour, count(*) AS n FROM {table} \
+         WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){filter} \
+         GROUP BY hour) \
+         SELECT hour, n, (SELECT coalesce(max(rowid), -1) FROM {table}) FROM hist ORDER BY hour",
+        start_ms * 1000,
+        end_ms * 1000,
+    );
+    let mut stmt = conn.prepare(&sql).map_err(query_error)?;
+    let mut hours = Vec::new();
+    let mut last_rowid = -1;
+    let mut rows = stmt.query(params_from_iter(names.iter())).map_err(query_error)?;
+    while let Some(row) = rows.next().map_err(query_error)? {
+        hours.push((row.get::<_, i64>(0)?, row.get::<_, u64>(1)?));
+        last_rowid = row.get(2)?;
+    }
+    Ok((last_rowid, cut_slices(&hours, rows_per_slice, start_ms, end_ms)))
+}
+
+/// Groups consecutive hours (`(hour since the epoch, rows)`, ascending) into
+/// slices of at most `rows_per_slice` rows where the hours allow; the first
+/// slice starts at `start_ms` and the last ends at `end_ms`.
+fn cut_slices(hours: &[(i64, u64)], rows_per_slice: u64, start_ms: i64, end_ms: i64) -> Vec<Slice> {
+    let mut slices = Vec::new();
+    let mut slice_start = start_ms;
+    let mut rows = 0;
+    for &(hour, n) in hours {
+        if rows > 0 && rows + n > rows_per_slice {
+            let cut = (hour * HOUR_MS).clamp(start_ms, end_ms);
+            slices.push(Slice {
+                start_ms: slice_start,
+                end_ms: cut,
+            });
+            slice_start = cut;
+            rows = 0;
+        }
+        rows += n;
+    }
+    if rows > 0 {
+        slices.push(Slice {
+            start_ms: slice_start,
+            end_ms,
+        });
+    }
+    slices
+}
+
+/// What every export does first: let the sink interrupt the export's
+/// queries, and honour a before-the-first-byte failpoint.
+pub(crate) fn start(
     sink: &mut dyn ExportSink,
+    interrupt: Box<dyn Fn() + Send + Sync>,
     failpoint: Option<FailPoint>,
 ) -> Result<(), StoreError> {
-    let interrupt = conn.interrupt_handle();
-    sink.set_interrupt(Box::new(move || interrupt.interrupt()));
+    sink.set_interrupt(interrupt);
     match failpoint {
         Some(FailPoint::BeforeFirstByte) => Err(StoreError::query("injected failure before the first byte")),
         Some(FailPoint::InternalBeforeFirstByte) => Err(StoreError::internal("injected internal error")),
@@ -325,4 +473,39 @@ fn encode_batch(batch: &RecordBatch, out: &mut Out<'_>, scratch: &mut Vec<u8>) -
         out.end_row()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(hour: i64) -> i64 {
+        hour * HOUR_MS
+    }
+
+    #[test]
+    fn slices_cover_the_range_and_group_hours_up_to_the_target() {
+        let (start, end) = (h(10) - 1234, h(40));
+        let hours = [(10, 5), (11, 5), (12, 1), (20, 8), (21, 30), (39, 2)];
+        let slices = cut_slices(&hours, 10, start, end);
+        let bounds: Vec<(i64, i64)> = slices.iter().map(|s| (s.start_ms, s.end_ms)).collect();
+        // 5+5 fit; 1 opens a new slice, 1+8 fit; 30 is over the target alone; 2.
+        assert_eq!(
+            bounds,
+            vec![(start, h(12)), (h(12), h(21)), (h(21), h(39)), (h(39), end)]
+        );
+    }
+
+    #[test]
+    fn no_rows_no_slices_and_few_rows_one_slice() {
+        assert!(cut_slices(&[], 10, 0, h(24)).is_empty());
+        let one = cut_slices(&[(3, 4), (9000, 2)], 10, 0, h(10_000));
+        assert_eq!(
+            one,
+            vec![Slice {
+                start_ms: 0,
+                end_ms: h(10_000)
+            }]
+        );
+    }
 }

@@ -59,6 +59,9 @@ pub struct DuckDbOptions {
     /// busy import checkpoint every few seconds, and each checkpoint rewrites
     /// the idempotency index, so its cost grows with the table.
     pub checkpoint_threshold: Option<String>,
+    /// Cells (rows × columns) an event export sorts at a time; see
+    /// `export.rs`. Smaller slices use less memory and cost more queries.
+    pub export_slice_cells: u64,
 }
 
 impl Default for DuckDbOptions {
@@ -67,6 +70,7 @@ impl Default for DuckDbOptions {
             threads: None,
             memory_limit: Some("4GB".into()),
             checkpoint_threshold: Some("1GB".into()),
+            export_slice_cells: export::DEFAULT_SLICE_CELLS,
         }
     }
 }
@@ -83,6 +87,7 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     layouts: Layouts,
     failpoint: Mutex<Option<FailPoint>>,
+    export_slice_cells: u64,
     /// Test hook: imports fail as a broken store would, storing nothing.
     fail_writes: std::sync::atomic::AtomicBool,
 }
@@ -130,6 +135,7 @@ impl DuckDbStore {
                 writer_thread: Mutex::new(Some(thread)),
                 layouts,
                 failpoint: Mutex::new(None),
+                export_slice_cells: options.export_slice_cells.max(1),
                 fail_writes: Default::default(),
             }),
         })
@@ -467,7 +473,16 @@ impl Store for DuckDbStore {
             .cloned()
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
         let failpoint = self.inner.failpoint.lock().ok().and_then(|f| *f);
-        export::run(&conn, &layout, service_id, timezone, plan, sink, failpoint)
+        let slice_cells = self.inner.export_slice_cells;
+        export::run(
+            &conn,
+            &layout,
+            service_id,
+            timezone,
+            plan,
+            sink,
+            (failpoint, slice_cells),
+        )
     }
 
     async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError> {

@@ -158,7 +158,8 @@ pub(crate) fn export(
     sink: &mut dyn ExportSink,
     failpoint: Option<FailPoint>,
 ) -> Result<ExportSummary, StoreError> {
-    start(conn, sink, failpoint)?;
+    let interrupt = conn.interrupt_handle();
+    start(sink, Box::new(move || interrupt.interrupt()), failpoint)?;
     let headers = plan.headers();
     let columns: Vec<ProfileColumn> = headers
         .iter()
