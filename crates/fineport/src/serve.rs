@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// DuckDB memory limit, e.g. 4GB or 512MB.
     #[arg(long, env = "FINEPORT_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     duckdb_memory_limit: String,
+    /// Cells (rows × columns) an event export sorts at a time: less memory
+    /// per export when smaller, fewer queries when larger.
+    #[arg(long, env = "FINEPORT_EXPORT_SLICE_CELLS", default_value_t = DuckDbOptions::default().export_slice_cells)]
+    export_slice_cells: u64,
     /// Hours after a token reissue before the same kind may be reissued again.
     #[arg(long, env = "FINEPORT_TOKEN_REISSUE_COOLDOWN_HOURS", default_value_t = 24)]
     token_reissue_cooldown_hours: u32,
@@ -53,6 +57,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let options = DuckDbOptions {
         threads: args.duckdb_threads,
         memory_limit: Some(args.duckdb_memory_limit.clone()),
+        export_slice_cells: args.export_slice_cells,
         ..DuckDbOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || DuckDbStore::open(&db_path, &options))

@@ -37,6 +37,7 @@ pub struct Report {
     pub body_bytes: u64,
     pub import_time: Duration,
     pub rss_after_import: u64,
+    pub rss_after_restart: u64,
     pub rss_peak_lifetime: u64,
     pub cases: Vec<Case>,
 }
@@ -54,6 +55,7 @@ impl Report {
             body_bytes: 0,
             import_time: Duration::ZERO,
             rss_after_import: 0,
+            rss_after_restart: 0,
             rss_peak_lifetime: 0,
             cases: Vec::new(),
         }
@@ -153,8 +155,9 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "| server RSS after the import / lifetime peak (VmHWM) | {} / {} MiB |\n",
+            "| server RSS after the import / after the restart / lifetime peak after the restart (VmHWM) | {} / {} / {} MiB |\n",
             mib(self.rss_after_import),
+            mib(self.rss_after_restart),
             mib(self.rss_peak_lifetime)
         );
     }

@@ -108,7 +108,10 @@ pub(crate) fn run(
             let (tx, rx) = sync_channel(BATCHES_AHEAD);
             let mine: Vec<Slice> = slices.iter().copied().skip(w).step_by(WORKERS).collect();
             let query = &query;
-            scope.spawn(move || query.run_all(&worker_conn, &mine, &tx));
+            std::thread::Builder::new()
+                .name(format!("fineport-slices-{w}"))
+                .spawn_scoped(scope, move || query.run_all(&worker_conn, &mine, &tx))
+                .map_err(|e| StoreError::internal(format!("cannot start an export worker: {e}")))?;
             receivers.push(rx);
         }
         let result = encode_slices(&receivers, slices.len(), &mut out);
