@@ -199,11 +199,6 @@ impl EventExportPlan {
         crate::csv::push_line(&mut out, &headers);
         out
     }
-
-    /// The service days of the range, in order.
-    pub fn days(&self) -> impl Iterator<Item = NaiveDate> + '_ {
-        self.from_date.iter_days().take_while(move |d| *d <= self.to_date)
-    }
 }
 
 const EVENT_FIELDS: &[&str] = &[
@@ -618,11 +613,5 @@ mod tests {
         let err = check_lookback(today - Duration::days(31), today, 30).unwrap_err();
         assert_eq!(err.outcome, ExportOutcome::ExceedDateRangeLimit);
         assert!(check_lookback(today - Duration::days(5000), today, 0).is_ok());
-    }
-
-    #[test]
-    fn days_cover_the_inclusive_range() {
-        let p = plan(base()).unwrap();
-        assert_eq!(p.days().count(), 2);
     }
 }
