@@ -48,6 +48,15 @@ const BATCHES_AHEAD: usize = 4;
 
 const HOUR_MS: i64 = 3_600_000;
 
+/// How an export runs, beyond what it exports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    /// Cells (rows × columns) per slice; see [`DEFAULT_SLICE_CELLS`].
+    pub slice_cells: u64,
+    /// A failure to inject (tests only).
+    pub failpoint: Option<FailPoint>,
+}
+
 /// A time range `[start_ms, end_ms)` of the export, queried on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slice {
@@ -69,7 +78,7 @@ pub(crate) fn run(
     timezone: Tz,
     plan: &EventExportPlan,
     sink: &mut dyn ExportSink,
-    (failpoint, slice_cells): (Option<FailPoint>, u64),
+    Settings { slice_cells, failpoint }: Settings,
 ) -> Result<ExportSummary, StoreError> {
     let worker_conns = (0..WORKERS).map(|_| conn.try_clone()).collect::<Result<Vec<_>, _>>()?;
     let mut interrupts = vec![conn.interrupt_handle()];

@@ -57,7 +57,7 @@ pub struct DuckDbOptions {
     pub memory_limit: Option<String>,
     /// WAL size that triggers a checkpoint. DuckDB's 16 MB default makes a
     /// busy import checkpoint every few seconds, and each checkpoint rewrites
-    /// the idempotency index, so its cost grows with the table.
+    /// the growing event table's last row groups, so its cost grows with it.
     pub checkpoint_threshold: Option<String>,
     /// Cells (rows × columns) an event export sorts at a time; see
     /// `export.rs`. Smaller slices use less memory and cost more queries.
@@ -135,7 +135,7 @@ impl DuckDbStore {
                 writer_thread: Mutex::new(Some(thread)),
                 layouts,
                 failpoint: Mutex::new(None),
-                export_slice_cells: options.export_slice_cells.max(1),
+                export_slice_cells: options.export_slice_cells,
                 fail_writes: Default::default(),
             }),
         })
@@ -397,7 +397,7 @@ impl Store for DuckDbStore {
                 .conn
                 .execute("INSERT INTO services VALUES (?, ?)", params![service.service_id, doc])?;
             save_tokens_in(&state.conn, &tokens)?;
-            schema::create_event_tables(&state.conn, &service.service_id)?;
+            schema::create_event_table(&state.conn, &service.service_id)?;
             state.set_layout(&service.service_id, Layout::default());
             register_in(state, &service.service_id, &taxonomy)
         })
@@ -472,17 +472,11 @@ impl Store for DuckDbStore {
             .get(service_id)
             .cloned()
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
-        let failpoint = self.inner.failpoint.lock().ok().and_then(|f| *f);
-        let slice_cells = self.inner.export_slice_cells;
-        export::run(
-            &conn,
-            &layout,
-            service_id,
-            timezone,
-            plan,
-            sink,
-            (failpoint, slice_cells),
-        )
+        let settings = export::Settings {
+            slice_cells: self.inner.export_slice_cells,
+            failpoint: self.inner.failpoint.lock().ok().and_then(|f| *f),
+        };
+        export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
     }
 
     async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError> {

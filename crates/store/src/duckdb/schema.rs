@@ -160,7 +160,7 @@ pub(crate) fn column_sql_type(column: &PropertyColumn) -> String {
 }
 
 /// Creates a service's event table.
-pub(crate) fn create_event_tables(conn: &Connection, service_id: &str) -> Result<(), StoreError> {
+pub(crate) fn create_event_table(conn: &Connection, service_id: &str) -> Result<(), StoreError> {
     let system: Vec<String> = SYSTEM_COLUMNS
         .iter()
         .map(|(name, ty)| {
