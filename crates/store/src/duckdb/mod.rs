@@ -154,6 +154,11 @@ impl DuckDbStore {
         self.inner.fail_writes.store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The export failure injected by the test hook, if any.
+    fn failpoint(&self) -> Option<FailPoint> {
+        self.inner.failpoint.lock().ok().and_then(|f| *f)
+    }
+
     fn check_writes(&self) -> Result<(), StoreError> {
         if self.inner.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::internal("injected write failure"));
@@ -474,7 +479,7 @@ impl Store for DuckDbStore {
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
         let settings = export::Settings {
             slice_cells: self.inner.export_slice_cells,
-            failpoint: self.inner.failpoint.lock().ok().and_then(|f| *f),
+            failpoint: self.failpoint(),
         };
         export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
     }
@@ -508,8 +513,7 @@ impl Store for DuckDbStore {
         sink: &mut dyn ExportSink,
     ) -> Result<ExportSummary, StoreError> {
         let conn = self.connection()?;
-        let failpoint = self.inner.failpoint.lock().ok().and_then(|f| *f);
-        profiles::export(&conn, service_id, timezone, plan, audience, sink, failpoint)
+        profiles::export(&conn, service_id, timezone, plan, audience, sink, self.failpoint())
     }
 
     async fn save_audience(&self, service_id: &str, audience: &Audience) -> Result<(), StoreError> {
