@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use fineport_server::clock::{Clock, ManualClock};
 use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts, SharedState};
-use fineport_store::duckdb::{DuckDbOptions, DuckDbStore};
+use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
@@ -73,9 +73,15 @@ impl TestServer {
 
     async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>) -> TestServer {
         // One export slice per hour with events, so that every export test
-        // goes through the slice workers and their ordering.
+        // goes through the slice workers and their ordering; imports move
+        // into the tables only when a read asks, so that every test that
+        // reads what it imported depends on that.
         let options = DuckDbOptions {
             export_slice_cells: 1,
+            import_moves: MovePolicy {
+                events: usize::MAX,
+                idle: std::time::Duration::from_secs(3600),
+            },
             ..Default::default()
         };
         let store = Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));

@@ -9,6 +9,7 @@ mod batch;
 mod event_ids;
 mod export;
 mod identity;
+mod import_log;
 mod profiles;
 mod schema;
 mod writer;
@@ -29,6 +30,8 @@ use fineport_contract::Tz;
 use tokio::sync::oneshot;
 
 use self::schema::{Layout, Layouts, PropertyColumn};
+use self::import_log::{ImportLog, LoggedBatch};
+pub use self::writer::MovePolicy;
 use self::writer::{Job, WriterState};
 use crate::{
     CatalogSnapshot, ExportSink, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
@@ -62,6 +65,9 @@ pub struct DuckDbOptions {
     /// Cells (rows × columns) an event export sorts at a time; see
     /// `export.rs`. Smaller slices use less memory and cost more queries.
     pub export_slice_cells: u64,
+    /// When acknowledged imports move from the import log into the tables
+    /// (see `writer.rs`).
+    pub import_moves: MovePolicy,
 }
 
 impl Default for DuckDbOptions {
@@ -71,6 +77,10 @@ impl Default for DuckDbOptions {
             memory_limit: Some("4GB".into()),
             checkpoint_threshold: Some("1GB".into()),
             export_slice_cells: export::DEFAULT_SLICE_CELLS,
+            import_moves: MovePolicy {
+                events: 16_000,
+                idle: std::time::Duration::from_millis(50),
+            },
         }
     }
 }
@@ -93,19 +103,27 @@ struct Inner {
 }
 
 impl DuckDbStore {
-    /// Opens (creating if needed) the database file at `path`.
+    /// Opens (creating if needed) the database file at `path`, with its
+    /// import log beside it (`<path>.import-log`), and first stores
+    /// whatever the log still holds from before a crash.
     pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
         let conn =
             Connection::open(path).map_err(|e| StoreError::internal(format!("cannot open {}: {e}", path.display())))?;
-        Self::from_connection(conn, options)
+        let mut log_path = path.as_os_str().to_owned();
+        log_path.push(".import-log");
+        Self::from_connection(conn, options, Some(ImportLog::open(Path::new(&log_path))?))
     }
 
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<DuckDbStore, StoreError> {
-        Self::from_connection(Connection::open_in_memory()?, &DuckDbOptions::default())
+        Self::from_connection(Connection::open_in_memory()?, &DuckDbOptions::default(), None)
     }
 
-    fn from_connection(conn: Connection, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
+    fn from_connection(
+        conn: Connection,
+        options: &DuckDbOptions,
+        log: Option<(ImportLog, Vec<LoggedBatch>)>,
+    ) -> Result<DuckDbStore, StoreError> {
         if let Some(t) = options.threads {
             conn.execute_batch(&format!("SET threads = {t}"))?;
         }
@@ -120,14 +138,16 @@ impl DuckDbStore {
         conn.execute_batch(schema::META_DDL)?;
         let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));
         let identities = identity::Identities::load(&conn)?;
-        let writer_conn = conn.try_clone()?;
-        let (writer, thread) = writer::spawn(WriterState {
-            conn: writer_conn,
-            layouts: layouts.clone(),
-            identities,
-            pending: None,
-            event_ids: Default::default(),
-        })?;
+        let mut state = WriterState::new(conn.try_clone()?, layouts.clone(), identities, options.import_moves);
+        if let Some((log, batches)) = log {
+            if !batches.is_empty() {
+                tracing::info!(batches = batches.len(), "storing what the import log holds from before a crash");
+            }
+            state.log = Some(log);
+            state.unmoved = batches;
+            state.move_unmoved();
+        }
+        let (writer, thread) = writer::spawn(state)?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {
                 reader: Mutex::new(conn),
@@ -152,6 +172,15 @@ impl DuckDbStore {
     /// before it reaches the database (`false` to stop). Test hook.
     pub fn inject_write_failure(&self, fail: bool) {
         self.inner.fail_writes.store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until every acknowledged import is in the tables, so that a
+    /// read sees it. Blocking: call it off the async runtime.
+    fn sync_imports(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Job::Sync { reply })?;
+        rx.blocking_recv()
+            .map_err(|_| StoreError::internal("the writer thread stopped"))
     }
 
     /// The export failure injected by the test hook, if any.
@@ -450,11 +479,16 @@ impl Store for DuckDbStore {
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
         self.check_writes()?;
+        let mut record = Vec::new();
+        import_log::record(&mut record, service_id, received_at_ms, &batch);
         let (reply, rx) = oneshot::channel();
         self.send(Job::Events {
-            service_id: service_id.to_owned(),
-            batch: Box::new(batch),
-            received_at_ms,
+            batch: Box::new(LoggedBatch {
+                service_id: service_id.to_owned(),
+                received_at_ms,
+                batch,
+            }),
+            record,
             reply,
         })?;
         rx.await
@@ -468,6 +502,7 @@ impl Store for DuckDbStore {
         plan: &EventExportPlan,
         sink: &mut dyn ExportSink,
     ) -> Result<ExportSummary, StoreError> {
+        self.sync_imports()?;
         let conn = self.connection()?;
         let layout = self
             .inner
@@ -512,6 +547,7 @@ impl Store for DuckDbStore {
         audience: Option<&AudienceFilter>,
         sink: &mut dyn ExportSink,
     ) -> Result<ExportSummary, StoreError> {
+        self.sync_imports()?;
         let conn = self.connection()?;
         profiles::export(&conn, service_id, timezone, plan, audience, sink, self.failpoint())
     }

@@ -1,36 +1,44 @@
-//! The writer thread: the only connection that writes, with group commit.
+//! The writer thread: the only connection that writes.
 //!
 //! Every write goes through one thread, which serialises DDL with inserts
-//! and owns the identity index. Event batches that arrive while a commit is
-//! running are gathered into the next transaction, so concurrent small
-//! requests share one WAL sync instead of each paying for their own. Each
-//! request is still atomic: if a group's transaction fails, its requests are
-//! retried one by one, so one bad request cannot fail its neighbours.
+//! and owns the identity index and the event-id sets. Event batches take
+//! two steps. **Acknowledge**: the batches that arrived together are
+//! appended to the import log ([`super::import_log`]) with one sync, and
+//! only then answered. **Move**: acknowledged batches are inserted into the
+//! tables in one large transaction — when enough have gathered, when no
+//! request has come for a moment, before any other write (so writes stay in
+//! arrival order), before a read that needs them ([`Job::Sync`]), and at
+//! shutdown — after which the log is emptied. A DuckDB transaction costs
+//! ~5 ms however small it is; moving thousands of events at a time is what
+//! makes imports fast. Each request is still atomic: if a move's
+//! transaction fails, its batches are retried one by one, and a batch that
+//! still fails stays in the log to be tried again, never lost.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::time::Duration;
 
 use duckdb::Connection;
-use fineport_contract::import::EventBatch;
 use tokio::sync::oneshot;
 
 use super::batch::{self, EventRow};
 use super::event_ids::IdSet;
 use super::identity::{Identities, Staged};
+use super::import_log::{ImportLog, LoggedBatch};
 use super::schema::{Layout, Layouts};
 use crate::{InsertSummary, StoreError};
 
-/// Most events gathered into one transaction.
+/// Most events acknowledged with one sync of the log.
 const MAX_GROUP_EVENTS: usize = 20_000;
 
 pub(crate) type ExecFn = Box<dyn FnOnce(&mut WriterState) -> Result<(), StoreError> + Send>;
 
 pub(crate) enum Job {
     Events {
-        service_id: String,
-        batch: Box<EventBatch>,
-        received_at_ms: i64,
+        batch: Box<LoggedBatch>,
+        /// Its import-log record, made by the caller off this thread.
+        record: Vec<u8>,
         reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
     },
     /// Any other write, run alone in its own transaction.
@@ -38,6 +46,18 @@ pub(crate) enum Job {
         work: ExecFn,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Moves every acknowledged batch into the tables, then replies: what a
+    /// read does first so that it sees every acknowledged event.
+    Sync { reply: oneshot::Sender<()> },
+}
+
+/// When acknowledged batches are moved into the tables.
+#[derive(Debug, Clone, Copy)]
+pub struct MovePolicy {
+    /// As soon as this many events wait.
+    pub events: usize,
+    /// When no request has come for this long.
+    pub idle: Duration,
 }
 
 pub(crate) struct WriterState {
@@ -49,6 +69,15 @@ pub(crate) struct WriterState {
     /// The committed `event_log_id`s of each service that imported since
     /// the start (loaded on its first import).
     pub event_ids: HashMap<String, IdSet>,
+    /// Where batches are durable before they are moved (`None` for an
+    /// in-memory database, which is not durable anyway).
+    pub log: Option<ImportLog>,
+    /// Acknowledged batches not in the tables yet, in arrival order.
+    pub unmoved: Vec<LoggedBatch>,
+    pub move_policy: MovePolicy,
+    /// The last move left batches behind: wait for a reason to retry
+    /// instead of retrying whenever idle.
+    move_failed: bool,
 }
 
 impl WriterState {
@@ -118,6 +147,100 @@ impl WriterState {
     }
 }
 
+impl WriterState {
+    pub fn new(conn: Connection, layouts: Layouts, identities: Identities, move_policy: MovePolicy) -> WriterState {
+        WriterState {
+            conn,
+            layouts,
+            identities,
+            pending: None,
+            event_ids: HashMap::new(),
+            log: None,
+            unmoved: Vec::new(),
+            move_policy,
+            move_failed: false,
+        }
+    }
+
+    fn unmoved_events(&self) -> usize {
+        self.unmoved.iter().map(|b| b.batch.events.len()).sum()
+    }
+
+    /// Makes a group of batches durable in the log, then answers them.
+    fn acknowledge(&mut self, group: Acks) {
+        if group.replies.is_empty() {
+            return;
+        }
+        let logged = match &mut self.log {
+            Some(log) => log.append(&group.records),
+            None => Ok(()),
+        };
+        match logged {
+            Ok(()) => {
+                for (batch, reply) in group.batches.into_iter().zip(group.replies) {
+                    let events = batch.batch.events.len();
+                    self.unmoved.push(batch);
+                    let _ = reply.send(Ok(InsertSummary { events }));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot write the import log");
+                group.replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+            }
+        }
+    }
+
+    /// Inserts every acknowledged batch into the tables; empties the log
+    /// once nothing is left behind.
+    pub fn move_unmoved(&mut self) {
+        if self.unmoved.is_empty() {
+            return;
+        }
+        let batches = std::mem::take(&mut self.unmoved);
+        let all = self.transaction(|s| {
+            let mut changes = GroupChanges::default();
+            insert_batches(s, &mut changes, &batches.iter().collect::<Vec<_>>())?;
+            Ok(changes)
+        });
+        match all {
+            Ok(changes) => self.apply(changes),
+            Err(e) => {
+                tracing::warn!(error = %e, batches = batches.len(), "moving imports failed; retrying them one by one");
+                for batch in batches {
+                    let one = self.transaction(|s| {
+                        let mut changes = GroupChanges::default();
+                        insert_batches(s, &mut changes, &[&batch])?;
+                        Ok(changes)
+                    });
+                    match one {
+                        Ok(changes) => self.apply(changes),
+                        Err(e) => {
+                            tracing::error!(error = %e, service_id = %batch.service_id,
+                                "an acknowledged batch cannot be stored yet; it stays in the import log");
+                            self.unmoved.push(batch);
+                        }
+                    }
+                }
+            }
+        }
+        self.move_failed = !self.unmoved.is_empty();
+        if !self.move_failed {
+            if let Some(Err(e)) = self.log.as_mut().map(ImportLog::clear) {
+                tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
+            }
+        }
+    }
+}
+
+/// Batches that arrived together, acknowledged with one sync of the log.
+#[derive(Default)]
+struct Acks {
+    records: Vec<u8>,
+    batches: Vec<LoggedBatch>,
+    replies: Vec<oneshot::Sender<Result<InsertSummary, StoreError>>>,
+    events: usize,
+}
+
 pub(crate) fn spawn(state: WriterState) -> Result<(Sender<Job>, std::thread::JoinHandle<()>), StoreError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
@@ -128,15 +251,34 @@ pub(crate) fn spawn(state: WriterState) -> Result<(Sender<Job>, std::thread::Joi
 }
 
 fn run(mut state: WriterState, rx: Receiver<Job>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = Vec::new();
-        let mut pending = Some(first);
-        let mut events = 0;
-        while let Some(job) = pending.take() {
+    loop {
+        let first = if state.unmoved.is_empty() || state.move_failed {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(state.move_policy.idle)
+        };
+        let first = match first {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                state.move_unmoved();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut group = Acks::default();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
             match job {
+                Job::Events { batch, record, reply } => {
+                    group.events += batch.batch.events.len();
+                    group.records.extend_from_slice(&record);
+                    group.batches.push(*batch);
+                    group.replies.push(reply);
+                }
                 Job::Exec { work, reply } => {
-                    // Writes before this one are committed first, in order.
-                    commit_group(&mut state, std::mem::take(&mut group));
+                    // Writes before this one are stored first, in order.
+                    state.acknowledge(std::mem::take(&mut group));
+                    state.move_unmoved();
                     let result = state.transaction(work);
                     if let (Ok(()), Some(staged)) = (&result, state.pending.take()) {
                         state.identities.apply(staged);
@@ -147,76 +289,23 @@ fn run(mut state: WriterState, rx: Receiver<Job>) {
                     }
                     let _ = reply.send(result);
                 }
-                Job::Events {
-                    service_id,
-                    batch,
-                    received_at_ms,
-                    reply,
-                } => {
-                    events += batch.events.len();
-                    group.push(EventJob {
-                        service_id,
-                        batch,
-                        received_at_ms,
-                        reply,
-                    });
+                Job::Sync { reply } => {
+                    state.acknowledge(std::mem::take(&mut group));
+                    state.move_unmoved();
+                    let _ = reply.send(());
                 }
             }
-            if events < MAX_GROUP_EVENTS {
-                pending = rx.try_recv().ok();
+            if group.events < MAX_GROUP_EVENTS {
+                next = rx.try_recv().ok();
             }
         }
-        commit_group(&mut state, group);
-    }
-}
-
-struct EventJob {
-    service_id: String,
-    batch: Box<EventBatch>,
-    received_at_ms: i64,
-    reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
-}
-
-fn commit_group(state: &mut WriterState, group: Vec<EventJob>) {
-    if group.is_empty() {
-        return;
-    }
-    let result = state.transaction(|s| {
-        let mut changes = GroupChanges::default();
-        let jobs: Vec<&EventJob> = group.iter().collect();
-        let summaries = insert_jobs(s, &mut changes, &jobs)?;
-        Ok((summaries, changes))
-    });
-    match result {
-        Ok((summaries, changes)) => {
-            state.apply(changes);
-            for (job, summary) in group.into_iter().zip(summaries) {
-                let _ = job.reply.send(Ok(summary));
-            }
-        }
-        Err(e) if group.len() == 1 => {
-            tracing::warn!(error = %e, "event insert failed");
-            group.into_iter().for_each(|j| drop(j.reply.send(Err(e.clone()))));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, jobs = group.len(), "group commit failed; retrying its requests one by one");
-            for job in group {
-                let one = state.transaction(|s| {
-                    let mut changes = GroupChanges::default();
-                    let summary = insert_jobs(s, &mut changes, &[&job])?;
-                    Ok((summary, changes))
-                });
-                let reply = match one {
-                    Ok((mut summaries, changes)) => {
-                        state.apply(changes);
-                        Ok(summaries.pop().unwrap_or_default())
-                    }
-                    Err(e) => Err(e),
-                };
-                let _ = job.reply.send(reply);
-            }
+        state.acknowledge(group);
+        if state.unmoved_events() >= state.move_policy.events {
+            state.move_unmoved();
         }
     }
+    // Closing: leave nothing but an empty log behind.
+    state.move_unmoved();
 }
 
 /// What one group's transaction adds to the writer's in-memory indexes,
@@ -229,11 +318,7 @@ struct GroupChanges {
 }
 
 /// Inserts the events of `jobs` within the open transaction.
-fn insert_jobs(
-    state: &mut WriterState,
-    changes: &mut GroupChanges,
-    jobs: &[&EventJob],
-) -> Result<Vec<InsertSummary>, StoreError> {
+fn insert_batches(state: &mut WriterState, changes: &mut GroupChanges, jobs: &[&LoggedBatch]) -> Result<(), StoreError> {
     // Resolve identities in arrival order, then insert per service.
     let uids: Vec<String> = jobs
         .iter()
@@ -243,7 +328,7 @@ fn insert_jobs(
                 .resolve(&mut changes.identities, &job.service_id, &job.batch.identity)
         })
         .collect();
-    let mut by_service: HashMap<&str, Vec<(&EventJob, &str)>> = HashMap::new();
+    let mut by_service: HashMap<&str, Vec<(&LoggedBatch, &str)>> = HashMap::new();
     for (job, uid) in jobs.iter().zip(&uids) {
         by_service.entry(job.service_id.as_str()).or_default().push((job, uid));
     }
@@ -281,10 +366,5 @@ fn insert_jobs(
             .push((service_id.to_owned(), fresh_ids.into_iter().collect()));
     }
     Identities::write(&state.conn, &changes.identities, now_ms)?;
-    Ok(jobs
-        .iter()
-        .map(|j| InsertSummary {
-            events: j.batch.events.len(),
-        })
-        .collect())
+    Ok(())
 }
