@@ -144,6 +144,7 @@ impl DuckDbStore {
                 tracing::info!(batches = batches.len(), "storing what the import log holds from before a crash");
             }
             state.log = Some(log);
+            state.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
             state.unmoved = batches;
             state.move_unmoved();
         }

@@ -74,6 +74,8 @@ pub(crate) struct WriterState {
     pub log: Option<ImportLog>,
     /// Acknowledged batches not in the tables yet, in arrival order.
     pub unmoved: Vec<LoggedBatch>,
+    /// Events in `unmoved`.
+    pub unmoved_events: usize,
     pub move_policy: MovePolicy,
     /// The last move left batches behind: wait for a reason to retry
     /// instead of retrying whenever idle.
@@ -157,13 +159,10 @@ impl WriterState {
             event_ids: HashMap::new(),
             log: None,
             unmoved: Vec::new(),
+            unmoved_events: 0,
             move_policy,
             move_failed: false,
         }
-    }
-
-    fn unmoved_events(&self) -> usize {
-        self.unmoved.iter().map(|b| b.batch.events.len()).sum()
     }
 
     /// Makes a group of batches durable in the log, then answers them.
@@ -179,6 +178,7 @@ impl WriterState {
             Ok(()) => {
                 for (batch, reply) in group.batches.into_iter().zip(group.replies) {
                     let events = batch.batch.events.len();
+                    self.unmoved_events += events;
                     self.unmoved.push(batch);
                     let _ = reply.send(Ok(InsertSummary { events }));
                 }
@@ -197,6 +197,7 @@ impl WriterState {
             return;
         }
         let batches = std::mem::take(&mut self.unmoved);
+        self.unmoved_events = 0;
         let all = self.transaction(|s| {
             let mut changes = GroupChanges::default();
             insert_batches(s, &mut changes, &batches.iter().collect::<Vec<_>>())?;
@@ -217,6 +218,7 @@ impl WriterState {
                         Err(e) => {
                             tracing::error!(error = %e, service_id = %batch.service_id,
                                 "an acknowledged batch cannot be stored yet; it stays in the import log");
+                            self.unmoved_events += batch.batch.events.len();
                             self.unmoved.push(batch);
                         }
                     }
@@ -300,7 +302,7 @@ fn run(mut state: WriterState, rx: Receiver<Job>) {
             }
         }
         state.acknowledge(group);
-        if state.unmoved_events() >= state.move_policy.events {
+        if state.unmoved_events >= state.move_policy.events {
             state.move_unmoved();
         }
     }
