@@ -82,6 +82,15 @@ impl ImportLog {
         Ok((log, batches))
     }
 
+    /// Bytes in the log.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Appends `records` (made by [`record`]) and syncs them to disk. On
     /// failure the log is cut back to what it held before.
     pub fn append(&mut self, records: &[u8]) -> Result<(), StoreError> {

@@ -139,16 +139,14 @@ impl DuckDbStore {
         let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));
         let identities = identity::Identities::load(&conn)?;
         let mut state = WriterState::new(conn.try_clone()?, layouts.clone(), identities, options.import_moves);
-        if let Some((log, batches)) = log {
-            if !batches.is_empty() {
-                tracing::info!(batches = batches.len(), "storing what the import log holds from before a crash");
+        let log = match log {
+            Some((mut log, batches)) => {
+                state.replay(&mut log, batches)?;
+                Some(log)
             }
-            state.log = Some(log);
-            state.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
-            state.unmoved = batches;
-            state.move_unmoved();
-        }
-        let (writer, thread) = writer::spawn(state)?;
+            None => None,
+        };
+        let (writer, thread) = writer::spawn(state, log)?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {
                 reader: Mutex::new(conn),

@@ -1,22 +1,25 @@
-//! The writer thread: the only connection that writes.
+//! The writer: the only connection that writes, fed by the import log.
 //!
-//! Every write goes through one thread, which serialises DDL with inserts
-//! and owns the identity index and the event-id sets. Event batches take
-//! two steps. **Acknowledge**: the batches that arrived together are
-//! appended to the import log ([`super::import_log`]) with one sync, and
-//! only then answered. **Move**: acknowledged batches are inserted into the
-//! tables in one large transaction — when enough have gathered, when no
-//! request has come for a moment, before any other write (so writes stay in
-//! arrival order), before a read that needs them ([`Job::Sync`]), and at
-//! shutdown — after which the log is emptied. A DuckDB transaction costs
-//! ~5 ms however small it is; moving thousands of events at a time is what
-//! makes imports fast. Each request is still atomic: if a move's
-//! transaction fails, its batches are retried one by one, and a batch that
-//! still fails stays in the log to be tried again, never lost.
+//! Two threads. **`fineport-import-log`** acknowledges event batches: the
+//! batches that arrived together are appended to the import log
+//! ([`super::import_log`]) with one sync, answered, and handed on.
+//! **`fineport-writer`** owns the write connection, the identity index and
+//! the event-id sets, and runs every write in arrival order: it *moves*
+//! acknowledged batches into the tables in one large transaction — when
+//! enough have gathered, when none has come for a moment, before any other
+//! write, before a read that needs them ([`Job::Sync`]), and at shutdown.
+//! A DuckDB transaction costs ~5 ms however small it is; moving thousands
+//! of events at a time, while the next ones are being acknowledged, is
+//! what makes imports fast. The log is emptied once everything in it has
+//! been moved. Each request is still atomic: if a move's transaction
+//! fails, its batches are retried one by one, and a batch that still fails
+//! stays unmoved (and in the log) to be tried again, never lost.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use duckdb::Connection;
@@ -31,6 +34,11 @@ use crate::{InsertSummary, StoreError};
 
 /// Most events acknowledged with one sync of the log.
 const MAX_GROUP_EVENTS: usize = 20_000;
+
+/// Log size at which acknowledging waits for the writer to catch up so the
+/// log can be emptied: bounds the log (and a replay after a crash) under a
+/// load that never pauses.
+const LOG_CATCH_UP_BYTES: u64 = 256 << 20;
 
 pub(crate) type ExecFn = Box<dyn FnOnce(&mut WriterState) -> Result<(), StoreError> + Send>;
 
@@ -48,6 +56,17 @@ pub(crate) enum Job {
     },
     /// Moves every acknowledged batch into the tables, then replies: what a
     /// read does first so that it sees every acknowledged event.
+    Sync { reply: oneshot::Sender<()> },
+}
+
+/// What the writer thread is given, in arrival order.
+enum WriteJob {
+    /// Acknowledged batches; `through` is the log position after them.
+    Batches { batches: Vec<LoggedBatch>, through: u64 },
+    Exec {
+        work: ExecFn,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     Sync { reply: oneshot::Sender<()> },
 }
 
@@ -69,14 +88,15 @@ pub(crate) struct WriterState {
     /// The committed `event_log_id`s of each service that imported since
     /// the start (loaded on its first import).
     pub event_ids: HashMap<String, IdSet>,
-    /// Where batches are durable before they are moved (`None` for an
-    /// in-memory database, which is not durable anyway).
-    pub log: Option<ImportLog>,
     /// Acknowledged batches not in the tables yet, in arrival order.
-    pub unmoved: Vec<LoggedBatch>,
+    unmoved: Vec<LoggedBatch>,
     /// Events in `unmoved`.
-    pub unmoved_events: usize,
-    pub move_policy: MovePolicy,
+    unmoved_events: usize,
+    /// The log position after the last batch in `unmoved`, and the one up
+    /// to which everything is in the tables (read by the log thread).
+    unmoved_through: u64,
+    moved_through: Arc<AtomicU64>,
+    move_policy: MovePolicy,
     /// The last move left batches behind: wait for a reason to retry
     /// instead of retrying whenever idle.
     move_failed: bool,
@@ -157,41 +177,36 @@ impl WriterState {
             identities,
             pending: None,
             event_ids: HashMap::new(),
-            log: None,
             unmoved: Vec::new(),
             unmoved_events: 0,
+            unmoved_through: 0,
+            moved_through: Arc::default(),
             move_policy,
             move_failed: false,
         }
     }
 
-    /// Makes a group of batches durable in the log, then answers them.
-    fn acknowledge(&mut self, group: Acks) {
-        if group.replies.is_empty() {
-            return;
+    /// Stores what the log holds from before a crash, and empties the log
+    /// if all of it went in (what did not stays unmoved and is retried).
+    pub fn replay(&mut self, log: &mut ImportLog, batches: Vec<LoggedBatch>) -> Result<(), StoreError> {
+        if batches.is_empty() {
+            return Ok(());
         }
-        let logged = match &mut self.log {
-            Some(log) => log.append(&group.records),
-            None => Ok(()),
-        };
-        match logged {
-            Ok(()) => {
-                for (batch, reply) in group.batches.into_iter().zip(group.replies) {
-                    let events = batch.batch.events.len();
-                    self.unmoved_events += events;
-                    self.unmoved.push(batch);
-                    let _ = reply.send(Ok(InsertSummary { events }));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the import log");
-                group.replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
-            }
+        tracing::info!(batches = batches.len(), "storing what the import log holds from before a crash");
+        self.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
+        self.unmoved = batches;
+        self.unmoved_through = log.len();
+        self.move_unmoved();
+        if self.unmoved.is_empty() {
+            log.clear()?;
+            self.unmoved_through = 0;
+            self.moved_through.store(0, Ordering::Release);
         }
+        Ok(())
     }
 
-    /// Inserts every acknowledged batch into the tables; empties the log
-    /// once nothing is left behind.
+    /// Inserts every acknowledged batch into the tables; once nothing is
+    /// left behind, tells the log thread how far the log is moved.
     pub fn move_unmoved(&mut self) {
         if self.unmoved.is_empty() {
             return;
@@ -227,11 +242,46 @@ impl WriterState {
         }
         self.move_failed = !self.unmoved.is_empty();
         if !self.move_failed {
-            if let Some(Err(e)) = self.log.as_mut().map(ImportLog::clear) {
-                tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
-            }
+            self.moved_through.store(self.unmoved_through, Ordering::Release);
         }
     }
+}
+
+/// Starts the writer thread on `state` and the log thread in front of it;
+/// returns where to send jobs and the log thread, which stops (after the
+/// writer has moved everything) once every sender is dropped.
+pub(crate) fn spawn(mut state: WriterState, log: Option<ImportLog>) -> Result<(Sender<Job>, JoinHandle<()>), StoreError> {
+    let thread_error = |e: std::io::Error| StoreError::internal(format!("cannot start the writer threads: {e}"));
+    let (to_writer, writer_jobs) = std::sync::mpsc::channel();
+    let moved = state.moved_through.clone();
+    let appended = state.unmoved_through;
+    let writer = std::thread::Builder::new()
+        .name("fineport-writer".into())
+        .spawn(move || run_writer(&mut state, writer_jobs))
+        .map_err(thread_error)?;
+    let (tx, jobs) = std::sync::mpsc::channel();
+    let acker = Acker {
+        log,
+        appended,
+        moved,
+        writer: to_writer,
+    };
+    let thread = std::thread::Builder::new()
+        .name("fineport-import-log".into())
+        .spawn(move || acker.run(jobs, writer))
+        .map_err(thread_error)?;
+    Ok((tx, thread))
+}
+
+/// The log thread's state.
+struct Acker {
+    log: Option<ImportLog>,
+    /// Bytes appended to the log since the start; positions in the log are
+    /// counted in these, so they only grow even when the file is emptied.
+    appended: u64,
+    /// Up to where the writer has moved everything into the tables.
+    moved: Arc<AtomicU64>,
+    writer: Sender<WriteJob>,
 }
 
 /// Batches that arrived together, acknowledged with one sync of the log.
@@ -243,70 +293,140 @@ struct Acks {
     events: usize,
 }
 
-pub(crate) fn spawn(state: WriterState) -> Result<(Sender<Job>, std::thread::JoinHandle<()>), StoreError> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("fineport-writer".into())
-        .spawn(move || run(state, rx))
-        .map_err(|e| StoreError::internal(format!("cannot start the writer thread: {e}")))?;
-    Ok((tx, thread))
-}
-
-fn run(mut state: WriterState, rx: Receiver<Job>) {
-    loop {
-        let first = if state.unmoved.is_empty() || state.move_failed {
-            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-        } else {
-            rx.recv_timeout(state.move_policy.idle)
-        };
-        let first = match first {
-            Ok(job) => job,
-            Err(RecvTimeoutError::Timeout) => {
-                state.move_unmoved();
-                continue;
-            }
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut group = Acks::default();
-        let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Events { batch, record, reply } => {
-                    group.events += batch.batch.events.len();
-                    group.records.extend_from_slice(&record);
-                    group.batches.push(*batch);
-                    group.replies.push(reply);
-                }
-                Job::Exec { work, reply } => {
-                    // Writes before this one are stored first, in order.
-                    state.acknowledge(std::mem::take(&mut group));
-                    state.move_unmoved();
-                    let result = state.transaction(work);
-                    if let (Ok(()), Some(staged)) = (&result, state.pending.take()) {
-                        state.identities.apply(staged);
+impl Acker {
+    fn run(mut self, jobs: Receiver<Job>, writer: JoinHandle<()>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = Acks::default();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Events { batch, record, reply } => {
+                        group.events += batch.batch.events.len();
+                        group.records.extend_from_slice(&record);
+                        group.batches.push(*batch);
+                        group.replies.push(reply);
                     }
-                    state.pending = None;
-                    if result.is_err() {
-                        state.reload_layouts();
+                    // Batches acknowledged before another write go first.
+                    Job::Exec { work, reply } => {
+                        self.acknowledge(std::mem::take(&mut group));
+                        self.forward(WriteJob::Exec { work, reply });
                     }
-                    let _ = reply.send(result);
+                    Job::Sync { reply } => {
+                        self.acknowledge(std::mem::take(&mut group));
+                        self.forward(WriteJob::Sync { reply });
+                    }
                 }
-                Job::Sync { reply } => {
-                    state.acknowledge(std::mem::take(&mut group));
-                    state.move_unmoved();
-                    let _ = reply.send(());
+                if group.events < MAX_GROUP_EVENTS {
+                    next = jobs.try_recv().ok();
                 }
             }
-            if group.events < MAX_GROUP_EVENTS {
-                next = rx.try_recv().ok();
-            }
+            self.acknowledge(group);
+            self.empty_log_if_moved();
         }
-        state.acknowledge(group);
-        if state.unmoved_events >= state.move_policy.events {
-            state.move_unmoved();
+        // Closing: the writer moves what is left and stops; then the log
+        // can be emptied.
+        drop(self.writer);
+        if writer.join().is_err() {
+            tracing::error!("the writer thread panicked");
+        }
+        if self.moved.load(Ordering::Acquire) == self.appended {
+            if let Some(Err(e)) = self.log.as_mut().map(ImportLog::clear) {
+                tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
+            }
         }
     }
-    // Closing: leave nothing but an empty log behind.
+
+    fn forward(&self, job: WriteJob) {
+        // The writer only stops after this thread does.
+        let _ = self.writer.send(job);
+    }
+
+    /// Makes a group of batches durable in the log, answers them and hands
+    /// them to the writer.
+    fn acknowledge(&mut self, group: Acks) {
+        if group.replies.is_empty() {
+            return;
+        }
+        let logged = match &mut self.log {
+            Some(log) => log.append(&group.records),
+            None => Ok(()),
+        };
+        if let Err(e) = logged {
+            tracing::error!(error = %e, "cannot write the import log");
+            group.replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+            return;
+        }
+        self.appended += group.records.len() as u64;
+        for (batch, reply) in group.batches.iter().zip(group.replies) {
+            let _ = reply.send(Ok(InsertSummary {
+                events: batch.batch.events.len(),
+            }));
+        }
+        self.forward(WriteJob::Batches {
+            batches: group.batches,
+            through: self.appended,
+        });
+    }
+
+    /// Empties the log when everything in it is in the tables; when it has
+    /// grown large under a load that never lets that happen, first waits
+    /// for the writer to catch up.
+    fn empty_log_if_moved(&mut self) {
+        let Some(log) = &mut self.log else { return };
+        if log.is_empty() {
+            return;
+        }
+        if self.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
+            let (reply, done) = oneshot::channel();
+            let _ = self.writer.send(WriteJob::Sync { reply });
+            let _ = done.blocking_recv();
+        }
+        if self.moved.load(Ordering::Acquire) == self.appended {
+            if let Err(e) = log.clear() {
+                tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
+            }
+        }
+    }
+}
+
+fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>) {
+    loop {
+        let job = if state.unmoved.is_empty() || state.move_failed {
+            jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            jobs.recv_timeout(state.move_policy.idle)
+        };
+        match job {
+            Ok(WriteJob::Batches { batches, through }) => {
+                state.unmoved_events += batches.iter().map(|b| b.batch.events.len()).sum::<usize>();
+                state.unmoved.extend(batches);
+                state.unmoved_through = through;
+                if state.unmoved_events >= state.move_policy.events {
+                    state.move_unmoved();
+                }
+            }
+            Ok(WriteJob::Exec { work, reply }) => {
+                // Writes before this one are stored first, in order.
+                state.move_unmoved();
+                let result = state.transaction(work);
+                if let (Ok(()), Some(staged)) = (&result, state.pending.take()) {
+                    state.identities.apply(staged);
+                }
+                state.pending = None;
+                if result.is_err() {
+                    state.reload_layouts();
+                }
+                let _ = reply.send(result);
+            }
+            Ok(WriteJob::Sync { reply }) => {
+                state.move_unmoved();
+                let _ = reply.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => state.move_unmoved(),
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Closing: leave nothing unmoved behind.
     state.move_unmoved();
 }
 
