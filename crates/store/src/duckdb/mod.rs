@@ -78,7 +78,7 @@ impl Default for DuckDbOptions {
             checkpoint_threshold: Some("1GB".into()),
             export_slice_cells: export::DEFAULT_SLICE_CELLS,
             import_moves: MovePolicy {
-                events: 16_000,
+                events: 8_000,
                 idle: std::time::Duration::from_millis(50),
             },
         }
