@@ -9,7 +9,7 @@ use clap::Args;
 use fineport_server::clock::SystemClock;
 use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts};
-use fineport_store::duckdb::{DuckDbOptions, DuckDbStore};
+use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
 use tokio::net::TcpListener;
 
 /// The environment variable holding the admin token. When it is unset, a
@@ -42,6 +42,15 @@ pub struct ServeArgs {
     /// per export when smaller, fewer queries when larger.
     #[arg(long, env = "FINEPORT_EXPORT_SLICE_CELLS", default_value_t = DuckDbOptions::default().export_slice_cells)]
     export_slice_cells: u64,
+    /// Acknowledged imports move from the import log into the tables once
+    /// this many events wait…
+    #[arg(long, env = "FINEPORT_IMPORT_MOVE_EVENTS", default_value_t = DuckDbOptions::default().import_moves.events)]
+    import_move_events: usize,
+    /// …or once no import has come for this many milliseconds (and always
+    /// before a read, another write, or shutdown).
+    #[arg(long, env = "FINEPORT_IMPORT_MOVE_IDLE_MS",
+          default_value_t = DuckDbOptions::default().import_moves.idle.as_millis() as u64)]
+    import_move_idle_ms: u64,
     /// Hours after a token reissue before the same kind may be reissued again.
     #[arg(long, env = "FINEPORT_TOKEN_REISSUE_COOLDOWN_HOURS", default_value_t = 24)]
     token_reissue_cooldown_hours: u32,
@@ -58,6 +67,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         threads: args.duckdb_threads,
         memory_limit: Some(args.duckdb_memory_limit.clone()),
         export_slice_cells: args.export_slice_cells,
+        import_moves: MovePolicy {
+            events: args.import_move_events.max(1),
+            idle: std::time::Duration::from_millis(args.import_move_idle_ms),
+        },
         ..DuckDbOptions::default()
     };
     let store = tokio::task::spawn_blocking(move || DuckDbStore::open(&db_path, &options))

@@ -1,5 +1,6 @@
 //! The `fineport` binary end to end: `serve --demo` on a real socket, then
-//! `fineport admin …` against it, as a user would run them.
+//! `fineport admin …` against it, as a user would run them; and a server
+//! killed with acknowledged imports still in its import log.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -10,7 +11,6 @@ const ADMIN_TOKEN: &str = "cli-test-admin-token";
 struct Server {
     child: Child,
     base: String,
-    _dir: tempfile::TempDir,
 }
 
 impl Drop for Server {
@@ -21,8 +21,7 @@ impl Drop for Server {
 }
 
 /// Starts `fineport serve --demo` on a free port and waits for "listening on".
-fn serve() -> Server {
-    let dir = tempfile::tempdir().expect("temp dir");
+fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -31,7 +30,8 @@ fn serve() -> Server {
     let mut child = Command::new(BIN)
         .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data")
-        .arg(dir.path())
+        .arg(data)
+        .args(extra)
         .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -57,7 +57,6 @@ fn serve() -> Server {
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
     }
 }
 
@@ -76,7 +75,8 @@ fn admin(server: &Server, args: &[&str]) -> (bool, serde_json::Value) {
 
 #[test]
 fn serve_demo_then_administer_it_from_the_cli() {
-    let server = serve();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[]);
     let (ok, list) = admin(&server, &["services", "list"]);
     assert!(ok, "{list}");
     assert_eq!(list["services"][0]["service_id"], "demo");
@@ -132,4 +132,88 @@ fn serve_demo_then_administer_it_from_the_cli() {
     assert!(!ok, "the cool-down refuses a second reissue");
     let (ok, log) = admin(&server, &["requests", "demo", "--limit", "5"]);
     assert!(ok && log["requests"].is_array());
+}
+
+/// POSTs `body` to `url` with `token` in `header` (the Import API reads
+/// `access_token`, the Export API `Authorization: Bearer`); returns
+/// (status, body).
+fn post(url: String, (header, token): (&str, &str), body: serde_json::Value) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header(header, token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    })
+}
+
+#[test]
+fn acknowledged_imports_survive_a_killed_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("fineport.duckdb.import-log");
+    // Nothing moves from the log into the tables until a read asks.
+    let server = serve(
+        dir.path(),
+        &["--import-move-events", "1000000", "--import-move-idle-ms", "3600000"],
+    );
+    let (ok, created) = admin(&server, &["services", "create", "--id", "shop"]);
+    assert!(ok, "{created}");
+    let import_token = created["import_token"].as_str().expect("import token");
+    let export_bearer = format!("Bearer {}", created["export_token"].as_str().expect("export token"));
+    let import_auth = ("access_token", import_token);
+    let ids = [
+        "0b8f3c1e-0000-4000-8000-000000000001",
+        "0b8f3c1e-0000-4000-8000-000000000002",
+        "0b8f3c1e-0000-4000-8000-000000000003",
+    ];
+    let events: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|id| serde_json::json!({"event_log_id": id, "event_name": "df_login", "event_datetime": "2026-11-24T10:00:00Z"}))
+        .collect();
+    let body = serde_json::json!({"common": {"identity": {"external_id": "u1"}}, "events": events});
+    let import_url = |s: &Server| format!("{}/api/v1/events?service_id=shop", s.base);
+    let (status, answer) = post(import_url(&server), import_auth, body.clone());
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("20000"), "{answer}");
+    assert!(
+        std::fs::metadata(&log).expect("import log").len() > 0,
+        "the acknowledged events wait in the import log"
+    );
+
+    // SIGKILL: no shutdown, no final move.
+    drop(server);
+    let server = serve(dir.path(), &[]);
+    assert_eq!(
+        std::fs::metadata(&log).expect("import log").len(),
+        0,
+        "the restart stored the log and emptied it"
+    );
+    let export = |s: &Server| {
+        let (status, csv) = post(
+            format!("{}/api/v1/export/event?service_id=shop", s.base),
+            ("authorization", &export_bearer),
+            serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-24", "to_date": "2026-11-24"}),
+        );
+        assert_eq!(status, 200, "{csv}");
+        for id in ids {
+            assert_eq!(csv.lines().filter(|r| r.contains(id)).count(), 1, "{id} once in {csv}");
+        }
+        csv.lines().count() - 1
+    };
+    assert_eq!(
+        export(&server),
+        3,
+        "the acknowledged events are stored after the restart"
+    );
+    // The same batch again (a client retrying) is stored once.
+    let (status, _) = post(import_url(&server), import_auth, body);
+    assert_eq!(status, 200);
+    assert_eq!(export(&server), 3);
 }

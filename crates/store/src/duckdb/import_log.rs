@@ -175,9 +175,8 @@ fn read_records(bytes: &[u8]) -> Result<(Vec<LoggedBatch>, usize), StoreError> {
         }
         // A record that passed its checksum but does not decode is not a
         // torn write: refuse to start rather than drop acknowledged data.
-        let batch = decode(payload).ok_or_else(|| {
-            StoreError::internal(format!("the import log has an undecodable record at byte {at}"))
-        })?;
+        let batch = decode(payload)
+            .ok_or_else(|| StoreError::internal(format!("the import log has an undecodable record at byte {at}")))?;
         batches.push(batch);
         at += 8 + len;
     }

@@ -29,8 +29,8 @@ use fineport_contract::types::PropertyType;
 use fineport_contract::Tz;
 use tokio::sync::oneshot;
 
-use self::schema::{Layout, Layouts, PropertyColumn};
 use self::import_log::{ImportLog, LoggedBatch};
+use self::schema::{Layout, Layouts, PropertyColumn};
 pub use self::writer::MovePolicy;
 use self::writer::{Job, WriterState};
 use crate::{

@@ -62,12 +62,17 @@ pub(crate) enum Job {
 /// What the writer thread is given, in arrival order.
 enum WriteJob {
     /// Acknowledged batches; `through` is the log position after them.
-    Batches { batches: Vec<LoggedBatch>, through: u64 },
+    Batches {
+        batches: Vec<LoggedBatch>,
+        through: u64,
+    },
     Exec {
         work: ExecFn,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    Sync { reply: oneshot::Sender<()> },
+    Sync {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// When acknowledged batches are moved into the tables.
@@ -192,7 +197,10 @@ impl WriterState {
         if batches.is_empty() {
             return Ok(());
         }
-        tracing::info!(batches = batches.len(), "storing what the import log holds from before a crash");
+        tracing::info!(
+            batches = batches.len(),
+            "storing what the import log holds from before a crash"
+        );
         self.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
         self.unmoved = batches;
         self.unmoved_through = log.len();
@@ -250,7 +258,10 @@ impl WriterState {
 /// Starts the writer thread on `state` and the log thread in front of it;
 /// returns where to send jobs and the log thread, which stops (after the
 /// writer has moved everything) once every sender is dropped.
-pub(crate) fn spawn(mut state: WriterState, log: Option<ImportLog>) -> Result<(Sender<Job>, JoinHandle<()>), StoreError> {
+pub(crate) fn spawn(
+    mut state: WriterState,
+    log: Option<ImportLog>,
+) -> Result<(Sender<Job>, JoinHandle<()>), StoreError> {
     let thread_error = |e: std::io::Error| StoreError::internal(format!("cannot start the writer threads: {e}"));
     let (to_writer, writer_jobs) = std::sync::mpsc::channel();
     let moved = state.moved_through.clone();
@@ -440,7 +451,11 @@ struct GroupChanges {
 }
 
 /// Inserts the events of `jobs` within the open transaction.
-fn insert_batches(state: &mut WriterState, changes: &mut GroupChanges, jobs: &[&LoggedBatch]) -> Result<(), StoreError> {
+fn insert_batches(
+    state: &mut WriterState,
+    changes: &mut GroupChanges,
+    jobs: &[&LoggedBatch],
+) -> Result<(), StoreError> {
     // Resolve identities in arrival order, then insert per service.
     let uids: Vec<String> = jobs
         .iter()
