@@ -17,7 +17,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -33,7 +33,12 @@ use super::schema::{Layout, Layouts};
 use crate::{InsertSummary, StoreError};
 
 /// Most events acknowledged with one sync of the log.
-const MAX_GROUP_EVENTS: usize = 20_000;
+const MAX_GROUP_EVENTS: usize = 8_000;
+
+/// Acknowledged groups that may wait for the writer thread: when the
+/// writer falls behind, acknowledging (and so the clients) waits, and the
+/// events held in memory stay bounded.
+const GROUPS_AHEAD: usize = 4;
 
 /// Log size at which acknowledging waits for the writer to catch up so the
 /// log can be emptied: bounds the log (and a replay after a crash) under a
@@ -263,7 +268,7 @@ pub(crate) fn spawn(
     log: Option<ImportLog>,
 ) -> Result<(Sender<Job>, JoinHandle<()>), StoreError> {
     let thread_error = |e: std::io::Error| StoreError::internal(format!("cannot start the writer threads: {e}"));
-    let (to_writer, writer_jobs) = std::sync::mpsc::channel();
+    let (to_writer, writer_jobs) = std::sync::mpsc::sync_channel(GROUPS_AHEAD);
     let moved = state.moved_through.clone();
     let appended = state.unmoved_through;
     let writer = std::thread::Builder::new()
@@ -292,7 +297,7 @@ struct Acker {
     appended: u64,
     /// Up to where the writer has moved everything into the tables.
     moved: Arc<AtomicU64>,
-    writer: Sender<WriteJob>,
+    writer: SyncSender<WriteJob>,
 }
 
 /// Batches that arrived together, acknowledged with one sync of the log.
