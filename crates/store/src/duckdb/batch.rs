@@ -24,7 +24,6 @@ use crate::StoreError;
 /// An event ready to append, with its system values resolved.
 pub(crate) struct EventRow<'a> {
     pub event: &'a EventInput,
-    pub event_log_id: String,
     pub unified_id: &'a str,
     pub server_ms: i64,
     pub correction_ms: i64,
@@ -54,9 +53,10 @@ pub(crate) fn build(layout: &Layout, rows: &[EventRow<'_>]) -> Result<RecordBatc
             }
             (_, SysType::Text) => {
                 let mut b = StringBuilder::with_capacity(n, n * 16);
+                let mut uuid = [0; 36];
                 for r in rows {
                     b.append_value(match name {
-                        "event_log_id" => r.event_log_id.as_str(),
+                        "event_log_id" => r.event.event_log_id.hyphenated().encode_lower(&mut uuid),
                         "event_name" => r.event.event_name.as_str(),
                         "unified_id" => r.unified_id,
                         "api_version" => API_VERSION,

@@ -224,7 +224,7 @@ impl WriterState {
         if self.unmoved.is_empty() {
             return;
         }
-        let batches = std::mem::take(&mut self.unmoved);
+        let mut batches = std::mem::take(&mut self.unmoved);
         self.unmoved_events = 0;
         let all = self.transaction(|s| {
             let mut changes = GroupChanges::default();
@@ -232,7 +232,15 @@ impl WriterState {
             Ok(changes)
         });
         match all {
-            Ok(changes) => self.apply(changes),
+            Ok(changes) => {
+                self.apply(changes);
+                // Freeing thousands of parsed events is not the writer's
+                // job: it is the one thread every import waits for.
+                let done = std::mem::take(&mut batches);
+                let _ = std::thread::Builder::new()
+                    .name("fineport-free".into())
+                    .spawn(move || drop(done));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, batches = batches.len(), "moving imports failed; retrying them one by one");
                 for batch in batches {
@@ -488,7 +496,6 @@ fn insert_batches(
                 }
                 fresh.push(EventRow {
                     event,
-                    event_log_id: event.event_log_id.hyphenated().to_string(),
                     unified_id: uid,
                     server_ms: job.received_at_ms,
                     correction_ms: event.event_datetime_ms.min(job.received_at_ms),
