@@ -25,7 +25,8 @@ pub struct ServeArgs {
     /// Address to listen on (host:port).
     #[arg(long, env = "FINEPORT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
-    /// Data directory (created if absent); holds fineport.duckdb.
+    /// Data directory (created if absent); holds fineport.duckdb and its
+    /// import log, fineport.duckdb.import-log (back up both, together).
     #[arg(long, env = "FINEPORT_DATA", default_value = "./fineport-data")]
     data: PathBuf,
     /// Create (if absent) a service `demo` with 30 days of synthetic shop
