@@ -31,6 +31,8 @@ pub const LAST_DAY: &str = "2025-09-30";
 pub const DAY_AFTER_LAST_DAY: &str = "2025-10-01";
 /// The day the 1-day export asks for.
 pub const ONE_DAY: &str = "2025-09-15";
+/// A day before the data: its export has no rows.
+pub const EMPTY_DAY: &str = "2025-08-15";
 /// The day after [`ONE_DAY`].
 pub const DAY_AFTER_ONE_DAY: &str = "2025-09-16";
 /// Days in the synthetic month.
