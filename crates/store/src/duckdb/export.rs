@@ -9,11 +9,10 @@
 //! follows the slice size, not the range or the service's daily volume.
 //!
 //! A slice is smaller than one of DuckDB's row groups, so its query runs on
-//! one thread. Two slice workers, each with its own connection, run and
-//! encode alternate slices: while one encodes slice *k* into CSV chunks,
-//! the other is already sorting slice *k + 1*, so both cores work as they
-//! do in DuckDB's own parallel COPY. This thread only hands the chunks to
-//! the sink in slice order. Every slice
+//! one thread. Two slice workers, each with its own connection, run the
+//! queries of alternate slices ahead of the encoder: while this thread
+//! encodes slice *k*, the other worker is already sorting slice *k + 1*, so
+//! both cores work as they do in DuckDB's own parallel COPY. Every slice
 //! query reads only rows with `rowid <=` the last one in the histogram's
 //! snapshot: events are only ever appended, so all slices see the same
 //! committed set even though they run in separate transactions.
@@ -44,8 +43,8 @@ pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 /// Slice workers, each with its own connection.
 const WORKERS: usize = 2;
 
-/// CSV chunks a worker may have ready ahead of the sink, per worker.
-const CHUNKS_AHEAD: usize = 4;
+/// Arrow batches a worker may run ahead of the encoder, per worker.
+const BATCHES_AHEAD: usize = 4;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -65,12 +64,11 @@ struct Slice {
     end_ms: i64,
 }
 
-/// What a worker hands this thread.
+/// What a worker hands the encoder.
 enum Piece {
-    /// ~[`CHUNK_BYTES`] of CSV rows.
-    Chunk(Vec<u8>),
-    /// The current slice is complete; `rows` is how many it had.
-    SliceEnd { rows: u64 },
+    Batch(RecordBatch),
+    /// The current slice is complete.
+    SliceEnd,
 }
 
 pub(crate) fn run(
@@ -116,7 +114,7 @@ pub(crate) fn run(
     std::thread::scope(|scope| -> Result<(), StoreError> {
         let mut receivers = Vec::new();
         for (w, worker_conn) in worker_conns.into_iter().enumerate() {
-            let (tx, rx) = sync_channel(CHUNKS_AHEAD);
+            let (tx, rx) = sync_channel(BATCHES_AHEAD);
             let mine: Vec<Slice> = slices.iter().copied().skip(w).step_by(WORKERS).collect();
             let query = &query;
             std::thread::Builder::new()
@@ -125,7 +123,7 @@ pub(crate) fn run(
                 .map_err(|e| StoreError::internal(format!("cannot start an export worker: {e}")))?;
             receivers.push(rx);
         }
-        let result = forward_slices(&receivers, slices.len(), &mut out);
+        let result = encode_slices(&receivers, slices.len(), &mut out);
         if result.is_err() {
             // Stop workers that are still sorting slices nobody will read.
             drop(receivers);
@@ -137,22 +135,20 @@ pub(crate) fn run(
     Ok(out.summary)
 }
 
-/// Hands the slices' chunks to the sink in slice order (worker
-/// `k % WORKERS` has slice `k`).
-fn forward_slices(
+/// Takes the slices' batches in slice order (worker `k % WORKERS` has slice
+/// `k`) and encodes them.
+fn encode_slices(
     receivers: &[Receiver<Result<Piece, StoreError>>],
     slices: usize,
     out: &mut Out<'_>,
 ) -> Result<(), StoreError> {
+    let mut scratch = Vec::new();
     for k in 0..slices {
         let rx = &receivers[k % receivers.len()];
         loop {
             match rx.recv() {
-                Ok(Ok(Piece::Chunk(chunk))) => out.forward(chunk)?,
-                Ok(Ok(Piece::SliceEnd { rows })) => {
-                    out.summary.rows += rows;
-                    break;
-                }
+                Ok(Ok(Piece::Batch(batch))) => encode_batch(&batch, out, &mut scratch)?,
+                Ok(Ok(Piece::SliceEnd)) => break,
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(StoreError::internal("an export worker stopped")),
             }
@@ -169,8 +165,8 @@ struct SliceQuery {
 }
 
 impl SliceQuery {
-    /// Runs and encodes `slices` in order, handing their chunks on; stops at
-    /// the first error (which it hands on) or when the receiver has gone.
+    /// Runs `slices` in order, handing their batches on; stops at the first
+    /// error (which it hands on) or when the encoder has gone.
     fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
         for slice in slices {
             match self.run_one(conn, *slice, tx) {
@@ -184,7 +180,7 @@ impl SliceQuery {
         }
     }
 
-    /// `Ok(false)` when the receiver has gone.
+    /// `Ok(false)` when the encoder has gone.
     fn run_one(
         &self,
         conn: &Connection,
@@ -200,37 +196,17 @@ impl SliceQuery {
             self.filter,
         );
         let mut stmt = conn.prepare(&sql).map_err(query_error)?;
-        let mut sink = PieceSink(tx);
-        let mut out = Out::new(Vec::new(), &mut sink, None);
-        let mut scratch = Vec::new();
         for batch in stmt
             .stream_arrow(params_from_iter(self.names.iter()))
             .map_err(query_error)?
         {
-            match encode_batch(&batch.map_err(query_error)?, &mut out, &mut scratch) {
-                Err(e) if e.kind == StoreErrorKind::Cancelled => return Ok(false),
-                other => other?,
+            let batch = batch.map_err(query_error)?;
+            if tx.send(Ok(Piece::Batch(batch))).is_err() {
+                return Ok(false);
             }
         }
-        match out.flush() {
-            Err(e) if e.kind == StoreErrorKind::Cancelled => return Ok(false),
-            other => other?,
-        }
-        let rows = out.summary.rows;
-        Ok(tx.send(Ok(Piece::SliceEnd { rows })).is_ok())
+        Ok(tx.send(Ok(Piece::SliceEnd)).is_ok())
     }
-}
-
-/// A worker's side of its channel, as the sink its `Out` writes to.
-struct PieceSink<'a>(&'a SyncSender<Result<Piece, StoreError>>);
-
-impl ExportSink for PieceSink<'_> {
-    fn send(&mut self, chunk: Vec<u8>) -> bool {
-        self.0.send(Ok(Piece::Chunk(chunk))).is_ok()
-    }
-
-    /// The export's interrupt covers every worker's connection already.
-    fn set_interrupt(&mut self, _interrupt: Box<dyn Fn() + Send + Sync>) {}
 }
 
 /// Cuts `[start_ms, end_ms)` into slices from an hourly histogram of the
@@ -365,17 +341,6 @@ impl<'a> Out<'a> {
             self.flush()?;
         }
         Ok(())
-    }
-
-    /// Hands on a chunk encoded elsewhere, after what is buffered (the
-    /// header, before the first chunk).
-    pub fn forward(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
-        if self.buf.is_empty() {
-            self.buf = chunk;
-        } else {
-            self.buf.extend_from_slice(&chunk);
-        }
-        self.flush()
     }
 
     pub fn flush(&mut self) -> Result<(), StoreError> {
