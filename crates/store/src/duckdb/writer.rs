@@ -177,9 +177,7 @@ impl WriterState {
             }
         }
     }
-}
 
-impl WriterState {
     pub fn new(conn: Connection, layouts: Layouts, identities: Identities, move_policy: MovePolicy) -> WriterState {
         WriterState {
             conn,
@@ -224,7 +222,7 @@ impl WriterState {
         if self.unmoved.is_empty() {
             return;
         }
-        let mut batches = std::mem::take(&mut self.unmoved);
+        let batches = std::mem::take(&mut self.unmoved);
         self.unmoved_events = 0;
         let all = self.transaction(|s| {
             let mut changes = GroupChanges::default();
@@ -232,15 +230,7 @@ impl WriterState {
             Ok(changes)
         });
         match all {
-            Ok(changes) => {
-                self.apply(changes);
-                // Freeing thousands of parsed events is not the writer's
-                // job: it is the one thread every import waits for.
-                let done = std::mem::take(&mut batches);
-                let _ = std::thread::Builder::new()
-                    .name("fineport-free".into())
-                    .spawn(move || drop(done));
-            }
+            Ok(changes) => self.apply(changes),
             Err(e) => {
                 tracing::warn!(error = %e, batches = batches.len(), "moving imports failed; retrying them one by one");
                 for batch in batches {
