@@ -8,9 +8,7 @@
 //! Every store backend encodes through these functions, so the bytes of an
 //! export do not depend on the backend.
 
-use crate::time::days_to_date;
 use crate::types::Value;
-use chrono::Datelike;
 
 /// Appends `s` as one CSV field, quoted only when it must be.
 pub fn push_field(out: &mut Vec<u8>, s: &[u8]) {
@@ -72,46 +70,81 @@ pub fn push_f64(out: &mut Vec<u8>, v: f64) {
 
 /// UTC `yyyy-MM-ddTHH:mm:ss.SSSZ` from milliseconds since the epoch.
 pub fn push_datetime_ms(out: &mut Vec<u8>, ms: i64) {
-    let days = ms.div_euclid(86_400_000);
-    let in_day = ms.rem_euclid(86_400_000);
-    let Some(date) = i32::try_from(days).ok().and_then(days_to_date) else {
+    const MS_PER_DAY: i64 = 86_400_000;
+    let Ok(days) = i32::try_from(ms.div_euclid(MS_PER_DAY)) else {
         return;
     };
-    push_ymd(out, date);
-    let (h, rem) = (in_day / 3_600_000, in_day % 3_600_000);
-    let (m, rem) = (rem / 60_000, rem % 60_000);
-    let (s, milli) = (rem / 1000, rem % 1000);
-    out.push(b'T');
-    push_padded(out, h as u32, 2);
-    out.push(b':');
-    push_padded(out, m as u32, 2);
-    out.push(b':');
-    push_padded(out, s as u32, 2);
-    out.push(b'.');
-    push_padded(out, milli as u32, 3);
-    out.push(b'Z');
+    if !push_ymd(out, days) {
+        return;
+    }
+    // In 0..MS_PER_DAY, so it fits.
+    let in_day = ms.rem_euclid(MS_PER_DAY) as u32;
+    let mut time = *b"T00:00:00.000Z";
+    put_digits(&mut time[1..3], in_day / 3_600_000);
+    put_digits(&mut time[4..6], in_day / 60_000 % 60);
+    put_digits(&mut time[7..9], in_day / 1000 % 60);
+    put_digits(&mut time[10..13], in_day % 1000);
+    out.extend_from_slice(&time);
 }
 
 /// `yyyy-MM-dd` from days since 1970-01-01.
 pub fn push_date_days(out: &mut Vec<u8>, days: i32) {
-    if let Some(date) = days_to_date(days) {
-        push_ymd(out, date);
+    push_ymd(out, days);
+}
+
+/// Appends `yyyy-MM-dd` (a year past 9999 in full); `false`, appending
+/// nothing, for a day before the year 0, which no wire date can reach.
+fn push_ymd(out: &mut Vec<u8>, days: i32) -> bool {
+    let Some((year, month, day)) = civil_from_days(days) else {
+        return false;
+    };
+    if year > 9999 {
+        push_i64(out, i64::from(year));
+    } else {
+        let mut yyyy = *b"0000";
+        put_digits(&mut yyyy, year);
+        out.extend_from_slice(&yyyy);
     }
+    let mut md = *b"-00-00";
+    put_digits(&mut md[1..3], month);
+    put_digits(&mut md[4..6], day);
+    out.extend_from_slice(&md);
+    true
 }
 
-fn push_ymd(out: &mut Vec<u8>, date: chrono::NaiveDate) {
-    push_padded(out, date.year() as u32, 4);
-    out.push(b'-');
-    push_padded(out, date.month(), 2);
-    out.push(b'-');
-    push_padded(out, date.day(), 2);
+/// (year, month, day) of a day since 1970-01-01 in the proleptic Gregorian
+/// calendar, for years from 0 on.
+///
+/// Exports spell millions of dates, so this is the conversion done
+/// directly (H. Hinnant's `civil_from_days`) rather than through chrono;
+/// the tests check it against chrono.
+fn civil_from_days(days: i32) -> Option<(u32, u32, u32)> {
+    // Days since -0400-03-01: a leap day ends its year, and every day from
+    // the year 0 on counts up from a whole 400-year era.
+    const ERA_DAYS: i64 = 146_097;
+    let z = u32::try_from(i64::from(days) + 719_468 + ERA_DAYS).ok()?;
+    let era = z / ERA_DAYS as u32;
+    let day_of_era = z % ERA_DAYS as u32;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let (month, march_year) = if shifted_month < 10 {
+        (shifted_month + 3, 0)
+    } else {
+        (shifted_month - 9, 1)
+    };
+    // The first era is the one before the year 0.
+    let year = (era * 400 + year_of_era + march_year).checked_sub(400)?;
+    Some((year, month, day))
 }
 
-fn push_padded(out: &mut Vec<u8>, v: u32, width: usize) {
-    let mut buf = itoa::Buffer::new();
-    let s = buf.format(v);
-    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(s.len())));
-    out.extend_from_slice(s.as_bytes());
+/// Writes the low `slot.len()` decimal digits of `v` into `slot`, zero-padded.
+fn put_digits(slot: &mut [u8], mut v: u32) {
+    for digit in slot.iter_mut().rev() {
+        *digit = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Appends `s` as a JSON string literal (inside array cells).
@@ -267,6 +300,23 @@ mod tests {
         let mut out = Vec::new();
         push_json_string(&mut out, "\u{1}\t");
         assert_eq!(String::from_utf8(out).unwrap(), r#""\u0001\t""#);
+    }
+
+    #[test]
+    fn calendar_matches_chrono_from_year_0_to_10000() {
+        use chrono::Datelike;
+        let first = crate::time::date_to_days(chrono::NaiveDate::from_ymd_opt(0, 1, 1).unwrap());
+        let last = crate::time::date_to_days(chrono::NaiveDate::from_ymd_opt(10_000, 12, 31).unwrap());
+        for days in first..=last {
+            let date = crate::time::days_to_date(days).unwrap();
+            let expected = (date.year() as u32, date.month(), date.day());
+            assert_eq!(civil_from_days(days), Some(expected), "day {days}");
+        }
+        assert_eq!(civil_from_days(first - 1), None);
+        assert_eq!(cell(&Value::Date(last)), "10000-12-31");
+        assert_eq!(cell(&Value::Datetime(253_402_300_799_999)), "9999-12-31T23:59:59.999Z");
+        assert_eq!(cell(&Value::Datetime(-62_167_219_200_000)), "0000-01-01T00:00:00.000Z");
+        assert_eq!(cell(&Value::Datetime(-62_167_219_200_001)), "");
     }
 
     #[test]

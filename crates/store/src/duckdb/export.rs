@@ -2,20 +2,23 @@
 //!
 //! The range is cut into *slices*: consecutive time ranges of about
 //! [`DEFAULT_SLICE_CELLS`] cells each (rows × columns; a store option), cut
-//! on UTC hour boundaries from a histogram of the range. Each slice is one
-//! query sorted on its own by `(correction_ts, event_log_id)`; slices are
-//! disjoint and in order, so their concatenation is the globally ordered
-//! result, while DuckDB only ever sorts one slice and an export's memory
-//! follows the slice size, not the range or the service's daily volume.
+//! on UTC hour boundaries from a histogram of the range. Slices are
+//! disjoint and in order, so writing each one in `(correction_ts,
+//! event_log_id)` order writes the whole range in that order, while only
+//! one slice at a time is ever sorted and an export's memory follows the
+//! slice size, not the range or the service's daily volume.
 //!
-//! A slice is smaller than one of DuckDB's row groups, so its query runs on
-//! one thread. Two slice workers, each with its own connection, run the
-//! queries of alternate slices ahead of the encoder: while this thread
-//! encodes slice *k*, the other worker is already sorting slice *k + 1*, so
-//! both cores work as they do in DuckDB's own parallel COPY. Every slice
-//! query reads only rows with `rowid <=` the last one in the histogram's
-//! snapshot: events are only ever appended, so all slices see the same
-//! committed set even though they run in separate transactions.
+//! A slice is not sorted by DuckDB: an `ORDER BY` would copy every row
+//! into DuckDB's sort layout (buffer-managed memory the size of the slice,
+//! and a third of the CPU of a sorted COPY). Instead a worker fetches the
+//! slice's rows unordered as Arrow batches and sorts only their keys, the
+//! order the encoder then walks. Two slice workers, each with its own
+//! connection, fetch alternate slices ahead of the encoder: while this
+//! thread encodes slice *k*, the other worker is already fetching slice
+//! *k + 1*, so both cores work as they do in DuckDB's own parallel COPY.
+//! Every slice query reads only rows with `rowid <=` the last one in the
+//! histogram's snapshot: events are only ever appended, so all slices see
+//! the same committed set even though they run in separate transactions.
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -43,9 +46,6 @@ pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 /// Slice workers, each with its own connection.
 const WORKERS: usize = 2;
 
-/// Arrow batches a worker may run ahead of the encoder, per worker.
-const BATCHES_AHEAD: usize = 4;
-
 const HOUR_MS: i64 = 3_600_000;
 
 /// How an export runs, beyond what it exports.
@@ -64,11 +64,11 @@ struct Slice {
     end_ms: i64,
 }
 
-/// What a worker hands the encoder.
-enum Piece {
-    Batch(RecordBatch),
-    /// The current slice is complete.
-    SliceEnd,
+/// A slice's rows as fetched, and the order to write them in.
+struct SortedSlice {
+    batches: Vec<RecordBatch>,
+    /// `(batch, row)` in `(correction_ts, event_log_id)` order.
+    order: Vec<(u32, u32)>,
 }
 
 pub(crate) fn run(
@@ -86,7 +86,19 @@ pub(crate) fn run(
     let interrupt_all = move || interrupts.iter().for_each(|i| i.interrupt());
     start(sink, Box::new(interrupt_all.clone()), failpoint)?;
 
-    let select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
+    let mut select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
+    let csv_columns = select.len();
+    // The sort keys, selected once more at the end when the CSV lacks them.
+    let mut key = |expr: &str| {
+        select.iter().position(|c| c == expr).unwrap_or_else(|| {
+            select.push(expr.to_string());
+            select.len() - 1
+        })
+    };
+    let keys = SortKeys {
+        correction_ts: key("correction_ts"),
+        event_log_id: key("event_log_id"),
+    };
     let (filter, names) = match &plan.event_filter {
         None => (String::new(), Vec::new()),
         Some((kind, names)) => {
@@ -102,19 +114,22 @@ pub(crate) fn run(
     let table = events_table(service_id);
     let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
     let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
-    let rows_per_slice = (slice_cells / select.len().max(1) as u64).max(1);
+    let rows_per_slice = (slice_cells / csv_columns.max(1) as u64).max(1);
     let (last_rowid, slices) = plan_slices(conn, &table, &filter, &names, (start_ms, end_ms), rows_per_slice)?;
     let query = SliceQuery {
         sql_head: format!("SELECT {} FROM {table} WHERE rowid <= {last_rowid}", select.join(", ")),
         filter,
         names,
+        keys,
     };
 
     let mut out = Out::new(plan.header_line(), sink, failpoint);
     std::thread::scope(|scope| -> Result<(), StoreError> {
         let mut receivers = Vec::new();
         for (w, worker_conn) in worker_conns.into_iter().enumerate() {
-            let (tx, rx) = sync_channel(BATCHES_AHEAD);
+            // Rendezvous: a worker holds at most the slice it is fetching
+            // and the one it waits to hand over.
+            let (tx, rx) = sync_channel(0);
             let mine: Vec<Slice> = slices.iter().copied().skip(w).step_by(WORKERS).collect();
             let query = &query;
             std::thread::Builder::new()
@@ -123,7 +138,7 @@ pub(crate) fn run(
                 .map_err(|e| StoreError::internal(format!("cannot start an export worker: {e}")))?;
             receivers.push(rx);
         }
-        let result = encode_slices(&receivers, slices.len(), &mut out);
+        let result = encode_slices(&receivers, slices.len(), csv_columns, &mut out);
         if result.is_err() {
             // Stop workers that are still sorting slices nobody will read.
             drop(receivers);
@@ -135,26 +150,42 @@ pub(crate) fn run(
     Ok(out.summary)
 }
 
-/// Takes the slices' batches in slice order (worker `k % WORKERS` has slice
-/// `k`) and encodes them.
+/// Takes the sorted slices in slice order (worker `k % WORKERS` has slice
+/// `k`) and encodes their first `csv_columns` columns.
 fn encode_slices(
-    receivers: &[Receiver<Result<Piece, StoreError>>],
+    receivers: &[Receiver<Result<SortedSlice, StoreError>>],
     slices: usize,
+    csv_columns: usize,
     out: &mut Out<'_>,
 ) -> Result<(), StoreError> {
     let mut scratch = Vec::new();
     for k in 0..slices {
-        let rx = &receivers[k % receivers.len()];
-        loop {
-            match rx.recv() {
-                Ok(Ok(Piece::Batch(batch))) => encode_batch(&batch, out, &mut scratch)?,
-                Ok(Ok(Piece::SliceEnd)) => break,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err(StoreError::internal("an export worker stopped")),
-            }
+        let slice = match receivers[k % receivers.len()].recv() {
+            Ok(slice) => slice?,
+            Err(_) => return Err(StoreError::internal("an export worker stopped")),
+        };
+        let columns = slice
+            .batches
+            .iter()
+            .map(|batch| {
+                batch.columns()[..csv_columns]
+                    .iter()
+                    .map(|a| Col::new(a.as_ref()))
+                    .collect()
+            })
+            .collect::<Result<Vec<Vec<Col>>, _>>()?;
+        for &(batch, row) in &slice.order {
+            encode_row(&columns[batch as usize], row as usize, out, &mut scratch)?;
         }
     }
     Ok(())
+}
+
+/// Where the sort keys are among a slice query's columns.
+#[derive(Debug, Clone, Copy)]
+struct SortKeys {
+    correction_ts: usize,
+    event_log_id: usize,
 }
 
 /// The query of one slice, without its time range.
@@ -162,51 +193,68 @@ struct SliceQuery {
     sql_head: String,
     filter: String,
     names: Vec<String>,
+    keys: SortKeys,
 }
 
 impl SliceQuery {
-    /// Runs `slices` in order, handing their batches on; stops at the first
+    /// Runs `slices` in order, handing each on sorted; stops at the first
     /// error (which it hands on) or when the encoder has gone.
-    fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
+    fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<SortedSlice, StoreError>>) {
         for slice in slices {
-            match self.run_one(conn, *slice, tx) {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
+            let sorted = self.run_one(conn, *slice);
+            let failed = sorted.is_err();
+            if tx.send(sorted).is_err() || failed {
+                return;
             }
         }
     }
 
-    /// `Ok(false)` when the encoder has gone.
-    fn run_one(
-        &self,
-        conn: &Connection,
-        slice: Slice,
-        tx: &SyncSender<Result<Piece, StoreError>>,
-    ) -> Result<bool, StoreError> {
+    fn run_one(&self, conn: &Connection, slice: Slice) -> Result<SortedSlice, StoreError> {
         let sql = format!(
-            "{} AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){} \
-             ORDER BY correction_ts, event_log_id",
+            "{} AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){}",
             self.sql_head,
             slice.start_ms * 1000,
             slice.end_ms * 1000,
             self.filter,
         );
         let mut stmt = conn.prepare(&sql).map_err(query_error)?;
-        for batch in stmt
-            .stream_arrow(params_from_iter(self.names.iter()))
-            .map_err(query_error)?
-        {
-            let batch = batch.map_err(query_error)?;
-            if tx.send(Ok(Piece::Batch(batch))).is_err() {
-                return Ok(false);
-            }
+        // Materialised, not streamed: a streamed scan hands on each of its
+        // vectors as its own batch, and the few late events that match in
+        // the next days' vectors made thousands of batches of a few rows.
+        stmt.execute(params_from_iter(self.names.iter())).map_err(query_error)?;
+        let mut batches = Vec::new();
+        while let Some(rows) = stmt.step().map_err(query_error)? {
+            batches.push(RecordBatch::from(&rows));
         }
-        Ok(tx.send(Ok(Piece::SliceEnd)).is_ok())
+        let order = sort_order(&batches, self.keys)?;
+        Ok(SortedSlice { batches, order })
     }
+}
+
+/// The rows of `batches` in `(correction_ts, event_log_id)` order, the
+/// order of `ORDER BY correction_ts, event_log_id` (strings compare by
+/// their bytes in both). Rows arrive nearly in that order already.
+fn sort_order(batches: &[RecordBatch], keys: SortKeys) -> Result<Vec<(u32, u32)>, StoreError> {
+    let key_columns = batches
+        .iter()
+        .map(|batch| {
+            let ts = batch
+                .column(keys.correction_ts)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>();
+            let id = batch.column(keys.event_log_id).as_any().downcast_ref::<StringArray>();
+            ts.zip(id)
+                .ok_or_else(|| StoreError::internal("unexpected types of the export's sort keys"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut order = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (b, (ts, _)) in key_columns.iter().enumerate() {
+        // Both columns are NOT NULL, so `values()` is every row's key.
+        order.extend(ts.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
+    }
+    let id = |b: u32, r: u32| key_columns[b as usize].1.value(r as usize);
+    order.sort_unstable_by(|x, y| x.0.cmp(&y.0).then_with(|| id(x.1, x.2).cmp(id(y.1, y.2))));
+    Ok(order.into_iter().map(|(_, b, r)| (b, r)).collect())
 }
 
 /// Cuts `[start_ms, end_ms)` into slices from an hourly histogram of the
@@ -469,22 +517,15 @@ impl<'a> Col<'a> {
     }
 }
 
-fn encode_batch(batch: &RecordBatch, out: &mut Out<'_>, scratch: &mut Vec<u8>) -> Result<(), StoreError> {
-    let cols = batch
-        .columns()
-        .iter()
-        .map(|a| Col::new(a.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    for row in 0..batch.num_rows() {
-        for (c, col) in cols.iter().enumerate() {
-            if c > 0 {
-                out.buf.push(b',');
-            }
-            col.cell(&mut out.buf, scratch, row);
+/// Writes row `row` of a batch's columns as one CSV line.
+fn encode_row(cols: &[Col<'_>], row: usize, out: &mut Out<'_>, scratch: &mut Vec<u8>) -> Result<(), StoreError> {
+    for (c, col) in cols.iter().enumerate() {
+        if c > 0 {
+            out.buf.push(b',');
         }
-        out.end_row()?;
+        col.cell(&mut out.buf, scratch, row);
     }
-    Ok(())
+    out.end_row()
 }
 
 #[cfg(test)]
@@ -506,6 +547,37 @@ mod tests {
             bounds,
             vec![(start, h(12)), (h(12), h(21)), (h(21), h(39)), (h(39), end)]
         );
+    }
+
+    #[test]
+    fn sort_order_is_by_time_then_event_log_id_across_batches() {
+        use duckdb::arrow::datatypes::{Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("event_log_id", DataType::Utf8, false),
+            Field::new("correction_ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
+        ]));
+        let batch = |ids: &[&str], ts: &[i64]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(StringArray::from(ids.to_vec())),
+                    Arc::new(TimestampMicrosecondArray::from(ts.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        // A late row in the second batch, and a tie on time broken by id.
+        let batches = [
+            batch(&["b", "a", "z"], &[20, 30, 40]),
+            batch(&["y", "c", "a0"], &[40, 10, 50]),
+        ];
+        let keys = SortKeys {
+            correction_ts: 1,
+            event_log_id: 0,
+        };
+        let order = sort_order(&batches, keys).unwrap();
+        assert_eq!(order, vec![(1, 1), (0, 0), (0, 1), (1, 0), (0, 2), (1, 2)]);
     }
 
     #[test]
