@@ -545,6 +545,48 @@ async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "snap", "timezone": "UTC"})).await;
+    // 20 MB at 01:00 (far more than the socket buffers), then one event at
+    // 03:00 and one at 05:00: the harness cuts a slice per hour with rows,
+    // so the export's slices are [00:00, 03:00), [03:00, 05:00), [05:00, 24:00).
+    import_big(&server, &svc, 2000).await;
+    let early = vec![
+        event(5001, "df_login", "2026-11-25T03:00:00Z", json!({})),
+        event(5002, "df_login", "2026-11-25T05:00:00Z", json!({})),
+    ];
+    server.import(&svc, events_body("u", early)).await;
+    let day = all_events("2026-11-25", "2026-11-25");
+
+    // The export stalls inside its first slice: its client stops reading.
+    let mut stalled = server.export(&svc, day.clone()).await;
+    assert_eq!(stalled.status(), 200);
+    let mut text = stalled.chunk().await.unwrap().expect("a first chunk").to_vec();
+
+    // Meanwhile events land in every slice, and another export (a read)
+    // makes the writer move them into the table.
+    let late = vec![
+        event(6001, "df_login", "2026-11-25T01:00:00Z", json!({})),
+        event(6002, "df_login", "2026-11-25T04:00:00Z", json!({})),
+        event(6003, "df_login", "2026-11-25T07:00:00Z", json!({})),
+    ];
+    let answer = server.import(&svc, events_body("u", late)).await;
+    assert_eq!(answer["code"], "20000", "{answer}");
+    let (_, fresh) = parse_csv(&server.export(&svc, day.clone()).await.text().await.unwrap());
+    assert_eq!(fresh.len(), 2005);
+
+    // The stalled export goes on as of its start: no event imported after.
+    while let Some(chunk) = stalled.chunk().await.unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    let (header, rows) = parse_csv(&String::from_utf8(text).unwrap());
+    assert_eq!(rows.len(), 2002);
+    let ids: Vec<&str> = rows.iter().map(|r| cell(&header, r, "df_event_log_id")).collect();
+    assert_eq!(ids[2000..], [event_id(5001), event_id(5002)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failure_mid_stream_breaks_the_transfer_visibly() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
