@@ -544,6 +544,56 @@ async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
     drop(y);
 }
 
+/// An export read over a raw socket with a 4 KiB receive buffer, so that
+/// the server, not the kernel, holds what the client has not read yet.
+struct StalledExport {
+    socket: tokio::net::TcpStream,
+    received: Vec<u8>,
+}
+
+impl StalledExport {
+    /// Sends the request and reads its first 64 KiB.
+    async fn start(server: &TestServer, svc: &Svc, body: &Value) -> StalledExport {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut socket = socket.connect(server.addr).await.unwrap();
+        let body = body.to_string();
+        let request = format!(
+            "POST /api/v1/export/event?service_id={} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            svc.id,
+            svc.export_token,
+            body.len()
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut received = vec![0; 64 * 1024];
+        socket.read_exact(&mut received).await.unwrap();
+        StalledExport { socket, received }
+    }
+
+    /// Reads the rest and returns the CSV, the chunked encoding undone.
+    async fn finish(&mut self) -> String {
+        use tokio::io::AsyncReadExt;
+        self.socket.read_to_end(&mut self.received).await.unwrap();
+        let text = &self.received;
+        let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(text.starts_with(b"HTTP/1.1 200"));
+        let mut rest = &text[head_end..];
+        let mut csv = Vec::new();
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            csv.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        String::from_utf8(csv).unwrap()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     let server = TestServer::start().await;
@@ -559,10 +609,9 @@ async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     server.import(&svc, events_body("u", early)).await;
     let day = all_events("2026-11-25", "2026-11-25");
 
-    // The export stalls inside its first slice: its client stops reading.
-    let mut stalled = server.export(&svc, day.clone()).await;
-    assert_eq!(stalled.status(), 200);
-    let mut text = stalled.chunk().await.unwrap().expect("a first chunk").to_vec();
+    // The export stalls inside its first slice: its client stops reading,
+    // with a receive buffer too small for the kernel to take much of it.
+    let mut stalled = StalledExport::start(&server, &svc, &day).await;
 
     // Meanwhile events land in every slice, and another export (a read)
     // makes the writer move them into the table.
@@ -577,10 +626,8 @@ async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     assert_eq!(fresh.len(), 2005);
 
     // The stalled export goes on as of its start: no event imported after.
-    while let Some(chunk) = stalled.chunk().await.unwrap() {
-        text.extend_from_slice(&chunk);
-    }
-    let (header, rows) = parse_csv(&String::from_utf8(text).unwrap());
+    let text = stalled.finish().await;
+    let (header, rows) = parse_csv(&text);
     assert_eq!(rows.len(), 2002);
     let ids: Vec<&str> = rows.iter().map(|r| cell(&header, r, "df_event_log_id")).collect();
     assert_eq!(ids[2000..], [event_id(5001), event_id(5002)]);
