@@ -598,6 +598,9 @@ impl StalledExport {
 async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "snap", "timezone": "UTC"})).await;
+    // Late in the day, so that no event below is in the future (a future
+    // event's correction time is the time it was received).
+    server.clock.advance(chrono::Duration::hours(20));
     // 20 MB at 01:00 (far more than the socket buffers), then one event at
     // 03:00 and one at 05:00: the harness cuts a slice per hour with rows,
     // so the export's slices are [00:00, 03:00), [03:00, 05:00), [05:00, 24:00).
