@@ -25,6 +25,9 @@ pub struct Config {
     pub import_body_limit: usize,
     /// How long a client may take to send its request body.
     pub body_timeout: Duration,
+    /// How long a connection may take to send a request's headers, idle
+    /// keep-alive time included; then it is closed.
+    pub header_timeout: Duration,
     pub token_policy: TokenPolicy,
     /// How often the request log is written to the store.
     pub log_flush_every: Duration,
@@ -36,6 +39,7 @@ impl Default for Config {
             export_body_limit: 64 * 1024,
             import_body_limit: 4 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
             token_policy: TokenPolicy::default(),
             log_flush_every: Duration::from_millis(500),
         }
