@@ -328,6 +328,76 @@ async fn filters_select_events_and_columns() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_sorted_on_their_keys_and_by_duckdb_give_the_same_bytes() {
+    // 3,000 events in random order over 20 hours of one day, many sharing
+    // a second; one server sorts the day as one slice on its keys, the
+    // other hour by hour in DuckDB (every hour has more than 2 rows).
+    let whole_day = TestServer::start_with_slice_cells(1_500_000).await;
+    let hourly = TestServer::start().await;
+    let mut seed: u64 = 7;
+    let mut next = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let batches: Vec<Value> = (0..30)
+        .map(|b| {
+            let events = (0..100)
+                .map(|i| {
+                    let second = next(600) * 120;
+                    let time = format!(
+                        "2026-11-25T{:02}:{:02}:{:02}Z",
+                        second / 3600,
+                        second / 60 % 60,
+                        second % 60
+                    );
+                    event(
+                        u128::from(next(1 << 40)) << 20 | (b * 100 + i),
+                        "df_login",
+                        &time,
+                        json!({}),
+                    )
+                })
+                .collect();
+            events_body(&format!("user{b}"), events)
+        })
+        .collect();
+    let mut exports = Vec::new();
+    for server in [&whole_day, &hourly] {
+        server.clock.advance(chrono::Duration::hours(20));
+        let svc = server.service(json!({"service_id": "order", "timezone": "UTC"})).await;
+        for body in &batches {
+            assert_eq!(server.import(&svc, body.clone()).await["code"], "20000");
+        }
+        let resp = server.export(&svc, all_events("2026-11-25", "2026-11-25")).await;
+        exports.push(resp.text().await.unwrap());
+    }
+    // The same rows in the same order; unified ids are each server's own.
+    let without_unified_id = |text: &str| {
+        let (header, rows) = parse_csv(text);
+        let unified = header.iter().position(|h| h == "df_unified_id").unwrap();
+        let mut rows = rows;
+        rows.iter_mut().for_each(|r| drop(r.remove(unified)));
+        rows
+    };
+    assert_eq!(without_unified_id(&exports[0]), without_unified_id(&exports[1]));
+    let (header, rows) = parse_csv(&exports[0]);
+    assert_eq!(rows.len(), 3000);
+    let keys: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| {
+            (
+                cell(&header, r, "df_correction_datetime"),
+                cell(&header, r, "df_event_log_id"),
+            )
+        })
+        .collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "not in (time, id) order");
+    assert!(keys.windows(2).any(|w| w[0].0 == w[1].0), "no tie on time was tested");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_are_ordered_by_correction_time_then_event_log_id_across_days() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;

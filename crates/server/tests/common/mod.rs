@@ -53,7 +53,14 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config, now: DateTime<Utc>) -> TestServer {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), config, now).await
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, now, 1).await
+    }
+
+    /// A server whose exports cut slices of `cells` (rows × columns)
+    /// rather than one per hour.
+    pub async fn start_with_slice_cells(cells: u64) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, Config::default(), default_now(), cells).await
     }
 
     /// Stops this server, closes its store and starts a new server on the
@@ -68,16 +75,17 @@ impl TestServer {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let (config, now) = (self.state.config.clone(), self.clock.now());
         drop(self);
-        Self::start_in(dir, config, now).await
+        Self::start_in(dir, config, now, 1).await
     }
 
-    async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>) -> TestServer {
-        // One export slice per hour with events, so that every export test
-        // goes through the slice workers and their ordering; imports move
-        // into the tables only when a read asks, so that every test that
-        // reads what it imported depends on that.
+    async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>, slice_cells: u64) -> TestServer {
+        // By default one export slice per hour with events, so that every
+        // export test goes through the slice worker and both ways of
+        // ordering a slice (an hour of more than 2 rows is sorted by
+        // DuckDB); imports move into the tables only when a read asks, so
+        // that every test that reads what it imported depends on that.
         let options = DuckDbOptions {
-            export_slice_cells: 1,
+            export_slice_cells: slice_cells,
             import_moves: MovePolicy {
                 events: usize::MAX,
                 idle: std::time::Duration::from_secs(3600),

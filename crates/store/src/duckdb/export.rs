@@ -44,6 +44,11 @@ use crate::{ExportSink, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 /// memory budget of an export. An hour with more rows is one slice on its own.
 pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 
+/// A slice of more than this many times the target rows — an hour busier
+/// than a slice, which the hourly cut cannot split — is sorted and streamed
+/// by DuckDB instead of held whole: slower, but within DuckDB's memory limit.
+const SORTED_BY_DUCKDB_ABOVE: u64 = 2;
+
 const HOUR_MS: i64 = 3_600_000;
 
 /// How an export runs, beyond what it exports.
@@ -60,13 +65,33 @@ pub(crate) struct Settings {
 struct Slice {
     start_ms: i64,
     end_ms: i64,
+    /// Rows in the histogram.
+    rows: u64,
 }
 
-/// A slice's rows as fetched, and the order to write them in.
+/// Rows as fetched, and the order to write them in.
 struct SortedSlice {
     batches: Vec<RecordBatch>,
     /// `(batch, row)` in `(correction_ts, event_log_id)` order.
     order: Vec<(u32, u32)>,
+}
+
+impl SortedSlice {
+    /// A batch already in order.
+    fn in_order(batch: RecordBatch) -> SortedSlice {
+        let order = (0..batch.num_rows() as u32).map(|r| (0, r)).collect();
+        SortedSlice {
+            batches: vec![batch],
+            order,
+        }
+    }
+}
+
+/// What the slice worker hands the encoder.
+enum Piece {
+    Rows(SortedSlice),
+    /// Every slice has been handed over.
+    Done,
 }
 
 pub(crate) fn run(
@@ -118,6 +143,7 @@ pub(crate) fn run(
         filter,
         names,
         keys,
+        sorted_by_duckdb_above: rows_per_slice.saturating_mul(SORTED_BY_DUCKDB_ABOVE),
     };
 
     let mut out = Out::new(plan.header_line(), sink, failpoint);
@@ -130,7 +156,7 @@ pub(crate) fn run(
             .name("fineport-slices".into())
             .spawn_scoped(scope, move || query.run_all(&worker_conn, slices, &tx))
             .map_err(|e| StoreError::internal(format!("cannot start an export worker: {e}")))?;
-        let result = encode_slices(&rx, slices.len(), csv_columns, &mut out);
+        let result = encode_slices(&rx, csv_columns, &mut out);
         if result.is_err() {
             // Stop a worker that is still fetching slices nobody will read.
             drop(rx);
@@ -142,18 +168,20 @@ pub(crate) fn run(
     Ok(out.summary)
 }
 
-/// Takes the sorted slices in order and encodes their first `csv_columns`
-/// columns.
+/// Takes the sorted rows in order and encodes their first `csv_columns`
+/// columns, until the worker says it is done.
 fn encode_slices(
-    worker: &Receiver<Result<SortedSlice, StoreError>>,
-    slices: usize,
+    worker: &Receiver<Result<Piece, StoreError>>,
     csv_columns: usize,
     out: &mut Out<'_>,
 ) -> Result<(), StoreError> {
     let mut scratch = Vec::new();
-    for _ in 0..slices {
+    loop {
         let slice = match worker.recv() {
-            Ok(slice) => slice?,
+            Ok(Ok(Piece::Rows(slice))) => slice,
+            Ok(Ok(Piece::Done)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            // Never a silent end: a worker that stops says so first.
             Err(_) => return Err(StoreError::internal("an export worker stopped")),
         };
         let columns = slice
@@ -170,7 +198,6 @@ fn encode_slices(
             encode_row(&columns[batch as usize], row as usize, out, &mut scratch)?;
         }
     }
-    Ok(())
 }
 
 /// Where the sort keys are among a slice query's columns.
@@ -186,30 +213,48 @@ struct SliceQuery {
     filter: String,
     names: Vec<String>,
     keys: SortKeys,
+    /// A slice of more rows than this is sorted by DuckDB; see
+    /// [`SORTED_BY_DUCKDB_ABOVE`].
+    sorted_by_duckdb_above: u64,
 }
 
 impl SliceQuery {
-    /// Runs `slices` in order, handing each on sorted; stops at the first
-    /// error (which it hands on) or when the encoder has gone.
-    fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<SortedSlice, StoreError>>) {
+    /// Runs `slices` in order, handing their rows on sorted, then `Done`;
+    /// stops at the first error (which it hands on) or when the encoder
+    /// has gone.
+    fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
         for slice in slices {
-            let sorted = self.run_one(conn, *slice);
-            let failed = sorted.is_err();
-            if tx.send(sorted).is_err() || failed {
-                return;
+            let handed_over = if slice.rows > self.sorted_by_duckdb_above {
+                self.stream_sorted(conn, *slice, tx)
+            } else {
+                self.fetch_and_sort(conn, *slice)
+                    .map(|rows| tx.send(Ok(Piece::Rows(rows))).is_ok())
+            };
+            match handed_over {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
             }
         }
+        let _ = tx.send(Ok(Piece::Done));
     }
 
-    fn run_one(&self, conn: &Connection, slice: Slice) -> Result<SortedSlice, StoreError> {
-        let sql = format!(
-            "{} AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){}",
+    fn sql(&self, slice: Slice, order_by: &str) -> String {
+        format!(
+            "{} AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){}{order_by}",
             self.sql_head,
             slice.start_ms * 1000,
             slice.end_ms * 1000,
             self.filter,
-        );
-        let mut stmt = conn.prepare(&sql).map_err(query_error)?;
+        )
+    }
+
+    /// The usual slice: fetched whole and unordered, then its keys sorted.
+    fn fetch_and_sort(&self, conn: &Connection, slice: Slice) -> Result<SortedSlice, StoreError> {
+        let mut stmt = conn.prepare(&self.sql(slice, "")).map_err(query_error)?;
         // Materialised, not streamed: a streamed scan hands on each of its
         // vectors as its own batch, and the few late events that match in
         // the next days' vectors made thousands of batches of a few rows.
@@ -220,6 +265,29 @@ impl SliceQuery {
         }
         let order = sort_order(&batches, self.keys)?;
         Ok(SortedSlice { batches, order })
+    }
+
+    /// A slice too big to hold (one hour of many rows): DuckDB sorts it
+    /// within its memory limit, spilling if it must, and its rows are
+    /// handed on a batch at a time. `Ok(false)` when the encoder has gone.
+    fn stream_sorted(
+        &self,
+        conn: &Connection,
+        slice: Slice,
+        tx: &SyncSender<Result<Piece, StoreError>>,
+    ) -> Result<bool, StoreError> {
+        let sql = self.sql(slice, " ORDER BY correction_ts, event_log_id");
+        let mut stmt = conn.prepare(&sql).map_err(query_error)?;
+        for batch in stmt
+            .stream_arrow(params_from_iter(self.names.iter()))
+            .map_err(query_error)?
+        {
+            let batch = batch.map_err(query_error)?;
+            if tx.send(Ok(Piece::Rows(SortedSlice::in_order(batch)))).is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -294,6 +362,7 @@ fn cut_slices(hours: &[(i64, u64)], rows_per_slice: u64, start_ms: i64, end_ms: 
             slices.push(Slice {
                 start_ms: slice_start,
                 end_ms: cut,
+                rows,
             });
             slice_start = cut;
             rows = 0;
@@ -304,6 +373,7 @@ fn cut_slices(hours: &[(i64, u64)], rows_per_slice: u64, start_ms: i64, end_ms: 
         slices.push(Slice {
             start_ms: slice_start,
             end_ms,
+            rows,
         });
     }
     slices
@@ -533,11 +603,16 @@ mod tests {
         let (start, end) = (h(10) - 1234, h(40));
         let hours = [(10, 5), (11, 5), (12, 1), (20, 8), (21, 30), (39, 2)];
         let slices = cut_slices(&hours, 10, start, end);
-        let bounds: Vec<(i64, i64)> = slices.iter().map(|s| (s.start_ms, s.end_ms)).collect();
+        let bounds: Vec<(i64, i64, u64)> = slices.iter().map(|s| (s.start_ms, s.end_ms, s.rows)).collect();
         // 5+5 fit; 1 opens a new slice, 1+8 fit; 30 is over the target alone; 2.
         assert_eq!(
             bounds,
-            vec![(start, h(12)), (h(12), h(21)), (h(21), h(39)), (h(39), end)]
+            vec![
+                (start, h(12), 10),
+                (h(12), h(21), 9),
+                (h(21), h(39), 30),
+                (h(39), end, 2)
+            ]
         );
     }
 
@@ -580,7 +655,8 @@ mod tests {
             one,
             vec![Slice {
                 start_ms: 0,
-                end_ms: h(10_000)
+                end_ms: h(10_000),
+                rows: 6
             }]
         );
     }
