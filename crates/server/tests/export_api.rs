@@ -329,9 +329,9 @@ async fn filters_select_events_and_columns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slices_sorted_on_their_keys_and_by_duckdb_give_the_same_bytes() {
-    // 3,000 events in random order over 20 hours of one day, many sharing
-    // a second; one server sorts the day as one slice on its keys, the
-    // other hour by hour in DuckDB (every hour has more than 2 rows).
+    // 3,000 events in random order at 600 instants of one day, ~5 each;
+    // one server sorts the day as one slice on its keys, the other minute
+    // by minute in DuckDB (every minute with rows has more than 2).
     let whole_day = TestServer::start_with_slice_cells(1_500_000).await;
     let hourly = TestServer::start().await;
     let mut seed: u64 = 7;
@@ -672,7 +672,7 @@ async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     // event's correction time is the time it was received).
     server.clock.advance(chrono::Duration::hours(20));
     // 20 MB at 01:00 (far more than the socket buffers), then one event at
-    // 03:00 and one at 05:00: the harness cuts a slice per hour with rows,
+    // 03:00 and one at 05:00: the harness cuts a slice per minute with rows,
     // so the export's slices are [00:00, 03:00), [03:00, 05:00), [05:00, 24:00).
     import_big(&server, &svc, 2000).await;
     let early = vec![

@@ -57,7 +57,7 @@ impl TestServer {
     }
 
     /// A server whose exports cut slices of `cells` (rows × columns)
-    /// rather than one per hour.
+    /// rather than one per minute.
     pub async fn start_with_slice_cells(cells: u64) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         Self::start_in(dir, Config::default(), default_now(), cells).await
@@ -79,9 +79,9 @@ impl TestServer {
     }
 
     async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>, slice_cells: u64) -> TestServer {
-        // By default one export slice per hour with events, so that every
+        // By default one export slice per minute with events, so that every
         // export test goes through the slice worker and both ways of
-        // ordering a slice (an hour of more than 2 rows is sorted by
+        // ordering a slice (a minute of more than 2 rows is sorted by
         // DuckDB); imports move into the tables only when a read asks, so
         // that every test that reads what it imported depends on that.
         let options = DuckDbOptions {

@@ -2,7 +2,7 @@
 //!
 //! The range is cut into *slices*: consecutive time ranges of about
 //! [`DEFAULT_SLICE_CELLS`] cells each (rows × columns; a store option), cut
-//! on UTC hour boundaries from a histogram of the range. Slices are
+//! on UTC minute boundaries from a histogram of the range. Slices are
 //! disjoint and in order, so writing each one in `(correction_ts,
 //! event_log_id)` order writes the whole range in that order, while only
 //! one slice at a time is ever sorted and an export's memory follows the
@@ -41,15 +41,16 @@ use crate::{ExportSink, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 
 /// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
 /// 45 columns of a full export, so two slices in flight stay well inside the
-/// memory budget of an export. An hour with more rows is one slice on its own.
+/// memory budget of an export. A minute with more rows is one slice on its own.
 pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 
-/// A slice of more than this many times the target rows — an hour busier
-/// than a slice, which the hourly cut cannot split — is sorted and streamed
-/// by DuckDB instead of held whole: slower, but within DuckDB's memory limit.
+/// A slice of more than this many times the target rows — a minute busier
+/// than a slice, which the cut cannot split — is sorted and streamed by
+/// DuckDB instead of held whole: slower, but within DuckDB's memory limit.
 const SORTED_BY_DUCKDB_ABOVE: u64 = 2;
 
-const HOUR_MS: i64 = 3_600_000;
+/// The histogram's bucket, and so the finest cut between slices.
+const BUCKET_MS: i64 = 60_000;
 
 /// How an export runs, beyond what it exports.
 #[derive(Debug, Clone, Copy)]
@@ -267,7 +268,7 @@ impl SliceQuery {
         Ok(SortedSlice { batches, order })
     }
 
-    /// A slice too big to hold (one hour of many rows): DuckDB sorts it
+    /// A slice too big to hold (a minute of many rows): DuckDB sorts it
     /// within its memory limit, spilling if it must, and its rows are
     /// handed on a batch at a time. `Ok(false)` when the encoder has gone.
     fn stream_sorted(
@@ -317,9 +318,9 @@ fn sort_order(batches: &[RecordBatch], keys: SortKeys) -> Result<Vec<(u32, u32)>
     Ok(order.into_iter().map(|(_, b, r)| (b, r)).collect())
 }
 
-/// Cuts `[start_ms, end_ms)` into slices from an hourly histogram of the
+/// Cuts `[start_ms, end_ms)` into slices from a per-minute histogram of the
 /// rows the export will read, and returns them with the last `rowid` of
-/// the histogram's snapshot. Hours without rows cost nothing: a range of
+/// the histogram's snapshot. Minutes without rows cost nothing: a range of
 /// years with a few events is one or two queries.
 fn plan_slices(
     conn: &Connection,
@@ -331,34 +332,34 @@ fn plan_slices(
 ) -> Result<(i64, Vec<Slice>), StoreError> {
     // One statement, so the histogram and the rowid bound share a snapshot.
     let sql = format!(
-        "WITH hist AS (SELECT epoch_ms(correction_ts) // {HOUR_MS} AS hour, count(*) AS n FROM {table} \
+        "WITH hist AS (SELECT epoch_ms(correction_ts) // {BUCKET_MS} AS bucket, count(*) AS n FROM {table} \
          WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){filter} \
-         GROUP BY hour) \
-         SELECT hour, n, (SELECT coalesce(max(rowid), -1) FROM {table}) FROM hist ORDER BY hour",
+         GROUP BY bucket) \
+         SELECT bucket, n, (SELECT coalesce(max(rowid), -1) FROM {table}) FROM hist ORDER BY bucket",
         start_ms * 1000,
         end_ms * 1000,
     );
     let mut stmt = conn.prepare(&sql).map_err(query_error)?;
-    let mut hours = Vec::new();
+    let mut buckets = Vec::new();
     let mut last_rowid = -1;
     let mut rows = stmt.query(params_from_iter(names.iter())).map_err(query_error)?;
     while let Some(row) = rows.next().map_err(query_error)? {
-        hours.push((row.get::<_, i64>(0)?, row.get::<_, u64>(1)?));
+        buckets.push((row.get::<_, i64>(0)?, row.get::<_, u64>(1)?));
         last_rowid = row.get(2)?;
     }
-    Ok((last_rowid, cut_slices(&hours, rows_per_slice, start_ms, end_ms)))
+    Ok((last_rowid, cut_slices(&buckets, rows_per_slice, start_ms, end_ms)))
 }
 
-/// Groups consecutive hours (`(hour since the epoch, rows)`, ascending) into
-/// slices of at most `rows_per_slice` rows where the hours allow; the first
+/// Groups consecutive buckets (`(bucket since the epoch, rows)`, ascending)
+/// into slices of at most `rows_per_slice` rows where the buckets allow; the first
 /// slice starts at `start_ms` and the last ends at `end_ms`.
-fn cut_slices(hours: &[(i64, u64)], rows_per_slice: u64, start_ms: i64, end_ms: i64) -> Vec<Slice> {
+fn cut_slices(buckets: &[(i64, u64)], rows_per_slice: u64, start_ms: i64, end_ms: i64) -> Vec<Slice> {
     let mut slices = Vec::new();
     let mut slice_start = start_ms;
     let mut rows = 0;
-    for &(hour, n) in hours {
+    for &(bucket, n) in buckets {
         if rows > 0 && rows + n > rows_per_slice {
-            let cut = (hour * HOUR_MS).clamp(start_ms, end_ms);
+            let cut = (bucket * BUCKET_MS).clamp(start_ms, end_ms);
             slices.push(Slice {
                 start_ms: slice_start,
                 end_ms: cut,
@@ -594,15 +595,16 @@ fn encode_row(cols: &[Col<'_>], row: usize, out: &mut Out<'_>, scratch: &mut Vec
 mod tests {
     use super::*;
 
-    fn h(hour: i64) -> i64 {
-        hour * HOUR_MS
+    /// The start of bucket `b`.
+    fn h(b: i64) -> i64 {
+        b * BUCKET_MS
     }
 
     #[test]
-    fn slices_cover_the_range_and_group_hours_up_to_the_target() {
+    fn slices_cover_the_range_and_group_buckets_up_to_the_target() {
         let (start, end) = (h(10) - 1234, h(40));
-        let hours = [(10, 5), (11, 5), (12, 1), (20, 8), (21, 30), (39, 2)];
-        let slices = cut_slices(&hours, 10, start, end);
+        let buckets = [(10, 5), (11, 5), (12, 1), (20, 8), (21, 30), (39, 2)];
+        let slices = cut_slices(&buckets, 10, start, end);
         let bounds: Vec<(i64, i64, u64)> = slices.iter().map(|s| (s.start_ms, s.end_ms, s.rows)).collect();
         // 5+5 fit; 1 opens a new slice, 1+8 fit; 30 is over the target alone; 2.
         assert_eq!(
