@@ -40,8 +40,10 @@ use super::FailPoint;
 use crate::{ExportSink, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 
 /// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
-/// 45 columns of a full export, so two slices in flight stay well inside the
-/// memory budget of an export. A minute with more rows is one slice on its own.
+/// 45 columns of a full export. Three slices are in memory at most (one
+/// fetched, one waiting, one written); smaller slices cost more queries
+/// (docs/benchmarks.md, items 3 and 4). A minute with more rows is one
+/// slice on its own.
 pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 
 /// A slice of more than this many times the target rows — a minute busier
