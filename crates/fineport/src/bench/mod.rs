@@ -213,8 +213,9 @@ fn export_cases(d: &data::Dataset) -> Vec<ExportCase> {
     ]
 }
 
-/// Runs an export `runs` times: the best time and first byte, the largest
-/// RSS growth; fails when the row count is not the generator's.
+/// Runs an export `runs` times: the best time and first byte (and the
+/// first run's first byte), the largest RSS growth; fails when the row
+/// count is not the generator's.
 async fn best_export(
     runs: usize,
     server: &server::Server,
@@ -241,6 +242,7 @@ async fn best_export(
                 ExportRun {
                     total: b.total.min(run.total),
                     first_byte: b.first_byte.min(run.first_byte),
+                    first_byte_first_run: b.first_byte_first_run,
                     rss_before: before,
                     rss_peak: peak,
                     ..run
