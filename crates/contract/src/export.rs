@@ -6,7 +6,7 @@
 //! that every rule of §2.2 (unknown field, wrong type, exact enum spelling,
 //! …) answers `invalid_parameter` with a precise `detail`.
 
-use chrono::{Duration, NaiveDate};
+use chrono::NaiveDate;
 use serde_json::{Map, Value as Json};
 
 use crate::taxonomy::{Taxonomy, ITEMS, ITEMS_COLUMN_PREFIX};
@@ -413,13 +413,21 @@ fn property_columns(taxonomy: &Taxonomy) -> Vec<ExportColumn> {
     events.chain(items).collect()
 }
 
+/// The largest `export_lookback_days` a service can be given (100 years);
+/// the admin API refuses more (0 still means unlimited).
+pub const MAX_LOOKBACK_DAYS: u32 = 36_500;
+
 /// The look-back rule (SPEC §2.2): `from_date` may be at most `lookback_days`
-/// before `today` (the service's today); 0 means unlimited.
+/// before `today` (the service's today); 0 means unlimited. Never panics: a
+/// look-back that reaches before the first representable date allows every
+/// date (`exceed_date_range_limit` is the only error).
 pub fn check_lookback(from_date: NaiveDate, today: NaiveDate, lookback_days: u32) -> Result<(), ExportFailure> {
     if lookback_days == 0 {
         return Ok(());
     }
-    let earliest = today - Duration::days(i64::from(lookback_days));
+    let Some(earliest) = today.checked_sub_days(chrono::Days::new(u64::from(lookback_days))) else {
+        return Ok(());
+    };
     if from_date < earliest {
         return Err(ExportFailure::with_detail(
             ExportOutcome::ExceedDateRangeLimit,
@@ -609,9 +617,27 @@ mod tests {
     #[test]
     fn lookback_allows_today_minus_n_and_refuses_one_more() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 25).unwrap();
-        assert!(check_lookback(today - Duration::days(30), today, 30).is_ok());
-        let err = check_lookback(today - Duration::days(31), today, 30).unwrap_err();
+        assert!(check_lookback(today - chrono::Duration::days(30), today, 30).is_ok());
+        let err = check_lookback(today - chrono::Duration::days(31), today, 30).unwrap_err();
         assert_eq!(err.outcome, ExportOutcome::ExceedDateRangeLimit);
-        assert!(check_lookback(today - Duration::days(5000), today, 0).is_ok());
+        assert!(check_lookback(today - chrono::Duration::days(5000), today, 0).is_ok());
+    }
+
+    #[test]
+    fn lookback_arithmetic_never_overflows() {
+        let first = NaiveDate::from_ymd_opt(1, 1, 1).unwrap();
+        let last = NaiveDate::from_ymd_opt(9999, 12, 31).unwrap();
+        for today in [first, last, NaiveDate::MIN, NaiveDate::MAX] {
+            for days in [1, MAX_LOOKBACK_DAYS, u32::MAX / 2, u32::MAX] {
+                for from in [NaiveDate::MIN, first, last] {
+                    if let Err(e) = check_lookback(from, today, days) {
+                        assert_eq!(e.outcome, ExportOutcome::ExceedDateRangeLimit);
+                    }
+                }
+            }
+            // A look-back longer than the calendar allows every date.
+            assert!(check_lookback(NaiveDate::MIN, today, u32::MAX).is_ok());
+        }
+        assert!(check_lookback(first, last, MAX_LOOKBACK_DAYS).is_err());
     }
 }

@@ -120,14 +120,19 @@ impl ImportRejection {
     }
 }
 
-/// The response body: `{"status":…,"code":"NNNNN","message":"…","data":…}`.
-/// `data` is `null` on success and the list of problems on failure.
+/// The response body (SPEC §4): `{"status":…,"code":"NNNNN","message":"…","data":…}`,
+/// keys in that order. `data` is the boolean `true` on success (DFINERY's
+/// documented body, byte for byte: `{"status":true,"code":"20000","message":"OK","data":true}`),
+/// the list of `{"index"?,"reason"}` problems on failure, or `null` when a
+/// failure has none to give.
 pub fn response_body(code: ImportCode, problems: &[ImportProblem]) -> Json {
     let mut body = Map::new();
     body.insert("status".into(), Json::Bool(code == ImportCode::Ok));
     body.insert("code".into(), code.code().into());
     body.insert("message".into(), code.message().into());
-    let data = if problems.is_empty() {
+    let data = if code == ImportCode::Ok {
+        Json::Bool(true)
+    } else if problems.is_empty() {
         Json::Null
     } else {
         serde_json::to_value(problems).unwrap_or(Json::Null)
@@ -193,7 +198,7 @@ impl Identity {
             if s.is_empty() || s.len() > MAX_IDENTIFIER_LEN {
                 return Err(format!("identity.{key} must be 1 to {MAX_IDENTIFIER_LEN} bytes"));
             }
-            *slot = Some(s.to_owned());
+            *slot = Some(crate::types::text(s).map_err(|e| format!("identity.{key} {e}"))?);
         }
         if id.identifiers().next().is_none() {
             return Err("identity needs at least one identifier".into());
@@ -472,7 +477,7 @@ mod tests {
     fn response_json_is_exact() {
         assert_eq!(
             response_body(ImportCode::Ok, &[]).to_string(),
-            r#"{"status":true,"code":"20000","message":"OK","data":null}"#
+            r#"{"status":true,"code":"20000","message":"OK","data":true}"#
         );
         assert_eq!(
             response_body(ImportCode::ValidationFailure, &[ImportProblem::event(2, "x")]).to_string(),

@@ -7,10 +7,12 @@ pub mod csv;
 pub mod export;
 pub mod import;
 pub mod profile;
+pub mod service;
 pub mod taxonomy;
 pub mod time;
 pub mod tokens;
 pub mod types;
 
 pub use chrono_tz::Tz;
+pub use service::ServiceId;
 pub use uuid::Uuid;

@@ -152,6 +152,36 @@ pub enum TaxonomyError {
         existing: PropertyType,
         requested: PropertyType,
     },
+    #[error("{scope} property {name:?} would be exported as column {column:?}, which the export already writes as {existing:?} (column names must differ in more than letter case)")]
+    ColumnCollision {
+        scope: &'static str,
+        name: String,
+        column: String,
+        existing: String,
+    },
+    #[error("{scope} property {name:?}: type Array of Item belongs to df_items alone")]
+    ItemsType { scope: &'static str, name: String },
+}
+
+/// The CSV column a property of `scope` is exported as: the name itself,
+/// or `df_items_<name>` for an item property.
+pub fn column_name(scope: PropertyScope, name: &str) -> String {
+    match scope {
+        PropertyScope::Item => format!("{ITEMS_COLUMN_PREFIX}{name}"),
+        PropertyScope::Event | PropertyScope::User => name.to_owned(),
+    }
+}
+
+/// The columns an export always writes besides properties: the event
+/// export's system columns (for event and item properties) or the profile
+/// export's identity columns (for user properties).
+fn fixed_columns(scope: PropertyScope) -> Vec<&'static str> {
+    match scope {
+        PropertyScope::Event | PropertyScope::Item => {
+            crate::export::SystemColumn::ALL.iter().map(|c| c.header()).collect()
+        }
+        PropertyScope::User => vec![crate::profile::UNIFIED_ID_COLUMN, crate::profile::EXTERNAL_ID_COLUMN],
+    }
 }
 
 /// Whether a custom name may be registered: ASCII letters, digits and `_`,
@@ -194,9 +224,44 @@ impl Taxonomy {
         }
     }
 
+    /// The column of the export of `scope` that `column` would duplicate,
+    /// compared without letter case, if any: a fixed column of that export,
+    /// a registered property's column, or one of `pending` (names added by
+    /// the same request). Case-insensitive because the places exports are
+    /// loaded into (BigQuery, Snowflake, DuckDB, unquoted PostgreSQL, pandas
+    /// after `str.lower`) would take `Price` and `price` as one column.
+    fn colliding_column(
+        &self,
+        scope: PropertyScope,
+        column: &str,
+        pending: &BTreeMap<(PropertyScope, &str), PropertyType>,
+    ) -> Option<String> {
+        let export_scopes: &[PropertyScope] = match scope {
+            PropertyScope::Event | PropertyScope::Item => &[PropertyScope::Event, PropertyScope::Item],
+            PropertyScope::User => &[PropertyScope::User],
+        };
+        let registered = export_scopes
+            .iter()
+            .flat_map(|&s| self.properties(s).keys().map(move |n| column_name(s, n)));
+        let added = pending
+            .keys()
+            .filter(|(s, _)| export_scopes.contains(s))
+            .map(|&(s, n)| column_name(s, n));
+        fixed_columns(scope)
+            .into_iter()
+            .map(str::to_owned)
+            .chain(std::iter::once(ITEMS.to_owned()).filter(|_| scope != PropertyScope::User))
+            .chain(registered)
+            .chain(added)
+            .find(|existing| existing.eq_ignore_ascii_case(column))
+    }
+
     /// What of `doc` is new to this taxonomy, after checking every name and
     /// type. Names already registered with the same type are ignored (adding
-    /// is idempotent); the same name with another type is a conflict.
+    /// is idempotent, so a document read from `GET …/taxonomy` can be posted
+    /// back whole, `df_items` included); the same name with another type is
+    /// a conflict, and so is a name whose export column would duplicate one
+    /// the export writes already, letter case aside (SPEC §1).
     pub fn additions(&self, doc: &TaxonomyDoc) -> Result<TaxonomyDoc, TaxonomyError> {
         let mut new = TaxonomyDoc::default();
         let mut seen_events = BTreeSet::new();
@@ -211,6 +276,17 @@ impl Taxonomy {
         }
         let mut seen: BTreeMap<(PropertyScope, &str), PropertyType> = BTreeMap::new();
         for (scope, def) in doc.properties() {
+            if scope == PropertyScope::Event && def.name == ITEMS {
+                if def.ty == PropertyType::Items {
+                    continue;
+                }
+                return Err(TaxonomyError::TypeConflict {
+                    scope: scope.as_str(),
+                    name: def.name.clone(),
+                    existing: PropertyType::Items,
+                    requested: def.ty,
+                });
+            }
             let existing = self
                 .properties(scope)
                 .get(&def.name)
@@ -229,6 +305,21 @@ impl Taxonomy {
             }
             if !is_valid_custom_name(&def.name) {
                 return Err(TaxonomyError::InvalidName(def.name.clone()));
+            }
+            if def.ty == PropertyType::Items {
+                return Err(TaxonomyError::ItemsType {
+                    scope: scope.as_str(),
+                    name: def.name.clone(),
+                });
+            }
+            let column = column_name(scope, &def.name);
+            if let Some(existing) = self.colliding_column(scope, &column, &seen) {
+                return Err(TaxonomyError::ColumnCollision {
+                    scope: scope.as_str(),
+                    name: def.name.clone(),
+                    column,
+                    existing,
+                });
             }
             seen.insert((scope, def.name.as_str()), def.ty);
             let list = match scope {
@@ -249,6 +340,8 @@ impl Taxonomy {
         }
     }
 
+    /// The registered names as a document (what stores persist and
+    /// registrations carry).
     pub fn to_doc(&self) -> TaxonomyDoc {
         let defs = |m: &BTreeMap<String, PropertyType>| {
             m.iter()
@@ -264,6 +357,25 @@ impl Taxonomy {
             item_properties: defs(&self.item_properties),
             user_properties: defs(&self.user_properties),
         }
+    }
+
+    /// The taxonomy as the admin API lists it (SPEC §5.2): the registered
+    /// names plus `df_items`, an event property of every service (SPEC §1)
+    /// though not a column, with its own type `Array of Item`, in byte order.
+    /// Posting it back is a no-op.
+    pub fn to_listing(&self) -> TaxonomyDoc {
+        let mut doc = self.to_doc();
+        let at = doc
+            .event_properties
+            .partition_point(|d| d.name.as_bytes() < ITEMS.as_bytes());
+        doc.event_properties.insert(
+            at,
+            PropertyDef {
+                name: ITEMS.to_owned(),
+                ty: PropertyType::Items,
+            },
+        );
+        doc
     }
 }
 

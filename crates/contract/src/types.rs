@@ -24,9 +24,15 @@ pub enum PropertyType {
     LongArray,
     #[serde(rename = "Array of Double")]
     DoubleArray,
+    /// The type of `df_items` alone (SPEC §1): a list of items, each an
+    /// object of item properties. Never a value type of any other name, never
+    /// a column (each item property is a `df_items_<prop>` column).
+    #[serde(rename = "Array of Item")]
+    Items,
 }
 
 impl PropertyType {
+    /// The types a registered name can have (every type but [`PropertyType::Items`]).
     pub const ALL: [PropertyType; 9] = [
         PropertyType::String,
         PropertyType::Long,
@@ -51,6 +57,7 @@ impl PropertyType {
             PropertyType::StringArray => "Array of String",
             PropertyType::LongArray => "Array of Long",
             PropertyType::DoubleArray => "Array of Double",
+            PropertyType::Items => "Array of Item",
         }
     }
 
@@ -103,12 +110,26 @@ pub enum Value {
     DoubleArray(Vec<f64>),
 }
 
+/// A string value as stored: refused when it holds U+0000 (NUL), which
+/// PostgreSQL's text type and `COPY` cannot hold and many CSV readers cut at,
+/// so a file with it could not be loaded where data engineers load exports.
+/// Every other character, control characters included, is kept byte for
+/// byte (CR and LF are quoted in the CSV, RFC 4180).
+pub fn text(s: &str) -> Result<String, String> {
+    if s.contains('\0') {
+        return Err(format!(
+            "contains a NUL character (U+0000), which no export target can load: {s:?}"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 impl Value {
     /// Converts a JSON value to `ty`, or says why it cannot be one.
     pub fn from_json(json: &Json, ty: PropertyType) -> Result<Value, String> {
         let wrong = || format!("expected {ty}, got {}", json_kind(json));
         Ok(match ty {
-            PropertyType::String => Value::String(json.as_str().ok_or_else(wrong)?.to_owned()),
+            PropertyType::String => Value::String(text(json.as_str().ok_or_else(wrong)?)?),
             PropertyType::Long => Value::Long(json.as_i64().ok_or_else(wrong)?),
             PropertyType::Double => Value::Double(json_f64(json).ok_or_else(wrong)?),
             PropertyType::Boolean => Value::Boolean(json.as_bool().ok_or_else(wrong)?),
@@ -120,9 +141,14 @@ impl Value {
                 let s = json.as_str().ok_or_else(wrong)?;
                 Value::Date(time::parse_date_days(s).ok_or_else(|| format!("not a yyyy-MM-dd date: {s:?}"))?)
             }
-            PropertyType::StringArray => Value::StringArray(array_of(json, ty, |v| v.as_str().map(str::to_owned))?),
+            PropertyType::StringArray => {
+                let strings = array_of(json, ty, |v| v.as_str().map(str::to_owned))?;
+                strings.iter().try_for_each(|s| text(s).map(drop))?;
+                Value::StringArray(strings)
+            }
             PropertyType::LongArray => Value::LongArray(array_of(json, ty, Json::as_i64)?),
             PropertyType::DoubleArray => Value::DoubleArray(array_of(json, ty, json_f64)?),
+            PropertyType::Items => return Err("df_items is sent as the event's \"items\", not as a property".into()),
         })
     }
 

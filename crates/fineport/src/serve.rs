@@ -61,6 +61,13 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // A file-size limit (`ulimit -f`) reached by the store must fail that
+    // write with EFBIG, which the store reports (an import answered 50000,
+    // an export 500 query_error), instead of killing the server: handling
+    // SIGXFSZ (and never acting on it) is what makes the write fail.
+    #[cfg(unix)]
+    let _file_size_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
+        .context("cannot handle SIGXFSZ")?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
     let db_path = args.data.join("fineport.duckdb");

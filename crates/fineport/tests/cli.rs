@@ -173,9 +173,13 @@ fn acknowledged_imports_survive_a_killed_server() {
         "0b8f3c1e-0000-4000-8000-000000000002",
         "0b8f3c1e-0000-4000-8000-000000000003",
     ];
+    // The server runs on the real clock: the day is yesterday (UTC, the
+    // service's timezone), well inside the 30-day look-back whenever this runs.
+    let day = (chrono::Utc::now().date_naive() - chrono::Days::new(1)).to_string();
+    let event_datetime = format!("{day}T10:00:00Z");
     let events: Vec<serde_json::Value> = ids
         .iter()
-        .map(|id| serde_json::json!({"event_log_id": id, "event_name": "df_login", "event_datetime": "2026-11-24T10:00:00Z"}))
+        .map(|id| serde_json::json!({"event_log_id": id, "event_name": "df_login", "event_datetime": event_datetime}))
         .collect();
     let body = serde_json::json!({"common": {"identity": {"external_id": "u1"}}, "events": events});
     let import_url = |s: &Server| format!("{}/api/v1/events?service_id=shop", s.base);
@@ -199,7 +203,7 @@ fn acknowledged_imports_survive_a_killed_server() {
         let (status, csv) = post(
             format!("{}/api/v1/export/event?service_id=shop", s.base),
             ("authorization", &export_bearer),
-            serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-24", "to_date": "2026-11-24"}),
+            serde_json::json!({"events_condition_type": "all", "from_date": day, "to_date": day}),
         );
         assert_eq!(status, 200, "{csv}");
         for id in ids {
@@ -216,4 +220,85 @@ fn acknowledged_imports_survive_a_killed_server() {
     let (status, _) = post(import_url(&server), import_auth, body);
     assert_eq!(status, 200);
     assert_eq!(export(&server), 3);
+}
+
+/// Sets the file-size limit (RLIMIT_FSIZE, bytes or "unlimited") of a
+/// running process with util-linux's `prlimit`.
+fn limit_file_size(pid: u32, soft: &str) {
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--fsize={soft}:unlimited")])
+        .status()
+        .expect("run prlimit (util-linux)");
+    assert!(status.success(), "prlimit failed");
+}
+
+/// SPEC §2.3: an export is never silently short. Acknowledged imports wait
+/// in the import log; then no file of the server may grow (a full disk, or
+/// here a file-size limit set on the running process), so they cannot be
+/// moved into the tables: every export of the service answers 500
+/// `query_error` instead of a short file. Nothing is lost: once the limit is
+/// gone, every acknowledged event is exported, once.
+#[test]
+fn exports_fail_visibly_while_a_file_size_limit_keeps_imports_out_of_the_tables() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(
+        dir.path(),
+        &["--import-move-events", "1000000", "--import-move-idle-ms", "3600000"],
+    );
+    let (ok, created) = admin(&server, &["services", "create", "--id", "shop"]);
+    assert!(ok, "{created}");
+    let (ok, added) = admin(&server, &["taxonomy", "add", "shop", "--event-property", "blob:String"]);
+    assert!(ok, "{added}");
+    let import_token = created["import_token"].as_str().expect("import token").to_owned();
+    let export_bearer = format!("Bearer {}", created["export_token"].as_str().expect("export token"));
+    let day = (chrono::Utc::now().date_naive() - chrono::Days::new(1)).to_string();
+    let blob = "x".repeat(30_000);
+    let events: Vec<serde_json::Value> = (0..100)
+        .map(|n| {
+            serde_json::json!({"event_log_id": format!("0b8f3c1e-0000-4000-8000-{n:012}"), "event_name": "df_login",
+                               "event_datetime": format!("{day}T10:00:00Z"), "properties": {"blob": blob}})
+        })
+        .collect();
+    let body = serde_json::json!({"common": {"identity": {"external_id": "u1"}}, "events": events});
+    let (status, answer) = post(
+        format!("{}/api/v1/events?service_id=shop", server.base),
+        ("access_token", &import_token),
+        body,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("20000"), "{answer}");
+
+    let export = |s: &Server| {
+        post(
+            format!("{}/api/v1/export/event?service_id=shop", s.base),
+            ("authorization", &export_bearer),
+            serde_json::json!({"events_condition_type": "all", "from_date": day, "to_date": day}),
+        )
+    };
+    let pid = server.child.id();
+    limit_file_size(pid, "0");
+    for _ in 0..2 {
+        let (status, body) = export(&server);
+        assert_eq!(status, 500, "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON failure body");
+        assert_eq!(body["message"], "query_error", "{body}");
+    }
+    limit_file_size(pid, "unlimited");
+    let (status, csv) = export(&server);
+    assert_eq!(status, 200, "with room again the same server stores them: {csv}");
+    assert_eq!(csv.lines().count(), 101, "every acknowledged event, once");
+    let (ok, log) = admin(&server, &["requests", "shop", "--limit", "10"]);
+    assert!(ok, "{log}");
+    let outcomes: Vec<(u64, &str)> = log["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|e| e["endpoint"] == "/api/v1/export/event")
+        .map(|e| (e["status"].as_u64().unwrap_or(0), e["message"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [(200, "ok"), (500, "query_error"), (500, "query_error")],
+        "{log}"
+    );
 }

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Duration, Utc};
 use fineport_contract::profile::Audience;
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc, TaxonomyError};
-use fineport_contract::Tz;
+use fineport_contract::{ServiceId, Tz};
 use fineport_store::{Service, Store, StoreError, StoreErrorKind, TokenKind, TokenRecord};
 use rand::Rng;
 
@@ -35,10 +35,21 @@ struct Entry {
 /// Why a catalog change was refused.
 #[derive(Debug)]
 pub enum CatalogError {
+    /// What does not exist, in words (`no such service: "shop"`).
     NotFound(String),
     Conflict(String),
     Invalid(String),
     Store(StoreError),
+}
+
+impl CatalogError {
+    pub fn no_service(service_id: &str) -> CatalogError {
+        CatalogError::NotFound(format!("no such service: {service_id:?}"))
+    }
+
+    pub fn no_audience(service_id: &str, audience_id: &str) -> CatalogError {
+        CatalogError::NotFound(format!("no audience {audience_id:?} in service {service_id:?}"))
+    }
 }
 
 impl From<StoreError> for CatalogError {
@@ -54,8 +65,10 @@ impl From<StoreError> for CatalogError {
 impl From<TaxonomyError> for CatalogError {
     fn from(e: TaxonomyError) -> Self {
         match e {
-            TaxonomyError::InvalidName(_) => CatalogError::Invalid(e.to_string()),
-            TaxonomyError::TypeConflict { .. } => CatalogError::Conflict(e.to_string()),
+            TaxonomyError::InvalidName(_) | TaxonomyError::ItemsType { .. } => CatalogError::Invalid(e.to_string()),
+            TaxonomyError::TypeConflict { .. } | TaxonomyError::ColumnCollision { .. } => {
+                CatalogError::Conflict(e.to_string())
+            }
         }
     }
 }
@@ -86,7 +99,7 @@ pub struct Reissued {
 
 pub struct Catalog {
     store: Arc<dyn Store>,
-    entries: RwLock<HashMap<String, Entry>>,
+    entries: RwLock<HashMap<ServiceId, Entry>>,
     changes: tokio::sync::Mutex<()>,
     policy: TokenPolicy,
 }
@@ -103,7 +116,14 @@ impl Catalog {
                 .filter(|t| t.service_id == service.service_id)
                 .cloned()
                 .collect();
-            let timezone = fineport_contract::time::parse_timezone(&service.timezone).unwrap_or(Tz::UTC);
+            // A stored timezone that does not parse is corrupt data: stop
+            // rather than export this service's days in another zone.
+            let timezone = fineport_contract::time::parse_timezone(&service.timezone).ok_or_else(|| {
+                StoreError::internal(format!(
+                    "corrupt stored data: service {} has the unknown timezone {:?}",
+                    service.service_id, service.timezone
+                ))
+            })?;
             let id = service.service_id.clone();
             let audiences = snapshot
                 .audiences
@@ -133,11 +153,11 @@ impl Catalog {
         })
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ServiceId, Entry>> {
         self.entries.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ServiceId, Entry>> {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -171,11 +191,16 @@ impl Catalog {
         found
     }
 
-    fn new_token(service_id: &str, kind: TokenKind, now: DateTime<Utc>, by_reissue: bool) -> (String, TokenRecord) {
+    fn new_token(
+        service_id: &ServiceId,
+        kind: TokenKind,
+        now: DateTime<Utc>,
+        by_reissue: bool,
+    ) -> (String, TokenRecord) {
         let token = tokens::generate();
         let record = TokenRecord {
             token_id: tokens::short_id("tok_"),
-            service_id: service_id.to_owned(),
+            service_id: service_id.clone(),
             kind,
             hash: tokens::hash(&token),
             created_at: now,
@@ -223,13 +248,13 @@ impl Catalog {
     /// Applies `change` to a service's settings.
     pub async fn update_service(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         change: impl FnOnce(&mut Service) -> Result<(), String>,
     ) -> Result<Service, CatalogError> {
         let _guard = self.changes.lock().await;
         let mut service = self
             .service(service_id)
-            .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?
+            .ok_or_else(|| CatalogError::no_service(service_id))?
             .service;
         change(&mut service).map_err(CatalogError::Invalid)?;
         let timezone = fineport_contract::time::parse_timezone(&service.timezone)
@@ -246,7 +271,7 @@ impl Catalog {
     /// grace period. Refused within the cool-down of the previous reissue.
     pub async fn reissue(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         kind: TokenKind,
         now: DateTime<Utc>,
     ) -> Result<Reissued, CatalogError> {
@@ -255,20 +280,24 @@ impl Catalog {
             let entries = self.read();
             let entry = entries
                 .get(service_id)
-                .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+                .ok_or_else(|| CatalogError::no_service(service_id))?;
             entry.tokens.iter().filter(|t| t.kind == kind).cloned().collect()
         };
         if let Some(last) = current.iter().filter(|t| t.by_reissue).map(|t| t.created_at).max() {
-            if now < last + self.policy.cooldown {
+            // A cool-down past the end of the calendar never ends.
+            let allowed_from = last.checked_add_signed(self.policy.cooldown);
+            if allowed_from.is_none_or(|from| now < from) {
                 return Err(CatalogError::Conflict(format!(
                     "the {} token was reissued at {}; the next reissue is allowed from {}",
                     kind.as_str(),
                     last.to_rfc3339(),
-                    (last + self.policy.cooldown).to_rfc3339()
+                    allowed_from.map_or("never".into(), |from| from.to_rfc3339())
                 )));
             }
         }
-        let until = now + self.policy.grace;
+        let until = now
+            .checked_add_signed(self.policy.grace)
+            .ok_or_else(|| CatalogError::Invalid("the token grace period ends past the calendar".into()))?;
         let mut changed: Vec<TokenRecord> = current
             .into_iter()
             .filter(|t| t.valid_until.is_none() && !t.revoked)
@@ -289,13 +318,18 @@ impl Catalog {
     }
 
     /// Revokes every token of `kind` at once. Returns how many were valid.
-    pub async fn revoke(&self, service_id: &str, kind: TokenKind, now: DateTime<Utc>) -> Result<usize, CatalogError> {
+    pub async fn revoke(
+        &self,
+        service_id: &ServiceId,
+        kind: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<usize, CatalogError> {
         let _guard = self.changes.lock().await;
         let changed: Vec<TokenRecord> = {
             let entries = self.read();
             let entry = entries
                 .get(service_id)
-                .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+                .ok_or_else(|| CatalogError::no_service(service_id))?;
             entry
                 .tokens
                 .iter()
@@ -313,7 +347,7 @@ impl Catalog {
         Ok(valid)
     }
 
-    fn replace_tokens(&self, service_id: &str, changed: Vec<TokenRecord>) {
+    fn replace_tokens(&self, service_id: &ServiceId, changed: Vec<TokenRecord>) {
         if let Some(e) = self.write().get_mut(service_id) {
             for t in changed {
                 match e.tokens.iter_mut().find(|x| x.token_id == t.token_id) {
@@ -325,11 +359,11 @@ impl Catalog {
     }
 
     /// Adds names to a service's taxonomy (idempotent). Returns what was new.
-    pub async fn register(&self, service_id: &str, doc: &TaxonomyDoc) -> Result<TaxonomyDoc, CatalogError> {
+    pub async fn register(&self, service_id: &ServiceId, doc: &TaxonomyDoc) -> Result<TaxonomyDoc, CatalogError> {
         let _guard = self.changes.lock().await;
         let view = self
             .service(service_id)
-            .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+            .ok_or_else(|| CatalogError::no_service(service_id))?;
         let additions = view.taxonomy.additions(doc)?;
         if additions.is_empty() {
             return Ok(additions);
@@ -357,11 +391,15 @@ impl Catalog {
 
     /// Checks and saves an audience, generating its id when absent. `Conflict`
     /// when the id is taken.
-    pub async fn create_audience(&self, service_id: &str, mut audience: Audience) -> Result<Audience, CatalogError> {
+    pub async fn create_audience(
+        &self,
+        service_id: &ServiceId,
+        mut audience: Audience,
+    ) -> Result<Audience, CatalogError> {
         let _guard = self.changes.lock().await;
         let view = self
             .service(service_id)
-            .ok_or_else(|| CatalogError::NotFound(service_id.to_owned()))?;
+            .ok_or_else(|| CatalogError::no_service(service_id))?;
         audience.check(&view.taxonomy).map_err(CatalogError::Invalid)?;
         let taken = |id: &str| {
             self.read()
@@ -390,10 +428,13 @@ impl Catalog {
         Ok(audience)
     }
 
-    pub async fn delete_audience(&self, service_id: &str, audience_id: &str) -> Result<(), CatalogError> {
+    pub async fn delete_audience(&self, service_id: &ServiceId, audience_id: &str) -> Result<(), CatalogError> {
         let _guard = self.changes.lock().await;
+        if self.service(service_id).is_none() {
+            return Err(CatalogError::no_service(service_id));
+        }
         if self.audience(service_id, audience_id).is_none() {
-            return Err(CatalogError::NotFound(format!("{service_id}/{audience_id}")));
+            return Err(CatalogError::no_audience(service_id, audience_id));
         }
         self.store.delete_audience(service_id, audience_id).await?;
         if let Some(e) = self.write().get_mut(service_id) {

@@ -24,6 +24,7 @@
 //! keeps them in `<data>/demo-tokens.json` (mode 0600) to print them again
 //! at every start.
 
+use fineport_contract::ServiceId;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -162,7 +163,7 @@ pub async fn ensure_demo(state: &SharedState, data_dir: &Path) -> anyhow::Result
 
 fn catalog_error(e: CatalogError) -> anyhow::Error {
     match e {
-        CatalogError::NotFound(what) => anyhow!("no such service: {what}"),
+        CatalogError::NotFound(what) => anyhow!("{what}"),
         CatalogError::Conflict(why) => anyhow!("conflict: {why}"),
         CatalogError::Invalid(why) => anyhow!("invalid: {why}"),
         CatalogError::Store(e) => anyhow::Error::new(e).context("the store failed"),
@@ -171,8 +172,9 @@ fn catalog_error(e: CatalogError) -> anyhow::Error {
 
 /// Creates the service, keeps its tokens, registers the custom taxonomy.
 async fn create(state: &SharedState, data_dir: &Path, now: DateTime<Utc>) -> anyhow::Result<(String, String)> {
+    let id = ServiceId::parse(DEMO_SERVICE_ID)?;
     let service = Service {
-        service_id: DEMO_SERVICE_ID.to_owned(),
+        service_id: id.clone(),
         name: "Demo shop".to_owned(),
         timezone: TIMEZONE.to_owned(),
         export_lookback_days: 30,
@@ -190,7 +192,7 @@ async fn create(state: &SharedState, data_dir: &Path, now: DateTime<Utc>) -> any
     write_tokens(data_dir, &import_token, &export_token)?;
     state
         .catalog
-        .register(DEMO_SERVICE_ID, &taxonomy())
+        .register(&id, &taxonomy())
         .await
         .map_err(catalog_error)
         .context("registering the demo taxonomy")?;
@@ -199,6 +201,7 @@ async fn create(state: &SharedState, data_dir: &Path, now: DateTime<Utc>) -> any
 
 /// Generates, validates and stores the events. Returns how many were stored.
 async fn fill(state: &SharedState, now: DateTime<Utc>, tz: Tz) -> anyhow::Result<usize> {
+    let id = ServiceId::parse(DEMO_SERVICE_ID)?;
     let taxonomy = state
         .catalog
         .service(DEMO_SERVICE_ID)
@@ -216,7 +219,7 @@ async fn fill(state: &SharedState, now: DateTime<Utc>, tz: Tz) -> anyhow::Result
     let received_at_ms = now.timestamp_millis();
     let store = &state.store;
     let mut results = futures::stream::iter(batches)
-        .map(|batch| store.insert_events(DEMO_SERVICE_ID, batch, received_at_ms))
+        .map(|batch| store.insert_events(&id, batch, received_at_ms))
         .buffer_unordered(CONCURRENT_BATCHES);
     let mut events = 0;
     while let Some(result) = results.next().await {
@@ -227,7 +230,7 @@ async fn fill(state: &SharedState, now: DateTime<Utc>, tz: Tz) -> anyhow::Result
         let batch = fineport_contract::profile::validate_profiles(&Value::Array(chunk.to_vec()), &taxonomy, false)
             .map_err(|r| anyhow!("demo profiles are invalid ({}): {:?}", r.code.code(), r.problems))?;
         store
-            .update_profiles(DEMO_SERVICE_ID, batch.updates)
+            .update_profiles(&id, batch.updates)
             .await
             .context("storing demo profiles")?;
     }
@@ -243,7 +246,7 @@ async fn fill(state: &SharedState, now: DateTime<Utc>, tz: Tz) -> anyhow::Result
         let audience = serde_json::from_value(audience)?;
         state
             .catalog
-            .create_audience(DEMO_SERVICE_ID, audience)
+            .create_audience(&id, audience)
             .await
             .map_err(catalog_error)?;
     }

@@ -22,8 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use fineport_contract::export::{ExportFailure, ExportOutcome};
@@ -91,6 +90,7 @@ pub fn router(state: SharedState) -> Router {
     let export_api = Router::new()
         .route(export::EVENT_ENDPOINT, post(export::export_event))
         .route(export::PROFILE_ENDPOINT, post(export::export_userprofile))
+        .method_not_allowed_fallback(export::method_not_allowed)
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
             ExportError::new(ExportFailure::with_detail(
@@ -107,6 +107,7 @@ pub fn router(state: SharedState) -> Router {
             post(import::identities_delete),
         )
         .route(import::Endpoint::UserProfile.path(), post(import::user_profile))
+        .method_not_allowed_fallback(import::method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {
             ImportAnswer::new(ImportCode::InternalServerError, "internal error").into_response()
         }));
@@ -115,7 +116,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(import_api)
         .merge(admin::routes(state.clone()))
         .route("/health", get(|| async { "ok" }))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(admin::no_such_endpoint)
         .with_state(state)
 }
 
@@ -171,9 +172,4 @@ pub async fn serve(
     flusher.abort();
     state.log.flush().await;
     Ok(())
-}
-
-/// A 500 for anything that should not happen, never a dropped connection.
-pub fn internal_error() -> Response {
-    (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
 }

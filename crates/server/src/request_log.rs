@@ -57,8 +57,18 @@ impl RequestLog {
         if entries.is_empty() {
             return;
         }
-        if let Err(e) = self.store.append_request_log(entries).await {
-            tracing::error!(error = %e, "cannot write the request log");
+        if let Err(e) = self.store.append_request_log(entries.clone()).await {
+            // Kept for the next flush (the store may only be full for now),
+            // within a bound: the oldest entries go first.
+            let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = std::mem::replace(&mut *buffer, entries);
+            buffer.extend(newer);
+            let dropped = buffer.len().saturating_sub(MAX_UNWRITTEN);
+            buffer.drain(..dropped);
+            tracing::error!(error = %e, kept = buffer.len(), dropped, "cannot write the request log; retrying at the next flush");
         }
     }
 }
+
+/// Request-log entries kept in memory while the store cannot take them.
+const MAX_UNWRITTEN: usize = 100_000;

@@ -112,6 +112,44 @@ pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// The token of an `Authorization: Bearer <token>` header (SPEC §2.1,
+/// §5.2). The scheme name is case-insensitive (RFC 9110 §11.1: `Bearer`,
+/// `bearer`, `BEARER`); it is followed by spaces and exactly one token with
+/// no whitespace in it. `None` for a missing header, another scheme, no
+/// token or more than one word after the scheme.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = header_str(headers, "authorization")?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    let one_token = !token.is_empty() && !token.contains(|c: char| c.is_ascii_whitespace());
+    (scheme.eq_ignore_ascii_case("bearer") && one_token).then_some(token)
+}
+
+/// Checks that a request says its body is JSON, as DFINERY requires of
+/// every Export and Import API call: `Content-Type: application/json`, in
+/// any letter case, parameters such as `charset=utf-8` allowed. A missing
+/// or other media type is refused (the caller answers in its dialect), so
+/// that a script that would fail against DFINERY fails here first.
+pub fn require_json(headers: &HeaderMap) -> Result<(), String> {
+    let Some(value) = headers.get("content-type") else {
+        return Err("the Content-Type header is missing; send Content-Type: application/json".into());
+    };
+    let media_type = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(format!(
+            "Content-Type {:?} is not application/json",
+            String::from_utf8_lossy(value.as_bytes())
+        ))
+    }
+}
+
 /// `service_id` from a raw query string, if present and non-empty.
 pub fn service_id_param(query: Option<&str>) -> Option<String> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or_default()).ok()?;
@@ -153,6 +191,70 @@ pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<By
             } else {
                 Err(BodyError::Unreadable(e.to_string()))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_takes_exactly_one_token() {
+        let token = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("authorization", value.parse().expect("header value"));
+            bearer_token(&headers).map(str::to_owned)
+        };
+        for ok in [
+            "Bearer abc",
+            "bearer abc",
+            "BEARER abc",
+            "bEaReR abc",
+            "Bearer  abc",
+            "Bearer abc ",
+        ] {
+            assert_eq!(token(ok).as_deref(), Some("abc"), "{ok:?}");
+        }
+        for refused in [
+            "Bearer",
+            "Bearer ",
+            "Basic abc",
+            "Bearerabc",
+            "Bearer abc def",
+            "Token abc",
+            "abc",
+        ] {
+            assert_eq!(token(refused), None, "{refused:?}");
+        }
+        assert_eq!(bearer_token(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn json_is_required_as_the_content_type() {
+        let check = |value: Option<&str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert("content-type", v.parse().expect("header value"));
+            }
+            require_json(&headers)
+        };
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;x=y",
+        ] {
+            assert_eq!(check(Some(ok)), Ok(()), "{ok:?}");
+        }
+        for refused in [
+            None,
+            Some("text/plain"),
+            Some("application/x-www-form-urlencoded"),
+            Some("application/jsonx"),
+            Some(""),
+        ] {
+            assert!(check(refused).is_err(), "{refused:?}");
         }
     }
 }

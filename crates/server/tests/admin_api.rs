@@ -22,6 +22,152 @@ async fn requires_the_admin_token() {
     }
 }
 
+/// SPEC §5.2: every admin failure is `{"error","detail"}` JSON with a
+/// proper status, whatever went wrong (routing, method, query, body, id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_admin_error_is_json_with_error_and_detail() {
+    let server = TestServer::start().await;
+    server.service(json!({"service_id": "shop"})).await;
+    /// method, path, body, status, error code, a part of the detail
+    type Case = (Method, &'static str, Option<&'static str>, u16, &'static str, &'static str);
+    let cases: Vec<Case> = vec![
+        (
+            Method::GET,
+            "/admin/v1/nothing",
+            None,
+            404,
+            "not_found",
+            "/admin/v1/nothing",
+        ),
+        (Method::GET, "/no/such/path", None, 404, "not_found", "/no/such/path"),
+        (
+            Method::PUT,
+            "/admin/v1/services",
+            None,
+            405,
+            "method_not_allowed",
+            "PUT",
+        ),
+        (
+            Method::DELETE,
+            "/admin/v1/services/shop",
+            None,
+            405,
+            "method_not_allowed",
+            "DELETE",
+        ),
+        (
+            Method::GET,
+            "/admin/v1/services/shop/requests?limit=abc",
+            None,
+            400,
+            "invalid_request",
+            "limit",
+        ),
+        (
+            Method::GET,
+            "/admin/v1/services/shop/requests?limt=5",
+            None,
+            400,
+            "invalid_request",
+            "limt",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/services",
+            Some("{not json"),
+            400,
+            "invalid_request",
+            "JSON",
+        ),
+        (
+            Method::GET,
+            "/admin/v1/services/nosuch",
+            None,
+            404,
+            "not_found",
+            "no such service: \"nosuch\"",
+        ),
+        (
+            Method::DELETE,
+            "/admin/v1/services/shop/audiences/zzzzzz",
+            None,
+            404,
+            "not_found",
+            "no audience \"zzzzzz\"",
+        ),
+        (
+            Method::DELETE,
+            "/admin/v1/services/nosuch/audiences/zzzzzz",
+            None,
+            404,
+            "not_found",
+            "no such service",
+        ),
+        (
+            Method::POST,
+            "/admin/v1/services/shop/tokens/bogus/reissue",
+            None,
+            404,
+            "not_found",
+            "bogus",
+        ),
+    ];
+    for (method, path, body, status, error, in_detail) in cases {
+        let mut req = server
+            .http
+            .request(method.clone(), server.url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{method} {path}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], error, "{method} {path}: {body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains(in_detail)),
+            "{method} {path}: {body}"
+        );
+        assert_eq!(body.as_object().unwrap().len(), 2, "{body}");
+    }
+    // A body over the limit is an admin error too, not plain text.
+    let big = format!("{{\"name\":\"{}\"}}", "x".repeat(3 << 20));
+    let resp = server
+        .http
+        .patch(server.url("/admin/v1/services/shop"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_request", "{body}");
+    // The DFINERY APIs answer a wrong method in their own dialects.
+    let resp = server
+        .http
+        .get(server.url("/api/v1/export/event?service_id=shop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "POST");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["message"], "invalid_parameter", "{body}");
+    let resp = server
+        .http
+        .get(server.url("/api/v1/events?service_id=shop"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "40000", "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_are_created_listed_read_and_changed() {
     let server = TestServer::start().await;
@@ -140,6 +286,151 @@ async fn taxonomy_starts_standard_adds_idempotently_and_refuses_type_changes() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_taxonomy_lists_df_items_and_posts_back_as_a_no_op() {
+    let server = TestServer::start().await;
+    server.service(json!({"service_id": "shop"})).await;
+    let (_, listed) = server
+        .admin(Method::GET, "/admin/v1/services/shop/taxonomy", None)
+        .await;
+    let names: Vec<&str> = listed["event_properties"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        listed["event_properties"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "df_items", "type": "Array of Item"})),
+        "{listed}"
+    );
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted, "byte order");
+    // The listing, posted back whole (or to a new service), adds nothing.
+    let (status, again) = server
+        .admin(Method::POST, "/admin/v1/services/shop/taxonomy", Some(listed.clone()))
+        .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        again["added"],
+        json!({"events": [], "event_properties": [], "item_properties": [], "user_properties": []})
+    );
+    assert_eq!(again["taxonomy"], listed);
+    // Array of Item is df_items' type alone, and df_items has no other.
+    for bad in [
+        json!({"event_properties": [{"name": "basket", "type": "Array of Item"}]}),
+        json!({"item_properties": [{"name": "basket", "type": "Array of Item"}]}),
+    ] {
+        let (status, body) = server
+            .admin(Method::POST, "/admin/v1/services/shop/taxonomy", Some(bad.clone()))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, body) = server
+        .admin(
+            Method::POST,
+            "/admin/v1/services/shop/taxonomy",
+            Some(json!({"event_properties": [{"name": "df_items", "type": "String"}]})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+}
+
+/// SPEC §1: a name whose export column would duplicate one the export
+/// writes (a system column, or a column differing only in letter case) is
+/// refused at registration, through the admin API and through auto_register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_that_would_duplicate_an_export_column_are_refused() {
+    let server = TestServer::start().await;
+    let svc = server
+        .service(json!({"service_id": "shop", "auto_register": true}))
+        .await;
+    server
+        .taxonomy(
+            &svc,
+            json!({"event_properties": [{"name": "price", "type": "Long"}],
+                   "item_properties": [{"name": "color", "type": "String"}],
+                   "user_properties": [{"name": "tier", "type": "String"}]}),
+        )
+        .await;
+    for (doc, column) in [
+        (
+            json!({"event_properties": [{"name": "event_name", "type": "String"}]}),
+            "event_name",
+        ),
+        (
+            json!({"event_properties": [{"name": "Event_Name", "type": "String"}]}),
+            "event_name",
+        ),
+        (
+            json!({"event_properties": [{"name": "PRICE", "type": "Long"}]}),
+            "price",
+        ),
+        (
+            json!({"item_properties": [{"name": "Color", "type": "String"}]}),
+            "df_items_color",
+        ),
+        (json!({"user_properties": [{"name": "Tier", "type": "String"}]}), "tier"),
+        // Two names of one request that differ only in case.
+        (
+            json!({"event_properties": [{"name": "size", "type": "Long"}, {"name": "Size", "type": "Long"}]}),
+            "size",
+        ),
+    ] {
+        let (status, body) = server
+            .admin(Method::POST, "/admin/v1/services/shop/taxonomy", Some(doc.clone()))
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (409, Some("conflict")),
+            "{doc}: {body}"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("{column:?}")), "{doc}: {detail}");
+    }
+    // Nothing of a refused request was registered.
+    let (_, t) = server
+        .admin(Method::GET, "/admin/v1/services/shop/taxonomy", None)
+        .await;
+    assert!(!t.to_string().contains("\"size\""), "{t}");
+    // The same name in another export's namespace is fine: an item
+    // property "price" is the column df_items_price.
+    server
+        .taxonomy(&svc, json!({"item_properties": [{"name": "price", "type": "Long"}]}))
+        .await;
+
+    // auto_register refuses it with 40001 and the reason, and stores nothing.
+    let answer = server
+        .import(
+            &svc,
+            events_body(
+                "u1",
+                vec![event(1, "df_login", "2026-11-25T01:00:00Z", json!({"event_name": "x"}))],
+            ),
+        )
+        .await;
+    assert_eq!(answer["code"], "40001", "{answer}");
+    assert!(answer.to_string().contains("event_name"), "{answer}");
+    let resp = server
+        .export(
+            &svc,
+            json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}),
+        )
+        .await;
+    let text = resp.text().await.unwrap();
+    assert_eq!(text.lines().count(), 1, "nothing stored: {text}");
+    let header: Vec<&str> = text.trim_end().split(',').collect();
+    let unique: std::collections::BTreeSet<String> = header.iter().map(|h| h.to_ascii_lowercase()).collect();
+    assert_eq!(unique.len(), header.len(), "no column twice: {text}");
+}
+
 /// Opens the store at `path` without FINEPORT_ADMIN_TOKEN, as `serve` would.
 async fn open_state(path: &std::path::Path) -> (fineport_server::SharedState, Option<String>) {
     let store = std::sync::Arc::new(fineport_store::duckdb::DuckDbStore::open(path, &Default::default()).unwrap());
@@ -159,8 +450,9 @@ async fn the_catalog_and_admin_token_survive_a_restart() {
     let path = dir.path().join("fineport.duckdb");
     let (state, generated) = open_state(&path).await;
     let admin_token = generated.expect("a first start generates the admin token");
+    let shop = fineport_contract::ServiceId::parse("shop").unwrap();
     let service = fineport_store::Service {
-        service_id: "shop".into(),
+        service_id: shop.clone(),
         name: "Shop".into(),
         timezone: "Asia/Seoul".into(),
         export_lookback_days: 30,
@@ -170,7 +462,7 @@ async fn the_catalog_and_admin_token_survive_a_restart() {
     };
     let (_, export_token) = state.catalog.create_service(service).await.unwrap();
     let doc = serde_json::from_value(json!({"event_properties": [{"name": "stars", "type": "Long"}]})).unwrap();
-    state.catalog.register("shop", &doc).await.unwrap();
+    state.catalog.register(&shop, &doc).await.unwrap();
     drop(state);
 
     let (state, generated) = open_state(&path).await;

@@ -131,6 +131,47 @@ async fn unauthorized_token_for_every_wrong_credential() {
     // The token is checked before the body.
     let resp = server.export_raw(&path, Some("wrong"), "not json".into()).await;
     assert_failure(resp, 401, "unauthorized_token").await;
+    // Two tokens, or none, after the scheme.
+    for value in [format!("Bearer {0} {0}", svc.export_token), "Bearer ".into()] {
+        let resp = server
+            .http
+            .post(server.url(&path))
+            .header("authorization", value)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_failure(resp, 401, "unauthorized_token").await;
+    }
+}
+
+/// RFC 9110 §11.1: the scheme name is case-insensitive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bearer_scheme_is_accepted_in_any_case() {
+    let server = TestServer::start().await;
+    let svc = seoul_service(&server).await;
+    let path = format!("/api/v1/export/event?service_id={}", svc.id);
+    for scheme in ["Bearer", "bearer", "BEARER", "bEARER"] {
+        let resp = server
+            .http
+            .post(server.url(&path))
+            .header("authorization", format!("{scheme} {}", svc.export_token))
+            .header("content-type", "application/json")
+            .body(all_events("2026-11-20", "2026-11-25").to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{scheme}");
+        let admin = server
+            .http
+            .get(server.url("/admin/v1/services"))
+            .header("authorization", format!("{scheme} {ADMIN_TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(admin.status(), 200, "{scheme} on the admin API");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +258,7 @@ async fn csv_matches_what_was_imported_cell_by_cell() {
     let answer = server.import(&svc, events_body("user-1", vec![first, second])).await;
     assert_eq!(
         answer,
-        json!({"status": true, "code": "20000", "message": "OK", "data": null})
+        json!({"status": true, "code": "20000", "message": "OK", "data": true})
     );
 
     let resp = server.export(&svc, all_events("2026-11-25", "2026-11-25")).await;
@@ -758,7 +799,11 @@ async fn failures_before_the_first_byte_are_500_and_use_no_quota() {
     let resp = server.export(&svc, body.clone()).await;
     assert_eq!(rate_remaining(&resp), 100);
     let failure = assert_failure(resp, 500, "query_error").await;
-    assert_eq!(failure, json!({"result": "fail", "message": "query_error"}));
+    assert_eq!(
+        failure,
+        json!({"result": "fail", "message": "query_error", "detail": "injected failure before the first byte"}),
+        "a query error says what failed"
+    );
     server
         .store
         .inject_export_failure(Some(FailPoint::InternalBeforeFirstByte));
@@ -797,6 +842,7 @@ async fn exports_compress_by_accept_encoding() {
             .post(server.url("/api/v1/export/event?service_id=shop"))
             .bearer_auth(&svc.export_token)
             .header("accept-encoding", encoding)
+            .header("content-type", "application/json")
             .body(all_events("2026-11-25", "2026-11-25").to_string())
             .send()
             .await
@@ -837,4 +883,49 @@ async fn a_range_of_centuries_costs_only_the_days_that_hold_events() {
     assert_eq!(resp.status(), 200);
     let (_, rows) = parse_csv(&resp.text().await.unwrap());
     assert_eq!(rows.len(), 2);
+}
+
+/// The look-back setting is bounded by the admin API, and the rule's
+/// arithmetic cannot overflow whatever the dates (no 500 for any export).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookback_settings_are_bounded_and_never_overflow() {
+    let server = TestServer::start().await;
+    let svc = seoul_service(&server).await;
+    let path = format!("/admin/v1/services/{}", svc.id);
+    for days in [36_501u64, u64::from(u32::MAX)] {
+        let (status, body) = server
+            .admin(
+                reqwest::Method::PATCH,
+                &path,
+                Some(json!({"export_lookback_days": days})),
+            )
+            .await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{body}"
+        );
+        assert!(body["detail"].as_str().unwrap().contains("36500"), "{body}");
+    }
+    let (status, body) = server
+        .admin(
+            reqwest::Method::PATCH,
+            &path,
+            Some(json!({"export_lookback_days": 36_500})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_failure(
+        server.export(&svc, all_events("0001-01-01", "0001-01-02")).await,
+        400,
+        "exceed_date_range_limit",
+    )
+    .await;
+    let ok = server.export(&svc, all_events("1930-01-01", "1930-01-02")).await;
+    assert_eq!(ok.status(), 200);
+    for (from, to) in [("9999-12-30", "9999-12-31"), ("2026-11-25", "9999-12-31")] {
+        let resp = server.export(&svc, all_events(from, to)).await;
+        assert_eq!(resp.status(), 200, "{from}..{to}");
+        assert_eq!(resp.text().await.unwrap().lines().count(), 1, "{from}..{to}");
+    }
 }

@@ -7,7 +7,7 @@ use common::*;
 use serde_json::{json, Value};
 
 fn ok() -> Value {
-    json!({"status": true, "code": "20000", "message": "OK", "data": null})
+    json!({"status": true, "code": "20000", "message": "OK", "data": true})
 }
 
 /// Asserts a refusal: code, message, and a list of problems in `data`.
@@ -124,6 +124,46 @@ async fn every_result_code_with_its_exact_json() {
     assert!(log
         .iter()
         .all(|e| e["endpoint"] == "/api/v1/events" && e["status"] == 200));
+}
+
+/// SPEC §4 and DFINERY's documented success body, byte for byte, on every
+/// Import API endpoint: a client that compares the text must accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_import_endpoint_answers_dfinerys_success_body_byte_for_byte() {
+    const SUCCESS: &str = r#"{"status":true,"code":"20000","message":"OK","data":true}"#;
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let calls = [
+        ("/api/v1/events", events_body("u1", vec![login(1)])),
+        (
+            "/api/v1/identities",
+            json!({"identity": {"external_id": "u1", "email": "u1@example.com"},
+                   "request_datetime": "2026-11-25T00:00:00Z"}),
+        ),
+        (
+            "/api/v1/user-profile",
+            json!({"identity": {"external_id": "u1"}, "user_properties": {"df_name": "Kim"},
+                   "request_datetime": "2026-11-25T00:00:00Z"}),
+        ),
+        (
+            "/api/v1/identities/delete",
+            json!({"identity": {"external_id": "u1"}, "request_datetime": "2026-11-25T00:00:01Z"}),
+        ),
+    ];
+    for (path, body) in calls {
+        let resp = server
+            .http
+            .post(server.url(&format!("{path}?service_id={}", svc.id)))
+            .header("access_token", &svc.import_token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        assert_eq!(resp.text().await.unwrap(), SUCCESS, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,4 +333,149 @@ async fn identities_resolve_to_one_profile_per_user() {
     assert_eq!(uids[0], uids[1]);
     assert_eq!(uids[1], uids[2]);
     assert_ne!(uids[2], uids[3]);
+}
+
+/// DFINERY requires `Content-Type: application/json`; fineport refuses a
+/// missing or other media type on both DFINERY APIs (40000 on the Import
+/// API, 400 `invalid_parameter` on the Export API), with a detail that says
+/// what to send, and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_must_be_sent_as_application_json() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let good = events_body("u1", vec![login(1)]).to_string();
+    for content_type in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let mut req = server
+            .http
+            .post(server.url("/api/v1/events?service_id=shop"))
+            .header("access_token", &svc.import_token)
+            .body(good.clone());
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let answer: Value = req.send().await.unwrap().json().await.unwrap();
+        assert_code(&answer, "40000", "BAD_REQUEST");
+        assert!(
+            answer["data"][0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("application/json"),
+            "{answer}"
+        );
+
+        let mut req = server
+            .http
+            .post(server.url("/api/v1/export/event?service_id=shop"))
+            .bearer_auth(&svc.export_token)
+            .body(
+                json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}).to_string(),
+            );
+        if let Some(t) = content_type {
+            req = req.header("content-type", t);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{content_type:?}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["message"], "invalid_parameter", "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("application/json"), "{body}");
+    }
+    assert!(exported_ids(&server, &svc).await.is_empty(), "nothing stored");
+    let answer = server
+        .http
+        .post(server.url("/api/v1/events?service_id=shop"))
+        .header("access_token", &svc.import_token)
+        .header("content-type", "Application/JSON; charset=UTF-8")
+        .body(good)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(answer, ok(), "parameters and letter case are fine");
+}
+
+/// SPEC §4: `event_log_id` is the idempotency key. A resend with other
+/// content is acknowledged and the first version is kept (decided: a retry
+/// must never change stored history; a different event needs a new id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_with_other_content_keeps_the_first_version() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let first = event(
+        1,
+        "df_purchase",
+        "2026-11-25T01:00:00Z",
+        json!({"df_order_id": "first"}),
+    );
+    let second = event(1, "df_refund", "2026-11-25T02:00:00Z", json!({"df_order_id": "second"}));
+    assert_eq!(server.import(&svc, events_body("u1", vec![first])).await, ok());
+    assert_eq!(server.import(&svc, events_body("u2", vec![second])).await, ok());
+    let resp = server
+        .export(
+            &svc,
+            json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}),
+        )
+        .await;
+    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(cell(&header, &rows[0], "event_name"), "df_purchase");
+    assert_eq!(cell(&header, &rows[0], "df_order_id"), "first");
+}
+
+/// Strings are kept byte for byte, control characters included, except
+/// U+0000 (NUL), which PostgreSQL's `COPY` and text type cannot hold: it is
+/// refused with 40001 and the reason, in values and identifiers alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nul_is_refused_and_other_control_characters_are_kept() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    server
+        .taxonomy(
+            &svc,
+            json!({"event_properties": [{"name": "note", "type": "String"},
+                                                     {"name": "tags", "type": "Array of String"}]}),
+        )
+        .await;
+    let refused = [
+        events_body(
+            "u1",
+            vec![event(1, "df_login", "2026-11-25T01:00:00Z", json!({"note": "a\u{0}b"}))],
+        ),
+        events_body(
+            "u1",
+            vec![event(
+                2,
+                "df_login",
+                "2026-11-25T01:00:00Z",
+                json!({"tags": ["ok", "\u{0}"]}),
+            )],
+        ),
+        events_body("u\u{0}1", vec![event(3, "df_login", "2026-11-25T01:00:00Z", json!({}))]),
+    ];
+    for body in refused {
+        let answer = server.import(&svc, body.clone()).await;
+        assert_code(&answer, "40001", "VALIDATION_FAILURE");
+        assert!(answer.to_string().contains("NUL"), "{answer}");
+    }
+    let kept = "tab\there\r\nbell\u{7}esc\u{1b}del\u{7f},\"quoted\"";
+    let answer = server
+        .import(
+            &svc,
+            events_body(
+                "u1",
+                vec![event(4, "df_login", "2026-11-25T01:00:00Z", json!({"note": kept}))],
+            ),
+        )
+        .await;
+    assert_eq!(answer, ok());
+    let resp = server
+        .export(
+            &svc,
+            json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}),
+        )
+        .await;
+    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(rows.len(), 1, "only the event without NUL");
+    assert_eq!(cell(&header, &rows[0], "note"), kept);
 }

@@ -73,7 +73,7 @@ async fn unified_ids(server: &TestServer, svc: &Svc) -> std::collections::BTreeM
 }
 
 fn ok() -> Value {
-    json!({"status": true, "code": "20000", "message": "OK", "data": null})
+    json!({"status": true, "code": "20000", "message": "OK", "data": true})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +85,11 @@ async fn every_result_code_of_the_user_endpoints() {
     assert_eq!(identities(&server, &svc, json!({"external_id": "u1"})).await, ok());
 
     let raw = |path: &str, token: Option<&str>, body: &str| {
-        let mut req = server.http.post(server.url(path)).body(body.to_owned());
+        let mut req = server
+            .http
+            .post(server.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
         if let Some(t) = token {
             req = req.header("access_token", t);
         }

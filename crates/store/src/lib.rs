@@ -21,7 +21,7 @@ use fineport_contract::export::EventExportPlan;
 use fineport_contract::import::{EventBatch, Identity};
 use fineport_contract::profile::{Audience, AudienceFilter, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc};
-use fineport_contract::Tz;
+use fineport_contract::{ServiceId, Tz};
 
 /// Where an export writes its CSV. The store produces chunks of roughly
 /// [`CHUNK_BYTES`]; the sink hands them to the client.
@@ -61,14 +61,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Registers taxonomy additions (already checked against the current
     /// taxonomy) and makes room for their values.
-    async fn register(&self, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError>;
+    async fn register(&self, service_id: &ServiceId, additions: &TaxonomyDoc) -> Result<(), StoreError>;
 
     /// Stores a validated batch of events, resolving its identity to a
     /// `df_unified_id`. Atomic; idempotent by `event_log_id` within the
     /// service; returns only once the batch is durable.
     async fn insert_events(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError>;
@@ -79,7 +79,7 @@ pub trait Store: Send + Sync + 'static {
     /// sink before the first day's query has run.
     fn export_events(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         timezone: Tz,
         plan: &EventExportPlan,
         sink: &mut dyn ExportSink,
@@ -87,21 +87,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates or updates the profile of `identity` (resolution with merge
     /// and moves, SPEC §1). Returns its `df_unified_id`. Durable on return.
-    async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError>;
+    async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError>;
 
     /// Deletes the profile with `external_id`, its identifiers and its
     /// properties, irreversibly; events stay. `false` if there was none.
-    async fn delete_profile(&self, service_id: &str, external_id: &str) -> Result<bool, StoreError>;
+    async fn delete_profile(&self, service_id: &ServiceId, external_id: &str) -> Result<bool, StoreError>;
 
     /// Applies profile updates atomically: a property older (by request
     /// time) than the stored one is not overwritten. Durable on return.
-    async fn update_profiles(&self, service_id: &str, updates: Vec<ProfileUpdate>) -> Result<(), StoreError>;
+    async fn update_profiles(&self, service_id: &ServiceId, updates: Vec<ProfileUpdate>) -> Result<(), StoreError>;
 
     /// Runs a user-profile export (one row per profile, ordered by
     /// `df_unified_id`) into `sink`. Blocking, like [`Store::export_events`].
     fn export_profiles(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         timezone: Tz,
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
@@ -109,16 +109,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ExportSummary, StoreError>;
 
     /// Saves (creates or replaces) an audience definition.
-    async fn save_audience(&self, service_id: &str, audience: &Audience) -> Result<(), StoreError>;
+    async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError>;
 
     /// Deletes an audience. `false` if there was none.
-    async fn delete_audience(&self, service_id: &str, audience_id: &str) -> Result<bool, StoreError>;
+    async fn delete_audience(&self, service_id: &ServiceId, audience_id: &str) -> Result<bool, StoreError>;
 
     /// Appends entries to the request log.
     async fn append_request_log(&self, entries: Vec<RequestLogEntry>) -> Result<(), StoreError>;
 
     /// The newest `limit` log entries of a service, newest first.
-    async fn recent_requests(&self, service_id: &str, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError>;
+    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError>;
 
     /// A server-wide setting (e.g. the admin token hash).
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;

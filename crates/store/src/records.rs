@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use fineport_contract::taxonomy::Taxonomy;
+use fineport_contract::ServiceId;
 use serde::{Deserialize, Serialize};
 
 /// Per-service limits (SPEC §3), each overridable through the admin API.
@@ -31,7 +32,7 @@ impl Default for Limits {
 /// A service (tenant) and its settings (SPEC §1 "Service").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
-    pub service_id: String,
+    pub service_id: ServiceId,
     pub name: String,
     /// IANA timezone name; export days are calendar days here.
     pub timezone: String,
@@ -49,7 +50,7 @@ pub use fineport_contract::tokens::TokenKind;
 pub struct TokenRecord {
     /// A short public id, shown in the request log.
     pub token_id: String,
-    pub service_id: String,
+    pub service_id: ServiceId,
     pub kind: TokenKind,
     /// SHA-256 of the token, hex.
     pub hash: String,
@@ -72,9 +73,9 @@ impl TokenRecord {
 pub struct CatalogSnapshot {
     pub services: Vec<Service>,
     pub tokens: Vec<TokenRecord>,
-    pub taxonomies: HashMap<String, Taxonomy>,
+    pub taxonomies: HashMap<ServiceId, Taxonomy>,
     /// (service_id, audience)
-    pub audiences: Vec<(String, fineport_contract::profile::Audience)>,
+    pub audiences: Vec<(ServiceId, fineport_contract::profile::Audience)>,
 }
 
 /// The result of storing an event batch.

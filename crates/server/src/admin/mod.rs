@@ -3,13 +3,16 @@
 //! with a proper 4xx/5xx status.
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use fineport_contract::export::MAX_LOOKBACK_DAYS;
 use fineport_contract::taxonomy::TaxonomyDoc;
+use fineport_contract::ServiceId;
 use fineport_store::{Limits, Service, TokenKind};
 use rand::Rng;
 use serde::de::DeserializeOwned;
@@ -17,7 +20,7 @@ use serde::Deserialize;
 use serde_json::{json, Value as Json_};
 
 use crate::catalog::CatalogError;
-use crate::state::{header_str, SharedState};
+use crate::state::{bearer_token, SharedState};
 use crate::tokens;
 
 pub fn routes(state: SharedState) -> Router<SharedState> {
@@ -33,7 +36,62 @@ pub fn routes(state: SharedState) -> Router<SharedState> {
             get(list_audiences).post(create_audience),
         )
         .route("/admin/v1/services/{id}/audiences/{aid}", delete(delete_audience))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state, require_admin))
+}
+
+/// 405 for a known admin path with another method (axum adds `Allow`).
+async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
+    AdminError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// 404 for any path no API serves: the whole server's fallback, in the
+/// admin API's error shape (the DFINERY APIs have no word for it).
+pub async fn no_such_endpoint(method: Method, uri: Uri) -> AdminError {
+    AdminError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no endpoint {method} {}", uri.path()),
+    )
+}
+
+/// A request body, whose rejection (too large, unreadable) is an
+/// [`AdminError`] like every other admin failure.
+struct AdminBody(Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for AdminBody {
+    type Rejection = AdminError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(request, state)
+            .await
+            .map(AdminBody)
+            .map_err(|e| AdminError::new(e.status(), "invalid_request", e.body_text()))
+    }
+}
+
+/// Path parameters, whose rejection is an [`AdminError`].
+struct AdminPath<T>(T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AdminPath<T> {
+    type Rejection = AdminError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| AdminPath(v))
+            .map_err(|e| AdminError::new(e.status(), "invalid_request", e.body_text()))
+    }
+}
+
+/// A query string parsed into `T`; a malformed one is a 400 [`AdminError`].
+fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, AdminError> {
+    let raw = raw.unwrap_or_default();
+    serde_urlencoded::from_str(raw).map_err(|e| AdminError::invalid(format!("invalid query string {raw:?}: {e}")))
 }
 
 /// An admin API failure.
@@ -61,9 +119,7 @@ impl AdminError {
 impl From<CatalogError> for AdminError {
     fn from(e: CatalogError) -> Self {
         match e {
-            CatalogError::NotFound(what) => {
-                AdminError::new(StatusCode::NOT_FOUND, "not_found", format!("no such service: {what}"))
-            }
+            CatalogError::NotFound(what) => AdminError::new(StatusCode::NOT_FOUND, "not_found", what),
             CatalogError::Conflict(why) => AdminError::new(StatusCode::CONFLICT, "conflict", why),
             CatalogError::Invalid(why) => AdminError::invalid(why),
             CatalogError::Store(e) => {
@@ -87,9 +143,7 @@ impl IntoResponse for AdminError {
 type AdminResult = Result<Response, AdminError>;
 
 async fn require_admin(State(state): State<SharedState>, request: Request, next: Next) -> Response {
-    let token = header_str(request.headers(), "authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
+    let token = bearer_token(request.headers());
     match token {
         Some(t) if tokens::matches(t, &state.admin_token_hash) => next.run(request).await,
         _ => AdminError::new(
@@ -138,6 +192,11 @@ impl ServicePatch {
             service.timezone = tz;
         }
         if let Some(days) = self.export_lookback_days {
+            if days > MAX_LOOKBACK_DAYS {
+                return Err(format!(
+                    "export_lookback_days must be 0 (unlimited) to {MAX_LOOKBACK_DAYS}, not {days}"
+                ));
+            }
             service.export_lookback_days = days;
         }
         if let Some(auto) = self.auto_register {
@@ -177,44 +236,32 @@ impl ServicePatch {
     }
 }
 
-/// Chosen service ids: 1–64 lowercase ASCII letters, digits or `_`.
-pub fn is_valid_service_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
-}
-
-fn generated_service_id() -> String {
+/// A generated service id: 10 lowercase letters or digits (SPEC §1).
+fn generated_service_id() -> Result<ServiceId, AdminError> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
-    (0..10)
+    let id: String = (0..10)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
+        .collect();
+    ServiceId::parse(&id).map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 fn service_json(service: &Service) -> Json_ {
     serde_json::to_value(service).unwrap_or(Json_::Null)
 }
 
-async fn create_service(State(state): State<SharedState>, body: Bytes) -> AdminResult {
+async fn create_service(State(state): State<SharedState>, AdminBody(body): AdminBody) -> AdminResult {
     let patch: ServicePatch = if body.is_empty() {
         ServicePatch::default()
     } else {
         parse(&body)?
     };
-    let service_id = match patch.service_id.clone() {
-        Some(id) if is_valid_service_id(&id) => id,
-        Some(id) => {
-            return Err(AdminError::invalid(format!(
-                "service_id {id:?} must be 1-64 lowercase letters, digits or '_'"
-            )))
-        }
-        None => generated_service_id(),
+    let service_id = match &patch.service_id {
+        Some(id) => ServiceId::parse(id).map_err(|e| AdminError::invalid(e.to_string()))?,
+        None => generated_service_id()?,
     };
     let mut service = Service {
-        name: service_id.clone(),
+        name: service_id.to_string(),
         service_id,
         timezone: "UTC".into(),
         export_lookback_days: 30,
@@ -239,16 +286,20 @@ fn find(state: &SharedState, id: &str) -> Result<crate::catalog::ServiceView, Ad
     state
         .catalog
         .service(id)
-        .ok_or_else(|| CatalogError::NotFound(id.to_owned()).into())
+        .ok_or_else(|| CatalogError::no_service(id).into())
 }
 
-async fn get_service(State(state): State<SharedState>, Path(id): Path<String>) -> AdminResult {
+async fn get_service(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
     Ok(Json(service_json(&find(&state, &id)?.service)).into_response())
 }
 
-async fn patch_service(State(state): State<SharedState>, Path(id): Path<String>, body: Bytes) -> AdminResult {
+async fn patch_service(
+    State(state): State<SharedState>,
+    AdminPath(id): AdminPath<ServiceId>,
+    AdminBody(body): AdminBody,
+) -> AdminResult {
     let patch: ServicePatch = parse(&body)?;
-    if patch.service_id.as_ref().is_some_and(|new| *new != id) {
+    if patch.service_id.as_ref().is_some_and(|new| id != new.as_str()) {
         return Err(AdminError::invalid("service_id cannot be changed"));
     }
     let service = state.catalog.update_service(&id, |s| patch.apply(s)).await?;
@@ -265,7 +316,10 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
     })
 }
 
-async fn reissue_token(State(state): State<SharedState>, Path((id, kind)): Path<(String, String)>) -> AdminResult {
+async fn reissue_token(
+    State(state): State<SharedState>,
+    AdminPath((id, kind)): AdminPath<(ServiceId, String)>,
+) -> AdminResult {
     let kind = token_kind(&kind)?;
     let reissued = state.catalog.reissue(&id, kind, state.clock.now()).await?;
     let until = reissued
@@ -274,32 +328,42 @@ async fn reissue_token(State(state): State<SharedState>, Path((id, kind)): Path<
     Ok(Json(json!({"token": reissued.token, "previous_valid_until": until})).into_response())
 }
 
-async fn revoke_token(State(state): State<SharedState>, Path((id, kind)): Path<(String, String)>) -> AdminResult {
+async fn revoke_token(
+    State(state): State<SharedState>,
+    AdminPath((id, kind)): AdminPath<(ServiceId, String)>,
+) -> AdminResult {
     let kind = token_kind(&kind)?;
     let revoked = state.catalog.revoke(&id, kind, state.clock.now()).await?;
     Ok(Json(json!({"revoked": revoked})).into_response())
 }
 
-async fn get_taxonomy(State(state): State<SharedState>, Path(id): Path<String>) -> AdminResult {
-    Ok(Json(find(&state, &id)?.taxonomy.to_doc()).into_response())
+async fn get_taxonomy(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
+    Ok(Json(find(&state, &id)?.taxonomy.to_listing()).into_response())
 }
 
-async fn add_taxonomy(State(state): State<SharedState>, Path(id): Path<String>, body: Bytes) -> AdminResult {
+async fn add_taxonomy(
+    State(state): State<SharedState>,
+    AdminPath(id): AdminPath<ServiceId>,
+    AdminBody(body): AdminBody,
+) -> AdminResult {
     let doc: TaxonomyDoc = parse(&body)?;
     let added = state.catalog.register(&id, &doc).await?;
-    Ok(Json(json!({"added": added, "taxonomy": find(&state, &id)?.taxonomy.to_doc()})).into_response())
+    Ok(Json(json!({"added": added, "taxonomy": find(&state, &id)?.taxonomy.to_listing()})).into_response())
 }
 
+/// `?limit=N` of the request log: 1 to 10,000 (default 100).
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RequestsQuery {
     limit: Option<usize>,
 }
 
 async fn requests(
     State(state): State<SharedState>,
-    Path(id): Path<String>,
-    Query(q): Query<RequestsQuery>,
+    AdminPath(id): AdminPath<ServiceId>,
+    RawQuery(raw): RawQuery,
 ) -> AdminResult {
+    let q: RequestsQuery = query(raw.as_deref())?;
     find(&state, &id)?;
     state.log.flush().await;
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
@@ -314,18 +378,28 @@ async fn requests(
     Ok(Json(json!({ "requests": entries })).into_response())
 }
 
-async fn list_audiences(State(state): State<SharedState>, Path(id): Path<String>) -> AdminResult {
-    let audiences = state.catalog.audiences(&id).ok_or(CatalogError::NotFound(id))?;
+async fn list_audiences(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
+    let audiences = state
+        .catalog
+        .audiences(&id)
+        .ok_or_else(|| CatalogError::no_service(&id))?;
     Ok(Json(json!({ "audiences": audiences })).into_response())
 }
 
-async fn create_audience(State(state): State<SharedState>, Path(id): Path<String>, body: Bytes) -> AdminResult {
+async fn create_audience(
+    State(state): State<SharedState>,
+    AdminPath(id): AdminPath<ServiceId>,
+    AdminBody(body): AdminBody,
+) -> AdminResult {
     let audience: fineport_contract::profile::Audience = parse(&body)?;
     let created = state.catalog.create_audience(&id, audience).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
-async fn delete_audience(State(state): State<SharedState>, Path((id, aid)): Path<(String, String)>) -> AdminResult {
+async fn delete_audience(
+    State(state): State<SharedState>,
+    AdminPath((id, aid)): AdminPath<(ServiceId, String)>,
+) -> AdminResult {
     state.catalog.delete_audience(&id, &aid).await?;
     Ok(Json(json!({"deleted": aid})).into_response())
 }

@@ -26,10 +26,17 @@ use self::error::{rate_headers, store_outcome, ExportError};
 use self::stream::{ChannelSink, ExportBody, InterruptSlot, Ledger, Msg, CHANNEL_CHUNKS};
 use crate::catalog::ServiceView;
 use crate::limits::{Counter, ExportPermit, RateStatus};
-use crate::state::{header_str, read_body, service_id_param, Caller, SharedState};
+use crate::state::{bearer_token, read_body, require_json, service_id_param, Caller, SharedState};
 
 pub const EVENT_ENDPOINT: &str = "/api/v1/export/event";
 pub const PROFILE_ENDPOINT: &str = "/api/v1/export/userprofile";
+
+/// 405 for another method than POST on an export endpoint, in the Export
+/// API's dialect (`invalid_parameter` with a detail; axum adds `Allow`).
+pub async fn method_not_allowed(method: axum::http::Method) -> Response {
+    let failure = ExportFailure::invalid(format!("{method} is not allowed; the Export API takes POST"));
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(failure.body())).into_response()
+}
 
 /// A request that passed authentication, with what its log entry needs.
 struct Admitted {
@@ -69,10 +76,7 @@ fn authenticate(
             entry,
         );
     };
-    let token = header_str(headers, "authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty());
+    let token = bearer_token(headers);
     let unauthorized = || ExportFailure::new(ExportOutcome::UnauthorizedToken);
     let (Some(service), Some(token)) = (service, token) else {
         return fail(unauthorized(), entry);
@@ -194,8 +198,11 @@ async fn export(
     let now = state.clock.now();
     let checked = match read_body(body, state.config.export_body_limit, state.config.body_timeout).await {
         Err(e) => Err(ExportFailure::invalid(e.to_string())),
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))
+        Ok(bytes) => require_json(&headers)
+            .map_err(ExportFailure::invalid)
+            .and_then(|()| {
+                serde_json::from_slice(&bytes).map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))
+            })
             .and_then(|json| check(&state, &service, &json, now)),
     };
     let job = match checked {
@@ -293,14 +300,16 @@ async fn stream_csv(ledger: Ledger, filename: String, produce: Producer) -> Resp
             Vec::new()
         }
         Some(Msg::Done(Err(e))) => {
-            let outcome = match store_outcome(&e) {
-                ExportOutcome::QueryError => ExportOutcome::QueryError,
-                _ => ExportOutcome::UnknownError,
-            };
             tracing::error!(error = %e, "export failed before its first byte");
-            return guard.fail(outcome, rate);
+            // A query error says why (e.g. acknowledged imports that cannot
+            // be stored yet); anything else stays a bare unknown_error.
+            let failure = match store_outcome(&e) {
+                ExportOutcome::QueryError => ExportFailure::with_detail(ExportOutcome::QueryError, e.message),
+                _ => ExportFailure::new(ExportOutcome::UnknownError),
+            };
+            return guard.fail(failure, rate);
         }
-        None => return guard.fail(ExportOutcome::UnknownError, rate),
+        None => return guard.fail(ExportFailure::new(ExportOutcome::UnknownError), rate),
     };
     let ledger = guard.ledger.take();
     let body = ExportBody {
@@ -328,7 +337,8 @@ struct PendingGuard {
 }
 
 impl PendingGuard {
-    fn fail(mut self, outcome: ExportOutcome, rate: Option<RateStatus>) -> Response {
+    fn fail(mut self, failure: ExportFailure, rate: Option<RateStatus>) -> Response {
+        let outcome = failure.outcome;
         let Some(ledger) = self.ledger.take() else {
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         };
@@ -339,7 +349,7 @@ impl PendingGuard {
             r.remaining += 1;
         }
         ExportError {
-            failure: ExportFailure::new(outcome),
+            failure,
             rate,
             retry_after_secs: None,
         }

@@ -1,7 +1,8 @@
 //! The Import API (SPEC §4): HTTP 200 with a result code for every answer.
 //!
 //! Order of checks: `service_id` (40101) → `access_token` (40201) → body
-//! (40000) → contents (40402, 40001) → per-minute limit (40401) → store.
+//! (40000: unreadable, not sent as `Content-Type: application/json`, or not
+//! JSON) → contents (40402, 40001) → per-minute limit (40401) → store.
 //! Invalid requests use no quota. 20000 is answered only after the store
 //! has committed the batch.
 
@@ -18,7 +19,7 @@ use fineport_store::{Limits, RequestLogEntry, TokenKind};
 use crate::catalog::{CatalogError, ServiceView};
 use crate::export::error::rate_headers;
 use crate::limits::{Counter, RateStatus};
-use crate::state::{header_str, read_body, service_id_param, Caller, SharedState};
+use crate::state::{header_str, read_body, require_json, service_id_param, Caller, SharedState};
 
 pub const EVENTS_ENDPOINT: &str = "/api/v1/events";
 
@@ -63,6 +64,16 @@ impl IntoResponse for ImportAnswer {
         }
         response
     }
+}
+
+/// 405 for another method than POST on an import endpoint, with the Import
+/// API's `40000` body (axum adds `Allow`).
+pub async fn method_not_allowed(method: axum::http::Method) -> Response {
+    let answer = ImportAnswer::new(
+        ImportCode::BadRequest,
+        format!("{method} is not allowed; the Import API takes POST"),
+    );
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, answer).into_response()
 }
 
 /// `service_id` and `access_token`, the first checks of every import endpoint.
@@ -246,6 +257,9 @@ async fn import(
         Err(e) => return ImportAnswer::new(ImportCode::BadRequest, e.to_string()),
     };
     entry.bytes = Some(bytes.len() as u64);
+    if let Err(why) = require_json(headers) {
+        return ImportAnswer::new(ImportCode::BadRequest, why);
+    }
     let json: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(j) => j,
         Err(e) => return ImportAnswer::new(ImportCode::BadRequest, format!("the body is not JSON: {e}")),

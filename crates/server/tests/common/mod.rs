@@ -53,14 +53,21 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config, now: DateTime<Utc>) -> TestServer {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), config, now, 1).await
+        Self::start_in(tempfile::tempdir().expect("temp dir"), config, now, store_options(1)).await
     }
 
     /// A server whose exports cut slices of `cells` (rows × columns)
     /// rather than one per minute.
     pub async fn start_with_slice_cells(cells: u64) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, Config::default(), default_now(), cells).await
+        Self::start_in(dir, Config::default(), default_now(), store_options(cells)).await
+    }
+
+    /// A server over a store opened with `options` (e.g. a tiny DuckDB
+    /// memory limit); [`TestServer::restart`] reopens it with the usual ones.
+    pub async fn start_with_store(config: Config, options: DuckDbOptions) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(dir, config, default_now(), options).await
     }
 
     /// Stops this server, closes its store and starts a new server on the
@@ -75,23 +82,15 @@ impl TestServer {
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let (config, now) = (self.state.config.clone(), self.clock.now());
         drop(self);
-        Self::start_in(dir, config, now, 1).await
+        Self::start_in(dir, config, now, store_options(1)).await
     }
 
-    async fn start_in(dir: tempfile::TempDir, config: Config, now: DateTime<Utc>, slice_cells: u64) -> TestServer {
-        // By default one export slice per minute with events, so that every
-        // export test goes through the slice worker and both ways of
-        // ordering a slice (a minute of more than 2 rows is sorted by
-        // DuckDB); imports move into the tables only when a read asks, so
-        // that every test that reads what it imported depends on that.
-        let options = DuckDbOptions {
-            export_slice_cells: slice_cells,
-            import_moves: MovePolicy {
-                events: usize::MAX,
-                idle: std::time::Duration::from_secs(3600),
-            },
-            ..Default::default()
-        };
+    async fn start_in(
+        dir: tempfile::TempDir,
+        config: Config,
+        now: DateTime<Utc>,
+        options: DuckDbOptions,
+    ) -> TestServer {
         let store = Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
         let clock = Arc::new(ManualClock::new(now));
         let parts = Parts {
@@ -216,6 +215,23 @@ impl TestServer {
             .await;
         assert_eq!(status, 200, "requests: {v}");
         v["requests"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The store options of test servers: by default one export slice per
+/// minute with events (`slice_cells` 1), so that every export test goes
+/// through the slice worker and both ways of ordering a slice (a minute of
+/// more than 2 rows is sorted by DuckDB); imports move into the tables only
+/// when a read asks, so that every test that reads what it imported depends
+/// on that.
+pub fn store_options(slice_cells: u64) -> DuckDbOptions {
+    DuckDbOptions {
+        export_slice_cells: slice_cells,
+        import_moves: MovePolicy {
+            events: usize::MAX,
+            idle: std::time::Duration::from_secs(3600),
+        },
+        ..Default::default()
     }
 }
 

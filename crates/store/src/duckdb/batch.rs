@@ -167,6 +167,7 @@ fn append_value(b: &mut dyn ArrayBuilder, ty: PropertyType, v: Option<&Value>) -
         PropertyType::StringArray => array!(StringBuilder, StringArray, String::as_str),
         PropertyType::LongArray => array!(Int64Builder, LongArray, |x: &i64| *x),
         PropertyType::DoubleArray => array!(Float64Builder, DoubleArray, |x: &f64| *x),
+        PropertyType::Items => downcast::<StringBuilder>(b)?.append_null(),
     }
     Ok(())
 }

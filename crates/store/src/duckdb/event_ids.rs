@@ -9,6 +9,7 @@
 //! Like the identity index, ids of a transaction are staged and only join
 //! the set once it has committed.
 
+use fineport_contract::ServiceId;
 use std::collections::HashSet;
 
 use duckdb::Connection;
@@ -27,7 +28,7 @@ pub(crate) struct IdSet {
 
 impl IdSet {
     /// Reads every `event_log_id` of a service's event table.
-    pub fn load(conn: &Connection, service_id: &str) -> Result<IdSet, StoreError> {
+    pub fn load(conn: &Connection, service_id: &ServiceId) -> Result<IdSet, StoreError> {
         let mut stmt = conn.prepare(&format!("SELECT event_log_id FROM {}", events_table(service_id)))?;
         let mut sorted = Vec::new();
         let mut rows = stmt.query([])?;
@@ -127,7 +128,7 @@ mod tests {
             [a.to_string(), b.to_string(), a.to_string()],
         )
         .expect("insert");
-        let set = IdSet::load(&conn, "s").expect("load");
+        let set = IdSet::load(&conn, &ServiceId::parse("s").unwrap()).expect("load");
         assert_eq!(set.len(), 2);
         assert!(set.contains(a.as_u128()) && set.contains(b.as_u128()));
         assert!(!set.contains(Uuid::new_v4().as_u128()));

@@ -21,6 +21,7 @@
 //! the same committed set even though they run in a separate transaction
 //! from the histogram.
 
+use fineport_contract::ServiceId;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use duckdb::arrow::array::{
@@ -105,7 +106,7 @@ enum Piece {
 pub(crate) fn run(
     conn: &Connection,
     layout: &Layout,
-    service_id: &str,
+    service_id: &ServiceId,
     timezone: Tz,
     plan: &EventExportPlan,
     sink: &mut dyn ExportSink,

@@ -16,6 +16,7 @@
 //! cut short by a crash fails its length or checksum, and it and anything
 //! after it are dropped: it was never acknowledged.
 
+use fineport_contract::ServiceId;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -30,7 +31,7 @@ use crate::StoreError;
 /// One logged batch: what the writer needs to store it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LoggedBatch {
-    pub service_id: String,
+    pub service_id: ServiceId,
     pub received_at_ms: i64,
     pub batch: EventBatch,
 }
@@ -315,7 +316,7 @@ impl Reader<'_> {
 
 fn decode(payload: &[u8]) -> Option<LoggedBatch> {
     let mut r = Reader(payload);
-    let service_id = r.str()?;
+    let service_id = ServiceId::parse(&r.str()?).ok()?;
     let received_at_ms = r.i64()?;
     let identity = Identity {
         external_id: r.opt_str()?,
@@ -367,7 +368,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         LoggedBatch {
-            service_id: "shop".into(),
+            service_id: ServiceId::parse("shop").unwrap(),
             received_at_ms: 1_764_000_000_000 + n as i64,
             batch: EventBatch {
                 identity: Identity {

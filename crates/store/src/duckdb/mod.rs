@@ -26,7 +26,7 @@ use fineport_contract::import::{EventBatch, Identity};
 use fineport_contract::profile::{Audience, AudienceFilter, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::taxonomy::{PropertyScope, Taxonomy, TaxonomyDoc};
 use fineport_contract::types::PropertyType;
-use fineport_contract::Tz;
+use fineport_contract::{ServiceId, Tz};
 use tokio::sync::oneshot;
 
 use self::import_log::{ImportLog, LoggedBatch};
@@ -167,6 +167,15 @@ impl DuckDbStore {
         }
     }
 
+    /// Changes DuckDB's memory limit (e.g. `"4GB"`) while the store runs;
+    /// what `--duckdb-memory-limit` sets at start. Errors: `Query` for a
+    /// value DuckDB refuses.
+    pub fn set_memory_limit(&self, limit: &str) -> Result<(), StoreError> {
+        self.connection()?
+            .execute_batch(&format!("SET memory_limit = '{}'", limit.replace('\'', "")))?;
+        Ok(())
+    }
+
     /// Makes every following import (events, identities, profiles) fail
     /// before it reaches the database (`false` to stop). Test hook.
     pub fn inject_write_failure(&self, fail: bool) {
@@ -174,12 +183,18 @@ impl DuckDbStore {
     }
 
     /// Waits until every acknowledged import is in the tables, so that a
-    /// read sees it. Blocking: call it off the async runtime.
-    fn sync_imports(&self) -> Result<(), StoreError> {
+    /// read sees it. A `Query` error when acknowledged batches of
+    /// `service_id` cannot be moved (DuckDB's memory limit, a full disk): a
+    /// read must then fail rather than miss them. Blocking: call it off the
+    /// async runtime.
+    fn sync_imports(&self, service_id: &ServiceId) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Sync { reply })?;
+        self.send(Job::Sync {
+            service_id: service_id.to_owned(),
+            reply,
+        })?;
         rx.blocking_recv()
-            .map_err(|_| StoreError::internal("the writer thread stopped"))
+            .map_err(|_| StoreError::internal("the writer thread stopped"))?
     }
 
     /// The export failure injected by the test hook, if any.
@@ -273,20 +288,30 @@ impl Drop for Inner {
     }
 }
 
-fn ms_to_time(ms: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+/// A stored time (UTC ms). Out of chrono's range is corrupt data: an error
+/// naming `what`, never a silent 1970.
+fn ms_to_time(ms: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::internal(format!("corrupt stored data: {what} has the impossible time {ms} ms")))
 }
 
 /// Registers `additions` in the open transaction: taxonomy rows, and an
 /// event-table column per event or item property.
-fn register_in(state: &mut WriterState, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError> {
+fn register_in(state: &mut WriterState, service_id: &ServiceId, additions: &TaxonomyDoc) -> Result<(), StoreError> {
     let mut layout: Layout = (*state.layout(service_id)).clone();
     for name in &additions.events {
-        state
-            .conn
-            .execute("INSERT INTO taxonomy_events VALUES (?, ?)", params![service_id, name])?;
+        state.conn.execute(
+            "INSERT INTO taxonomy_events VALUES (?, ?)",
+            params![service_id.as_str(), name],
+        )?;
     }
     for (scope, def) in additions.properties() {
+        if def.ty == PropertyType::Items {
+            return Err(StoreError::internal(format!(
+                "{:?}: df_items is never a column",
+                def.name
+            )));
+        }
         let col = if scope == PropertyScope::User {
             None
         } else {
@@ -303,11 +328,17 @@ fn register_in(state: &mut WriterState, service_id: &str, additions: &TaxonomyDo
         };
         state.conn.execute(
             "INSERT INTO taxonomy_properties VALUES (?, ?, ?, ?, ?)",
-            params![service_id, scope.as_str(), def.name, def.ty.as_str(), col],
+            params![service_id.as_str(), scope.as_str(), def.name, def.ty.as_str(), col],
         )?;
     }
     state.set_layout(service_id, layout);
     Ok(())
+}
+
+/// A service id read from a table: one that does not parse is corrupt
+/// data, an error naming it.
+fn stored_service_id(id: String) -> Result<ServiceId, StoreError> {
+    ServiceId::parse(&id).map_err(|e| StoreError::internal(format!("corrupt stored data: {e}")))
 }
 
 fn save_tokens_in(conn: &Connection, tokens: &[TokenRecord]) -> Result<(), StoreError> {
@@ -316,7 +347,7 @@ fn save_tokens_in(conn: &Connection, tokens: &[TokenRecord]) -> Result<(), Store
             "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             params![
                 t.token_id,
-                t.service_id,
+                t.service_id.as_str(),
                 t.kind.as_str(),
                 t.hash,
                 t.created_at.timestamp_millis(),
@@ -362,19 +393,19 @@ impl Store for DuckDbStore {
                 let kind = TokenKind::parse(&kind).ok_or_else(|| StoreError::internal(format!("unknown token kind {kind:?}")))?;
                 snapshot.tokens.push(TokenRecord {
                     token_id,
-                    service_id,
+                    service_id: stored_service_id(service_id)?,
                     kind,
                     hash,
-                    created_at: ms_to_time(created),
+                    created_at: ms_to_time(created, "a token's creation")?,
                     by_reissue,
-                    valid_until: until.map(ms_to_time),
+                    valid_until: until.map(|ms| ms_to_time(ms, "a token's end of validity")).transpose()?,
                     revoked,
                 });
             }
             let mut stmt = conn.prepare("SELECT service_id, name FROM taxonomy_events")?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
                 let (service_id, name) = row?;
-                snapshot.taxonomies.entry(service_id).or_default().events.insert(name);
+                snapshot.taxonomies.entry(stored_service_id(service_id)?).or_default().events.insert(name);
             }
             let mut stmt = conn.prepare("SELECT service_id, scope, name, type FROM taxonomy_properties")?;
             let rows = stmt.query_map([], |r| {
@@ -384,7 +415,7 @@ impl Store for DuckDbStore {
                 let (service_id, scope, name, ty) = row?;
                 let scope = schema::parse_scope(&scope)?;
                 let ty = PropertyType::parse(&ty).ok_or_else(|| StoreError::internal(format!("unknown stored type {ty:?}")))?;
-                let taxonomy = snapshot.taxonomies.entry(service_id).or_default();
+                let taxonomy = snapshot.taxonomies.entry(stored_service_id(service_id)?).or_default();
                 match scope {
                     PropertyScope::Event => taxonomy.event_properties.insert(name, ty),
                     PropertyScope::Item => taxonomy.item_properties.insert(name, ty),
@@ -394,7 +425,7 @@ impl Store for DuckDbStore {
             let mut stmt = conn.prepare("SELECT service_id, doc FROM audiences ORDER BY service_id, audience_id")?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
                 let (service_id, doc) = row?;
-                snapshot.audiences.push((service_id, serde_json::from_str(&doc).map_err(json_error)?));
+                snapshot.audiences.push((stored_service_id(service_id)?, serde_json::from_str(&doc).map_err(json_error)?));
             }
             Ok(snapshot)
         })
@@ -415,7 +446,7 @@ impl Store for DuckDbStore {
                 .conn
                 .query_row(
                     "SELECT service_id FROM services WHERE service_id = ?",
-                    [&service.service_id],
+                    [service.service_id.as_str()],
                     |r| r.get(0),
                 )
                 .optional()?;
@@ -426,9 +457,10 @@ impl Store for DuckDbStore {
                 ));
             }
             let doc = serde_json::to_string(&service).map_err(json_error)?;
-            state
-                .conn
-                .execute("INSERT INTO services VALUES (?, ?)", params![service.service_id, doc])?;
+            state.conn.execute(
+                "INSERT INTO services VALUES (?, ?)",
+                params![service.service_id.as_str(), doc],
+            )?;
             save_tokens_in(&state.conn, &tokens)?;
             schema::create_event_table(&state.conn, &service.service_id)?;
             state.set_layout(&service.service_id, Layout::default());
@@ -443,7 +475,7 @@ impl Store for DuckDbStore {
             let doc = serde_json::to_string(&service).map_err(json_error)?;
             let n = state.conn.execute(
                 "UPDATE services SET doc = ? WHERE service_id = ?",
-                params![doc, service.service_id],
+                params![doc, service.service_id.as_str()],
             )?;
             if n == 0 {
                 return Err(StoreError::new(
@@ -461,7 +493,7 @@ impl Store for DuckDbStore {
         self.write(move |state| save_tokens_in(&state.conn, &tokens)).await
     }
 
-    async fn register(&self, service_id: &str, additions: &TaxonomyDoc) -> Result<(), StoreError> {
+    async fn register(&self, service_id: &ServiceId, additions: &TaxonomyDoc) -> Result<(), StoreError> {
         if additions.is_empty() {
             return Ok(());
         }
@@ -473,7 +505,7 @@ impl Store for DuckDbStore {
 
     async fn insert_events(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
@@ -496,19 +528,19 @@ impl Store for DuckDbStore {
 
     fn export_events(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         timezone: Tz,
         plan: &EventExportPlan,
         sink: &mut dyn ExportSink,
     ) -> Result<ExportSummary, StoreError> {
-        self.sync_imports()?;
+        self.sync_imports(service_id)?;
         let conn = self.connection()?;
         let layout = self
             .inner
             .layouts
             .read()
             .map_err(|_| StoreError::internal("layout lock poisoned"))?
-            .get(service_id)
+            .get(service_id.as_str())
             .cloned()
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
         let settings = export::Settings {
@@ -518,20 +550,20 @@ impl Store for DuckDbStore {
         export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
     }
 
-    async fn upsert_identity(&self, service_id: &str, identity: Identity) -> Result<String, StoreError> {
+    async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError> {
         self.check_writes()?;
         let service_id = service_id.to_owned();
         self.write_with(move |state| profiles::upsert_identity(state, &service_id, &identity))
             .await
     }
 
-    async fn delete_profile(&self, service_id: &str, external_id: &str) -> Result<bool, StoreError> {
+    async fn delete_profile(&self, service_id: &ServiceId, external_id: &str) -> Result<bool, StoreError> {
         let (service_id, external_id) = (service_id.to_owned(), external_id.to_owned());
         self.write_with(move |state| profiles::delete_profile(state, &service_id, &external_id))
             .await
     }
 
-    async fn update_profiles(&self, service_id: &str, updates: Vec<ProfileUpdate>) -> Result<(), StoreError> {
+    async fn update_profiles(&self, service_id: &ServiceId, updates: Vec<ProfileUpdate>) -> Result<(), StoreError> {
         self.check_writes()?;
         let service_id = service_id.to_owned();
         self.write(move |state| profiles::update_profiles(state, &service_id, &updates))
@@ -540,36 +572,36 @@ impl Store for DuckDbStore {
 
     fn export_profiles(
         &self,
-        service_id: &str,
+        service_id: &ServiceId,
         timezone: Tz,
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
         sink: &mut dyn ExportSink,
     ) -> Result<ExportSummary, StoreError> {
-        self.sync_imports()?;
+        self.sync_imports(service_id)?;
         let conn = self.connection()?;
         profiles::export(&conn, service_id, timezone, plan, audience, sink, self.failpoint())
     }
 
-    async fn save_audience(&self, service_id: &str, audience: &Audience) -> Result<(), StoreError> {
+    async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError> {
         let (service_id, audience) = (service_id.to_owned(), audience.clone());
         self.write(move |state| {
             let doc = serde_json::to_string(&audience).map_err(json_error)?;
             state.conn.execute(
                 "INSERT OR REPLACE INTO audiences VALUES (?, ?, ?)",
-                params![service_id, audience.id, doc],
+                params![service_id.as_str(), audience.id, doc],
             )?;
             Ok(())
         })
         .await
     }
 
-    async fn delete_audience(&self, service_id: &str, audience_id: &str) -> Result<bool, StoreError> {
+    async fn delete_audience(&self, service_id: &ServiceId, audience_id: &str) -> Result<bool, StoreError> {
         let (service_id, audience_id) = (service_id.to_owned(), audience_id.to_owned());
         self.write_with(move |state| {
             let n = state.conn.execute(
                 "DELETE FROM audiences WHERE service_id = ? AND audience_id = ?",
-                params![service_id, audience_id],
+                params![service_id.as_str(), audience_id],
             )?;
             Ok(n > 0)
         })
@@ -603,16 +635,16 @@ impl Store for DuckDbStore {
         .await
     }
 
-    async fn recent_requests(&self, service_id: &str, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
-        let service_id = service_id.to_owned();
+    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
+        let service_id = service_id.to_string();
         self.read(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT time_ms, service_id, endpoint, status, message, ip, user_agent, token_id, rows, bytes, duration_ms \
                  FROM request_log WHERE service_id = ? ORDER BY time_ms DESC, rowid DESC LIMIT ?",
             )?;
             let rows = stmt.query_map(params![service_id, limit as i64], |r| {
-                Ok(RequestLogEntry {
-                    time: ms_to_time(r.get(0)?),
+                Ok((r.get::<_, i64>(0)?, RequestLogEntry {
+                    time: DateTime::<Utc>::UNIX_EPOCH,
                     service_id: r.get(1)?,
                     endpoint: r.get(2)?,
                     status: r.get::<_, i32>(3)? as u16,
@@ -623,9 +655,15 @@ impl Store for DuckDbStore {
                     rows: r.get::<_, Option<i64>>(8)?.map(|v| v as u64),
                     bytes: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),
                     duration_ms: r.get::<_, i64>(10)? as u64,
-                })
+                }))
             })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let mut entries = Vec::new();
+            for row in rows {
+                let (ms, mut entry) = row?;
+                entry.time = ms_to_time(ms, "a request log entry")?;
+                entries.push(entry);
+            }
+            Ok(entries)
         })
         .await
     }

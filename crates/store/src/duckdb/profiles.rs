@@ -7,6 +7,7 @@
 //! joins them to `profiles` ordered by `df_unified_id` and folds each
 //! profile's rows into one CSV row as they stream by, so memory stays flat.
 
+use fineport_contract::ServiceId;
 use std::collections::HashMap;
 
 use duckdb::arrow::array::{Array, StringArray};
@@ -29,7 +30,11 @@ use crate::{ExportSink, ExportSummary, StoreError};
 
 /// Resolves identities within the open transaction and writes what they
 /// create; the index changes apply after the commit.
-fn resolve(state: &mut WriterState, service_id: &str, identities: &[&Identity]) -> Result<Vec<String>, StoreError> {
+fn resolve(
+    state: &mut WriterState,
+    service_id: &ServiceId,
+    identities: &[&Identity],
+) -> Result<Vec<String>, StoreError> {
     let mut staged = state.pending.take().unwrap_or_default();
     let uids = identities
         .iter()
@@ -42,7 +47,7 @@ fn resolve(state: &mut WriterState, service_id: &str, identities: &[&Identity]) 
 
 pub(crate) fn upsert_identity(
     state: &mut WriterState,
-    service_id: &str,
+    service_id: &ServiceId,
     identity: &Identity,
 ) -> Result<String, StoreError> {
     let mut uids = resolve(state, service_id, &[identity])?;
@@ -50,7 +55,11 @@ pub(crate) fn upsert_identity(
         .ok_or_else(|| StoreError::internal("identity resolution answered nothing"))
 }
 
-pub(crate) fn delete_profile(state: &mut WriterState, service_id: &str, external_id: &str) -> Result<bool, StoreError> {
+pub(crate) fn delete_profile(
+    state: &mut WriterState,
+    service_id: &ServiceId,
+    external_id: &str,
+) -> Result<bool, StoreError> {
     let Some(uid) = state.identities.by_external_id(service_id, external_id) else {
         return Ok(false);
     };
@@ -62,7 +71,7 @@ pub(crate) fn delete_profile(state: &mut WriterState, service_id: &str, external
 
 pub(crate) fn update_profiles(
     state: &mut WriterState,
-    service_id: &str,
+    service_id: &ServiceId,
     updates: &[ProfileUpdate],
 ) -> Result<(), StoreError> {
     let identities: Vec<&Identity> = updates.iter().map(|u| &u.identity).collect();
@@ -91,7 +100,7 @@ pub(crate) fn update_profiles(
     {
         let mut app = conn.appender_to_catalog_and_db("stage_user_properties", "temp", "main")?;
         for ((uid, name), (cell, ms)) in &latest {
-            app.append_row(params![service_id, uid, name, cell, ms])?;
+            app.append_row(params![service_id.as_str(), uid, name, cell, ms])?;
         }
         app.flush()?;
     }
@@ -104,7 +113,12 @@ pub(crate) fn update_profiles(
 }
 
 /// The `WHERE` restriction of an audience and its parameters.
-fn audience_sql(service_id: &str, timezone: Tz, audience: Option<&AudienceFilter>, params: &mut Vec<Sql>) -> String {
+fn audience_sql(
+    service_id: &ServiceId,
+    timezone: Tz,
+    audience: Option<&AudienceFilter>,
+    params: &mut Vec<Sql>,
+) -> String {
     let list = |items: &[String]| Sql::List(items.iter().cloned().map(Sql::Text).collect());
     match audience {
         None => String::new(),
@@ -130,7 +144,7 @@ fn audience_sql(service_id: &str, timezone: Tz, audience: Option<&AudienceFilter
                     )
                 }
                 CheckedCondition::Property { property, cell } => {
-                    params.push(Sql::Text(service_id.to_owned()));
+                    params.push(Sql::Text(service_id.to_string()));
                     params.push(Sql::Text(property.clone()));
                     params.push(Sql::Text(cell.clone()));
                     " AND p.unified_id IN (SELECT unified_id FROM user_properties \
@@ -151,7 +165,7 @@ enum ProfileColumn {
 
 pub(crate) fn export(
     conn: &Connection,
-    service_id: &str,
+    service_id: &ServiceId,
     timezone: Tz,
     plan: &ProfileExportPlan,
     audience: Option<&AudienceFilter>,
@@ -181,7 +195,7 @@ pub(crate) fn export(
          AND list_contains(CAST(? AS VARCHAR[]), up.name)"
             .to_string()
     };
-    params.push(Sql::Text(service_id.to_owned()));
+    params.push(Sql::Text(service_id.to_string()));
     let restriction = audience_sql(service_id, timezone, audience, &mut params);
     let sql = format!(
         "SELECT p.unified_id, p.external_id, up.name, up.value FROM profiles p {join} \

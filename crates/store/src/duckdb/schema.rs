@@ -12,6 +12,7 @@
 //! ADD COLUMN`): idempotency by `event_log_id` is kept in the writer's
 //! memory (see `event_ids`).
 
+use fineport_contract::ServiceId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -69,7 +70,7 @@ pub(crate) enum SysType {
     Timestamp,
 }
 
-pub(crate) fn events_table(service_id: &str) -> String {
+pub(crate) fn events_table(service_id: &ServiceId) -> String {
     format!("\"events_{service_id}\"")
 }
 
@@ -131,6 +132,8 @@ pub(crate) fn arrow_type(ty: PropertyType) -> DataType {
         PropertyType::StringArray => list_of(DataType::Utf8),
         PropertyType::LongArray => list_of(DataType::Int64),
         PropertyType::DoubleArray => list_of(DataType::Float64),
+        // Never a column (`register_in` refuses it); JSON text keeps the match total.
+        PropertyType::Items => DataType::Utf8,
     }
 }
 
@@ -149,6 +152,7 @@ fn sql_type(ty: PropertyType) -> &'static str {
         PropertyType::StringArray => "VARCHAR[]",
         PropertyType::LongArray => "BIGINT[]",
         PropertyType::DoubleArray => "DOUBLE[]",
+        PropertyType::Items => "VARCHAR",
     }
 }
 
@@ -160,7 +164,7 @@ pub(crate) fn column_sql_type(column: &PropertyColumn) -> String {
 }
 
 /// Creates a service's event table.
-pub(crate) fn create_event_table(conn: &Connection, service_id: &str) -> Result<(), StoreError> {
+pub(crate) fn create_event_table(conn: &Connection, service_id: &ServiceId) -> Result<(), StoreError> {
     let system: Vec<String> = SYSTEM_COLUMNS
         .iter()
         .map(|(name, ty)| {
@@ -180,7 +184,7 @@ pub(crate) fn create_event_table(conn: &Connection, service_id: &str) -> Result<
 }
 
 /// Adds one property column (and its taxonomy row) to a service's event table.
-pub(crate) fn add_column(conn: &Connection, service_id: &str, column: &PropertyColumn) -> Result<(), StoreError> {
+pub(crate) fn add_column(conn: &Connection, service_id: &ServiceId, column: &PropertyColumn) -> Result<(), StoreError> {
     conn.execute_batch(&format!(
         "ALTER TABLE {} ADD COLUMN {} {}",
         events_table(service_id),

@@ -15,12 +15,13 @@
 //! fails, its batches are retried one by one, and a batch that still fails
 //! stays unmoved (and in the log) to be tried again, never lost.
 
+use fineport_contract::ServiceId;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duckdb::Connection;
 use tokio::sync::oneshot;
@@ -60,25 +61,34 @@ pub(crate) enum Job {
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Moves every acknowledged batch into the tables, then replies: what a
-    /// read does first so that it sees every acknowledged event.
-    Sync { reply: oneshot::Sender<()> },
+    /// read does first so that it sees every acknowledged event. The reply
+    /// is an error when batches of `service_id` are still unmoved (the move
+    /// failed), so that a read never silently misses acknowledged events.
+    Sync {
+        service_id: ServiceId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 /// What the writer thread is given, in arrival order.
 enum WriteJob {
     /// Acknowledged batches; `through` is the log position after them.
-    Batches {
-        batches: Vec<LoggedBatch>,
-        through: u64,
-    },
+    Batches { batches: Vec<LoggedBatch>, through: u64 },
     Exec {
         work: ExecFn,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Sync {
-        reply: oneshot::Sender<()>,
+        /// The service whose reader waits; `None` for the log thread's own
+        /// catch-up, which only waits.
+        service_id: Option<ServiceId>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
 }
+
+/// After a failed move, how often other writes try it again (a read that
+/// needs the batches always tries).
+const MOVE_RETRY_EVERY: Duration = Duration::from_secs(5);
 
 /// When acknowledged batches are moved into the tables.
 #[derive(Debug, Clone, Copy)]
@@ -97,7 +107,7 @@ pub(crate) struct WriterState {
     pub pending: Option<Staged>,
     /// The committed `event_log_id`s of each service that imported since
     /// the start (loaded on its first import).
-    pub event_ids: HashMap<String, IdSet>,
+    pub event_ids: HashMap<ServiceId, IdSet>,
     /// Acknowledged batches not in the tables yet, in arrival order.
     unmoved: Vec<LoggedBatch>,
     /// Events in `unmoved`.
@@ -107,9 +117,12 @@ pub(crate) struct WriterState {
     unmoved_through: u64,
     moved_through: Arc<AtomicU64>,
     move_policy: MovePolicy,
-    /// The last move left batches behind: wait for a reason to retry
-    /// instead of retrying whenever idle.
-    move_failed: bool,
+    /// When the last move left batches behind, if it did: wait for a
+    /// reason to retry instead of retrying whenever idle, and let other
+    /// writes retry only every [`MOVE_RETRY_EVERY`].
+    move_failed: Option<Instant>,
+    /// Why the last batch that could not be moved failed.
+    move_error: Option<StoreError>,
 }
 
 impl WriterState {
@@ -140,11 +153,11 @@ impl WriterState {
     }
 
     /// The committed ids of a service, loaded on first use.
-    fn event_ids(&mut self, service_id: &str) -> Result<&IdSet, StoreError> {
+    fn event_ids(&mut self, service_id: &ServiceId) -> Result<&IdSet, StoreError> {
         if !self.event_ids.contains_key(service_id) {
             let ids = IdSet::load(&self.conn, service_id)?;
-            tracing::info!(service_id, ids = ids.len(), "loaded the event ids of a service");
-            self.event_ids.insert(service_id.to_owned(), ids);
+            tracing::info!(%service_id, ids = ids.len(), "loaded the event ids of a service");
+            self.event_ids.insert(service_id.clone(), ids);
         }
         Ok(&self.event_ids[service_id])
     }
@@ -167,14 +180,22 @@ impl WriterState {
             Ok(v) => match self.conn.execute_batch("COMMIT") {
                 Ok(()) => Ok(v),
                 Err(e) => {
-                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.rollback();
                     Err(e.into())
                 }
             },
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                self.rollback();
                 Err(e)
             }
+        }
+    }
+
+    /// Ends the open transaction without its changes; a failure to do so
+    /// is logged (the next `BEGIN` then fails loudly).
+    fn rollback(&self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "cannot roll back the writer's transaction");
         }
     }
 
@@ -190,7 +211,8 @@ impl WriterState {
             unmoved_through: 0,
             moved_through: Arc::default(),
             move_policy,
-            move_failed: false,
+            move_failed: None,
+            move_error: None,
         }
     }
 
@@ -246,15 +268,33 @@ impl WriterState {
                                 "an acknowledged batch cannot be stored yet; it stays in the import log");
                             self.unmoved_events += batch.batch.events.len();
                             self.unmoved.push(batch);
+                            self.move_error = Some(e);
                         }
                     }
                 }
             }
         }
-        self.move_failed = !self.unmoved.is_empty();
-        if !self.move_failed {
+        self.move_failed = (!self.unmoved.is_empty()).then(Instant::now);
+        if self.move_failed.is_none() {
+            self.move_error = None;
             self.moved_through.store(self.unmoved_through, Ordering::Release);
         }
+    }
+
+    /// `Ok` when every acknowledged batch of `service_id` is in the tables;
+    /// otherwise a `Query` error saying how many are not and why, so that a
+    /// read answers `query_error` instead of a short export.
+    fn all_moved(&self, service_id: &ServiceId) -> Result<(), StoreError> {
+        let stuck: Vec<&LoggedBatch> = self.unmoved.iter().filter(|b| b.service_id == *service_id).collect();
+        if stuck.is_empty() {
+            return Ok(());
+        }
+        let events: usize = stuck.iter().map(|b| b.batch.events.len()).sum();
+        let why = self.move_error.as_ref().map_or("unknown".into(), |e| e.message.clone());
+        Err(StoreError::query(format!(
+            "{events} acknowledged events of service {service_id} cannot be moved into its tables yet \
+             (they are safe in the import log): {why}"
+        )))
     }
 }
 
@@ -325,9 +365,12 @@ impl Acker {
                         self.acknowledge(std::mem::take(&mut group));
                         self.forward(WriteJob::Exec { work, reply });
                     }
-                    Job::Sync { reply } => {
+                    Job::Sync { service_id, reply } => {
                         self.acknowledge(std::mem::take(&mut group));
-                        self.forward(WriteJob::Sync { reply });
+                        self.forward(WriteJob::Sync {
+                            service_id: Some(service_id),
+                            reply,
+                        });
                     }
                 }
                 if group.events < MAX_GROUP_EVENTS {
@@ -392,7 +435,10 @@ impl Acker {
         }
         if self.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
             let (reply, done) = oneshot::channel();
-            let _ = self.writer.send(WriteJob::Sync { reply });
+            let _ = self.writer.send(WriteJob::Sync {
+                service_id: None,
+                reply,
+            });
             let _ = done.blocking_recv();
         }
         if self.moved.load(Ordering::Acquire) == self.appended {
@@ -405,7 +451,7 @@ impl Acker {
 
 fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>) {
     loop {
-        let job = if state.unmoved.is_empty() || state.move_failed {
+        let job = if state.unmoved.is_empty() || state.move_failed.is_some() {
             jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
         } else {
             jobs.recv_timeout(state.move_policy.idle)
@@ -420,8 +466,13 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>) {
                 }
             }
             Ok(WriteJob::Exec { work, reply }) => {
-                // Writes before this one are stored first, in order.
-                state.move_unmoved();
+                // Writes before this one are stored first, in order; after a
+                // failed move, only once in a while (the cause — a memory
+                // limit, a full disk — rarely passes at once, and each try
+                // costs the whole move).
+                if state.move_failed.is_none_or(|at| at.elapsed() >= MOVE_RETRY_EVERY) {
+                    state.move_unmoved();
+                }
                 let result = state.transaction(work);
                 if let (Ok(()), Some(staged)) = (&result, state.pending.take()) {
                     state.identities.apply(staged);
@@ -432,9 +483,9 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>) {
                 }
                 let _ = reply.send(result);
             }
-            Ok(WriteJob::Sync { reply }) => {
+            Ok(WriteJob::Sync { service_id, reply }) => {
                 state.move_unmoved();
-                let _ = reply.send(());
+                let _ = reply.send(service_id.map_or(Ok(()), |s| state.all_moved(&s)));
             }
             Err(RecvTimeoutError::Timeout) => state.move_unmoved(),
             Err(RecvTimeoutError::Disconnected) => break,
@@ -450,7 +501,7 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>) {
 struct GroupChanges {
     identities: Staged,
     /// The ids of the events the group inserted, per service.
-    event_ids: Vec<(String, Vec<u128>)>,
+    event_ids: Vec<(ServiceId, Vec<u128>)>,
 }
 
 /// Inserts the events of `jobs` within the open transaction.
@@ -468,9 +519,9 @@ fn insert_batches(
                 .resolve(&mut changes.identities, &job.service_id, &job.batch.identity)
         })
         .collect();
-    let mut by_service: HashMap<&str, Vec<(&LoggedBatch, &str)>> = HashMap::new();
+    let mut by_service: HashMap<&ServiceId, Vec<(&LoggedBatch, &str)>> = HashMap::new();
     for (job, uid) in jobs.iter().zip(&uids) {
-        by_service.entry(job.service_id.as_str()).or_default().push((job, uid));
+        by_service.entry(&job.service_id).or_default().push((job, uid));
     }
     let now_ms = jobs.iter().map(|j| j.received_at_ms).max().unwrap_or_default();
     for (service_id, service_jobs) in by_service {
