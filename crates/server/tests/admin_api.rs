@@ -29,7 +29,14 @@ async fn every_admin_error_is_json_with_error_and_detail() {
     let server = TestServer::start().await;
     server.service(json!({"service_id": "shop"})).await;
     /// method, path, body, status, error code, a part of the detail
-    type Case = (Method, &'static str, Option<&'static str>, u16, &'static str, &'static str);
+    type Case = (
+        Method,
+        &'static str,
+        Option<&'static str>,
+        u16,
+        &'static str,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         (
             Method::GET,

@@ -32,11 +32,16 @@ fn assert_code(answer: &Value, code: &str, message: &str) {
     );
 }
 
-async fn exported_ids(server: &TestServer, svc: &Svc) -> Vec<String> {
+/// The export of 2026-11-25 (the test clock's today), parsed: (header, rows).
+async fn export_today(server: &TestServer, svc: &Svc) -> (Vec<String>, Vec<Vec<String>>) {
     let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
     let resp = server.export(svc, body).await;
     assert_eq!(resp.status(), 200);
-    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    parse_csv(&resp.text().await.unwrap())
+}
+
+async fn exported_ids(server: &TestServer, svc: &Svc) -> Vec<String> {
+    let (header, rows) = export_today(server, svc).await;
     rows.iter()
         .map(|r| cell(&header, r, "df_event_log_id").to_owned())
         .collect()
@@ -309,8 +314,7 @@ async fn auto_register_learns_new_names_with_their_types() {
         "40001",
         "VALIDATION_FAILURE",
     );
-    let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
-    let (header, rows) = parse_csv(&server.export(&svc, body).await.text().await.unwrap());
+    let (header, rows) = export_today(&server, &svc).await;
     assert_eq!(cell(&header, &rows[0], "amount"), "3000");
     assert_eq!(cell(&header, &rows[0], "coupon"), "WELCOME");
 }
@@ -327,8 +331,7 @@ async fn identities_resolve_to_one_profile_per_user() {
     assert_eq!(server.import(&svc, joined).await, ok());
     assert_eq!(server.import(&svc, events_body("ext-1", vec![login(3)])).await, ok());
     assert_eq!(server.import(&svc, events_body("ext-2", vec![login(4)])).await, ok());
-    let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
-    let (header, rows) = parse_csv(&server.export(&svc, body).await.text().await.unwrap());
+    let (header, rows) = export_today(&server, &svc).await;
     let uids: Vec<&str> = rows.iter().map(|r| cell(&header, r, "df_unified_id")).collect();
     assert_eq!(uids[0], uids[1]);
     assert_eq!(uids[1], uids[2]);
@@ -411,13 +414,7 @@ async fn a_resend_with_other_content_keeps_the_first_version() {
     let second = event(1, "df_refund", "2026-11-25T02:00:00Z", json!({"df_order_id": "second"}));
     assert_eq!(server.import(&svc, events_body("u1", vec![first])).await, ok());
     assert_eq!(server.import(&svc, events_body("u2", vec![second])).await, ok());
-    let resp = server
-        .export(
-            &svc,
-            json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}),
-        )
-        .await;
-    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    let (header, rows) = export_today(&server, &svc).await;
     assert_eq!(rows.len(), 1);
     assert_eq!(cell(&header, &rows[0], "event_name"), "df_purchase");
     assert_eq!(cell(&header, &rows[0], "df_order_id"), "first");
@@ -469,13 +466,7 @@ async fn nul_is_refused_and_other_control_characters_are_kept() {
         )
         .await;
     assert_eq!(answer, ok());
-    let resp = server
-        .export(
-            &svc,
-            json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}),
-        )
-        .await;
-    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    let (header, rows) = export_today(&server, &svc).await;
     assert_eq!(rows.len(), 1, "only the event without NUL");
     assert_eq!(cell(&header, &rows[0], "note"), kept);
 }
