@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod clock;
+pub mod connection;
 pub mod demo;
 pub mod export;
 pub mod import;
@@ -86,7 +87,8 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
     Ok((Arc::new(state), generated))
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface. A response whose request body was not read to
+/// its end carries `Connection: close` ([`connection::close_unless_body_read`]).
 pub fn router(state: SharedState) -> Router {
     let export_api = Router::new()
         .route(export::EVENT_ENDPOINT, post(export::export_event))
@@ -116,6 +118,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(admin::routes(state.clone()))
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .with_state(state)
 }
 

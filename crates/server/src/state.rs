@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use fineport_store::{RequestLogEntry, Store};
+use http_body_util::BodyExt;
 
 use crate::catalog::{Catalog, TokenPolicy};
 use crate::clock::Clock;
@@ -155,4 +156,39 @@ pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<By
             }
         }
     }
+}
+
+/// Reads and discards a request body of at most `limit` bytes within
+/// `timeout`, for a request refused before its body was read.
+///
+/// Answering without reading the body would leave it on the wire in front
+/// of the client's next request, and the connection could not be reused.
+/// A body that is declared larger than `limit` is not read at all. When
+/// this returns an error the body was not read to its end, and the
+/// connection middleware answers `Connection: close`
+/// ([`connection::close_unless_body_read`](crate::connection::close_unless_body_read)).
+pub async fn drain_body(body: Body, limit: usize, timeout: Duration) -> Result<(), BodyError> {
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let drain = async move {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                seen = seen.saturating_add(data.len());
+                if seen > limit {
+                    return Err(BodyError::TooLarge(limit));
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, drain).await.unwrap_or_else(|_| {
+        Err(BodyError::Unreadable(format!(
+            "not received within {}s",
+            timeout.as_secs()
+        )))
+    })
 }
