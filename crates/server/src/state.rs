@@ -29,6 +29,17 @@ pub struct Config {
     /// How long a connection may take to send a request's headers, idle
     /// keep-alive time included; then it is closed.
     pub header_timeout: Duration,
+    /// How long a write to a connection may wait for the socket to accept
+    /// any byte (the client is not reading); then the connection is closed.
+    /// Reset by every byte accepted, so a slow but live reader is not cut.
+    pub write_timeout: Duration,
+    /// Connections open at once; the accept loop waits for one to close
+    /// before it accepts another (the kernel's backlog holds the rest).
+    pub max_connections: usize,
+    /// How long requests in flight get to finish after the shutdown signal;
+    /// then their connections are closed (an export mid-stream ends without
+    /// its final chunk) and [`serve`](crate::serve) returns.
+    pub shutdown_timeout: Duration,
     pub token_policy: TokenPolicy,
     /// How often the request log is written to the store.
     pub log_flush_every: Duration,
@@ -41,6 +52,9 @@ impl Default for Config {
             import_body_limit: 4 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(30),
             token_policy: TokenPolicy::default(),
             log_flush_every: Duration::from_millis(500),
         }

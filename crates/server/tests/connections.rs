@@ -1,7 +1,8 @@
 //! Connection hygiene over a raw socket: a client that sends nothing, half
-//! a request head or half a body cannot hold a connection open; and a
-//! refused request leaves its keep-alive connection usable, or is answered
-//! `Connection: close`.
+//! a request head or half a body, or stops reading its answer, cannot hold
+//! a connection (or an export slot) open; connections beyond the cap wait
+//! to be accepted; shutdown has a deadline; and a refused request leaves
+//! its keep-alive connection usable, or is answered `Connection: close`.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use fineport_server::Config;
+use fineport_store::Store;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -75,6 +77,9 @@ async fn a_stalled_body_gets_the_bad_request_answer() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains(r#""code":"40000""#), "{answer}");
 }
+
+/// Patience for what takes a big import and an export first.
+const LONG_PATIENCE: Duration = Duration::from_secs(60);
 
 /// One HTTP/1.1 answer as read off the socket, the chunked encoding undone.
 #[derive(Debug)]
@@ -400,4 +405,112 @@ async fn an_admin_refusal_with_an_unread_body_closes_the_connection() {
     assert_eq!(refused.status, 401, "{refused:?}");
     assert_eq!(refused.header("connection"), Some("close"), "{refused:?}");
     conn.closed().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_loses_its_export_slot() {
+    let config = Config {
+        write_timeout: Duration::from_secs(1),
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config, default_now()).await;
+    let svc = server.service(json!({"service_id": "slow"})).await;
+    let (status, v) = server
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/admin/v1/services/{}", svc.id),
+            Some(json!({"limits": {"export_concurrency": 1}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    import_big(&server, &svc, 2000).await;
+    let day = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+
+    // Reads 64 KiB and stops, with a 4 KiB receive buffer: the rest of the
+    // ~20 MB waits on the server, in the only export slot.
+    let mut stalled = StalledExport::start(&server, &svc, &day).await;
+
+    // Refused (429) while the stalled export holds the slot; answered once
+    // the server has given up writing to it.
+    let deadline = tokio::time::Instant::now() + LONG_PATIENCE;
+    loop {
+        let resp = server.export(&svc, day.clone()).await;
+        match resp.status().as_u16() {
+            200 => {
+                let (_, rows) = parse_csv(&resp.text().await.expect("the whole export"));
+                assert_eq!(rows.len(), 2000);
+                break;
+            }
+            429 => {}
+            other => panic!("unexpected status {other}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled export never gave its slot back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed = wait_for_log(&server, &svc, "client_connection_closed", 1).await;
+    assert_eq!(closed[0]["status"], 200);
+    let received = stalled.read_until_closed(LONG_PATIENCE).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !ends_with_last_chunk(&received),
+        "the cut export must be a broken transfer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let config = Config {
+        max_connections: 2,
+        ..Config::default()
+    };
+    let server = TestServer::start_with(config, default_now()).await;
+    let health = b"GET /health HTTP/1.1\r\nHost: test\r\n\r\n";
+    let mut first = Raw::connect(&server).await;
+    first.send(health).await;
+    assert_eq!(first.answer().await.status, 200);
+    let mut second = Raw::connect(&server).await;
+    second.send(health).await;
+    assert_eq!(second.answer().await.status, 200);
+
+    // Both stay open (keep-alive, idle). The third connection completes in
+    // the kernel's backlog, but the server does not take it.
+    let mut third = Raw::connect(&server).await;
+    third.send(health).await;
+    let early = tokio::time::timeout(Duration::from_secs(1), third.read_answer()).await;
+    assert!(early.is_err(), "answered beyond the cap: {early:?}");
+
+    drop(first);
+    assert_eq!(third.answer().await.status, 200);
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_cuts_a_stalled_export_at_its_deadline() {
+    let config = Config {
+        shutdown_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(3600),
+        ..Config::default()
+    };
+    let mut server = TestServer::start_with(config, default_now()).await;
+    let svc = server.service(json!({"service_id": "slow"})).await;
+    import_big(&server, &svc, 2000).await;
+    let day = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let mut stalled = StalledExport::start(&server, &svc, &day).await;
+
+    let stopped = server.stop_within(LONG_PATIENCE).await;
+    let stopped = stopped.expect("serve must return once the shutdown deadline has passed");
+    stopped.expect("serve ends without an error");
+
+    let received = stalled.read_until_closed(LONG_PATIENCE).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !ends_with_last_chunk(&received),
+        "an export cut at shutdown must be a broken transfer"
+    );
+    // The request log was written before serve returned.
+    let log = server.store.recent_requests(&svc.id, 100).await.expect("request log");
+    assert!(log.iter().any(|e| e.message == "client_connection_closed"), "{log:?}");
 }
