@@ -58,6 +58,23 @@ pub struct ServeArgs {
     /// Largest Import API request body, in bytes.
     #[arg(long, env = "FINEPORT_IMPORT_BODY_LIMIT", default_value_t = 4 * 1024 * 1024)]
     import_body_limit: usize,
+    /// Seconds a response may wait for its client to take any byte (the
+    /// client stopped reading) before the connection is closed; an export
+    /// cut this way frees its slot and is logged client_connection_closed.
+    #[arg(long, env = "FINEPORT_WRITE_TIMEOUT_SECS", default_value_t = Config::default().write_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    write_timeout_secs: u64,
+    /// Connections open at once; further ones wait in the listen backlog
+    /// until one closes.
+    #[arg(long, env = "FINEPORT_MAX_CONNECTIONS", default_value_t = Config::default().max_connections,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_connections: usize,
+    /// Seconds the requests in flight get to finish after Ctrl-C/SIGTERM;
+    /// then their connections are closed (an export mid-stream ends as a
+    /// broken transfer) and the server stops.
+    #[arg(long, env = "FINEPORT_SHUTDOWN_TIMEOUT_SECS",
+          default_value_t = Config::default().shutdown_timeout.as_secs())]
+    shutdown_timeout_secs: u64,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -93,6 +110,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         limiter: Arc::new(MemoryLimiter::default()),
         config: Config {
             import_body_limit: args.import_body_limit,
+            write_timeout: std::time::Duration::from_secs(args.write_timeout_secs),
+            max_connections: args.max_connections,
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
             token_policy: fineport_server::catalog::TokenPolicy {
                 cooldown: chrono::Duration::hours(i64::from(args.token_reissue_cooldown_hours)),
                 ..Default::default()
@@ -170,5 +190,5 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
-    tracing::info!("shutting down: finishing open requests");
+    tracing::info!("shutting down: finishing open requests until the shutdown deadline");
 }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod catalog;
 pub mod clock;
+pub mod connection;
 pub mod demo;
 pub mod export;
 pub mod import;
@@ -32,6 +33,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
@@ -85,7 +88,8 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
     Ok((Arc::new(state), generated))
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface. A response whose request body was not read to
+/// its end carries `Connection: close` ([`connection::close_unless_body_read`]).
 pub fn router(state: SharedState) -> Router {
     let export_api = Router::new()
         .route(export::EVENT_ENDPOINT, post(export::export_event))
@@ -117,17 +121,28 @@ pub fn router(state: SharedState) -> Router {
         .merge(admin::routes(state.clone()))
         .route("/health", get(|| async { "ok" }))
         .fallback(admin::no_such_endpoint)
+        .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .with_state(state)
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves, then lets the
-/// requests in flight finish and writes the request log.
+/// Serves `state` on `listener` until `shutdown` resolves, then gives the
+/// requests in flight [`Config::shutdown_timeout`](state::Config::shutdown_timeout)
+/// to finish, closes what is left, writes the request log and returns.
 ///
-/// The accept loop is ours rather than `axum::serve`'s so that hyper gets a
-/// timer: a connection that has not sent a request's headers within
-/// [`Config::header_timeout`](state::Config::header_timeout), keep-alive
-/// idle time included, is closed, so a client cannot hold connections (and
-/// file descriptors) open without sending anything.
+/// The accept loop is ours rather than `axum::serve`'s so that every
+/// resource a client can hold is bounded:
+/// - at most [`Config::max_connections`](state::Config::max_connections)
+///   connections are open: the loop takes a slot before it accepts, and the
+///   connection's task gives it back when it ends (as mini-redis does);
+/// - hyper gets a timer, so a connection that has not sent a request's
+///   headers within [`Config::header_timeout`](state::Config::header_timeout),
+///   keep-alive idle time included, is closed;
+/// - each socket gets TCP keepalive and a write-progress timeout
+///   ([`Config::write_timeout`](state::Config::write_timeout), see
+///   [`connection::prepare`]);
+/// - shutdown has a deadline: connections still open after it are aborted
+///   (hyper drops their response bodies, so an export mid-stream ends
+///   without its final chunk and logs `client_connection_closed`).
 pub async fn serve(
     listener: TcpListener,
     state: SharedState,
@@ -138,9 +153,28 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(state.config.header_timeout);
-    let connections = GracefulShutdown::new();
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(
+        state.config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    // Every connection's task, so that shutdown can abort what outlives its
+    // deadline. Finished ones are reaped before each accept: the set holds
+    // at most `max_connections` + 1 tasks.
+    let mut connections = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        while let Some(ended) = connections.try_join_next() {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a connection task failed");
+            }
+        }
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // unreachable: the semaphore is never closed
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -160,14 +194,27 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(remote));
             app.clone().oneshot(request)
         });
-        let connection = connections.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        let io = TokioIo::new(connection::prepare(stream, state.config.write_timeout));
+        let connection = graceful.watch(http.serve_connection(io, service));
+        connections.spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
+    let deadline = state.config.shutdown_timeout;
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        while connections.try_join_next().is_some() {}
+        tracing::warn!(
+            open = connections.len(),
+            deadline_secs = deadline.as_secs_f64(),
+            "connections still open at the shutdown deadline; closing them"
+        );
+    }
+    // Aborts what is left and waits until each task is dropped: their
+    // response bodies record their outcome in the request log first.
     connections.shutdown().await;
     flusher.abort();
     state.log.flush().await;

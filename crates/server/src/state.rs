@@ -10,6 +10,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 use fineport_store::{RequestLogEntry, Store};
+use http_body_util::BodyExt;
 
 use crate::catalog::{Catalog, TokenPolicy};
 use crate::clock::Clock;
@@ -28,6 +29,17 @@ pub struct Config {
     /// How long a connection may take to send a request's headers, idle
     /// keep-alive time included; then it is closed.
     pub header_timeout: Duration,
+    /// How long a write to a connection may wait for the socket to accept
+    /// any byte (the client is not reading); then the connection is closed.
+    /// Reset by every byte accepted, so a slow but live reader is not cut.
+    pub write_timeout: Duration,
+    /// Connections open at once; the accept loop waits for one to close
+    /// before it accepts another (the kernel's backlog holds the rest).
+    pub max_connections: usize,
+    /// How long requests in flight get to finish after the shutdown signal;
+    /// then their connections are closed (an export mid-stream ends without
+    /// its final chunk) and [`serve`](crate::serve) returns.
+    pub shutdown_timeout: Duration,
     pub token_policy: TokenPolicy,
     /// How often the request log is written to the store.
     pub log_flush_every: Duration,
@@ -40,6 +52,9 @@ impl Default for Config {
             import_body_limit: 4 * 1024 * 1024,
             body_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            shutdown_timeout: Duration::from_secs(30),
             token_policy: TokenPolicy::default(),
             log_flush_every: Duration::from_millis(500),
         }
@@ -193,6 +208,41 @@ pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<By
             }
         }
     }
+}
+
+/// Reads and discards a request body of at most `limit` bytes within
+/// `timeout`, for a request refused before its body was read.
+///
+/// Answering without reading the body would leave it on the wire in front
+/// of the client's next request, and the connection could not be reused.
+/// A body that is declared larger than `limit` is not read at all. When
+/// this returns an error the body was not read to its end, and the
+/// connection middleware answers `Connection: close`
+/// ([`connection::close_unless_body_read`](crate::connection::close_unless_body_read)).
+pub async fn drain_body(body: Body, limit: usize, timeout: Duration) -> Result<(), BodyError> {
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(BodyError::TooLarge(limit));
+    }
+    let drain = async move {
+        let mut body = body;
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                seen = seen.saturating_add(data.len());
+                if seen > limit {
+                    return Err(BodyError::TooLarge(limit));
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, drain).await.unwrap_or_else(|_| {
+        Err(BodyError::Unreadable(format!(
+            "not received within {}s",
+            timeout.as_secs()
+        )))
+    })
 }
 
 #[cfg(test)]

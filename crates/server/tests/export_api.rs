@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use fineport_store::duckdb::FailPoint;
 use serde_json::{json, Value};
@@ -584,38 +582,6 @@ async fn hourly_quota_refuses_with_headers_and_resets_on_the_hour() {
     assert_eq!(server.export(&svc, body).await.status(), 200);
 }
 
-/// Imports `n` events of ~10 KB each on 2026-11-25, so an export is far
-/// bigger than any socket buffer.
-async fn import_big(server: &TestServer, svc: &Svc, n: u128) {
-    server
-        .taxonomy(svc, json!({"event_properties": [{"name": "blob", "type": "String"}]}))
-        .await;
-    let blob = "가나다라마바사아자차".repeat(330);
-    for chunk in 0..n.div_ceil(100) {
-        let events = (chunk * 100..((chunk + 1) * 100).min(n))
-            .map(|i| event(i, "df_login", "2026-11-25T01:00:00Z", json!({"blob": blob})))
-            .collect();
-        let answer = server.import(svc, events_body("big", events)).await;
-        assert_eq!(answer["code"], "20000", "{answer}");
-    }
-}
-
-async fn wait_for_log(server: &TestServer, svc: &Svc, message: &str, count: usize) -> Vec<Value> {
-    for _ in 0..200 {
-        let entries: Vec<Value> = server
-            .requests(svc)
-            .await
-            .into_iter()
-            .filter(|e| e["message"] == message)
-            .collect();
-        if entries.len() >= count {
-            return entries;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the request log never showed {count} × {message}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
     let server = TestServer::start().await;
@@ -653,56 +619,6 @@ async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
     let (_, rows) = parse_csv(&x.text().await.unwrap());
     assert_eq!(rows.len(), 2000);
     drop(y);
-}
-
-/// An export read over a raw socket with a 4 KiB receive buffer, so that
-/// the server, not the kernel, holds what the client has not read yet.
-struct StalledExport {
-    socket: tokio::net::TcpStream,
-    received: Vec<u8>,
-}
-
-impl StalledExport {
-    /// Sends the request and reads its first 64 KiB.
-    async fn start(server: &TestServer, svc: &Svc, body: &Value) -> StalledExport {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut socket = socket.connect(server.addr).await.unwrap();
-        let body = body.to_string();
-        let request = format!(
-            "POST /api/v1/export/event?service_id={} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            svc.id,
-            svc.export_token,
-            body.len()
-        );
-        socket.write_all(request.as_bytes()).await.unwrap();
-        let mut received = vec![0; 64 * 1024];
-        socket.read_exact(&mut received).await.unwrap();
-        StalledExport { socket, received }
-    }
-
-    /// Reads the rest and returns the CSV, the chunked encoding undone.
-    async fn finish(&mut self) -> String {
-        use tokio::io::AsyncReadExt;
-        self.socket.read_to_end(&mut self.received).await.unwrap();
-        let text = &self.received;
-        let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        assert!(text.starts_with(b"HTTP/1.1 200"));
-        let mut rest = &text[head_end..];
-        let mut csv = Vec::new();
-        loop {
-            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
-            if size == 0 {
-                break;
-            }
-            csv.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
-            rest = &rest[line_end + 2 + size + 2..];
-        }
-        String::from_utf8(csv).unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,9 @@
 //! Order of checks: `service_id` present → export token → body and names →
 //! look-back → limits → query. Each refusal is an [`ExportError`] with the
 //! detailed response of SPEC §2.2; every response carries the
-//! `X-Rate-Limit-*` headers of the service's hourly export window.
+//! `X-Rate-Limit-*` headers of the service's hourly export window. A request
+//! refused before its body was read (no `service_id`, 401) has the body read
+//! and discarded first, so that its keep-alive connection stays usable.
 
 pub mod error;
 mod stream;
@@ -26,7 +28,7 @@ use self::error::{rate_headers, store_outcome, ExportError};
 use self::stream::{ChannelSink, ExportBody, InterruptSlot, Ledger, Msg, CHANNEL_CHUNKS};
 use crate::catalog::ServiceView;
 use crate::limits::{Counter, ExportPermit, RateStatus};
-use crate::state::{bearer_token, read_body, require_json, service_id_param, Caller, SharedState};
+use crate::state::{bearer_token, drain_body, read_body, require_json, service_id_param, Caller, SharedState};
 
 pub const EVENT_ENDPOINT: &str = "/api/v1/export/event";
 pub const PROFILE_ENDPOINT: &str = "/api/v1/export/userprofile";
@@ -191,7 +193,14 @@ async fn export(
     let Admitted { service, entry } = match authenticate(&state, endpoint, &caller, query.as_deref(), &headers) {
         Ok(a) => a,
         Err(refused) => {
+            // Read the unread body first, so that the connection stays usable
+            // for the client's next request; one that cannot be read (too
+            // large, too slow) is answered `Connection: close` instead.
             let (error, entry) = *refused;
+            let config = &state.config;
+            if let Err(e) = drain_body(body, config.export_body_limit, config.body_timeout).await {
+                tracing::debug!(error = %e, "the body of a refused export was not read");
+            }
             return refuse(&state, error, entry, started);
         }
     };

@@ -4,7 +4,9 @@
 //! (40000: unreadable, not sent as `Content-Type: application/json`, or not
 //! JSON) → contents (40402, 40001) → per-minute limit (40401) → store.
 //! Invalid requests use no quota. 20000 is answered only after the store
-//! has committed the batch.
+//! has committed the batch. A request refused before its body was read
+//! (40101, 40201) has the body read and discarded first, so that its
+//! keep-alive connection stays usable.
 
 use std::time::Instant;
 
@@ -19,7 +21,7 @@ use fineport_store::{Limits, RequestLogEntry, TokenKind};
 use crate::catalog::{CatalogError, ServiceView};
 use crate::export::error::rate_headers;
 use crate::limits::{Counter, RateStatus};
-use crate::state::{header_str, read_body, require_json, service_id_param, Caller, SharedState};
+use crate::state::{drain_body, header_str, read_body, require_json, service_id_param, Caller, SharedState};
 
 pub const EVENTS_ENDPOINT: &str = "/api/v1/events";
 
@@ -249,7 +251,15 @@ async fn import(
 ) -> ImportAnswer {
     let (service, token_id) = match authenticate(state, query, headers) {
         Ok(ok) => ok,
-        Err(answer) => return answer,
+        Err(answer) => {
+            // As for a refused export: read the body so that the connection
+            // stays usable, or it is answered `Connection: close`.
+            let config = &state.config;
+            if let Err(e) = drain_body(body, config.import_body_limit, config.body_timeout).await {
+                tracing::debug!(error = %e, "the body of a refused import was not read");
+            }
+            return answer;
+        }
     };
     entry.token_id = Some(token_id);
     let bytes = match read_body(body, state.config.import_body_limit, state.config.body_timeout).await {

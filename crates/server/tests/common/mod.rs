@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fineport_server::clock::{Clock, ManualClock};
@@ -12,6 +13,7 @@ use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts, SharedState};
 use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -83,6 +85,19 @@ impl TestServer {
         let (config, now) = (self.state.config.clone(), self.clock.now());
         drop(self);
         Self::start_in(dir, config, now, store_options(1)).await
+    }
+
+    /// Sends the shutdown signal and waits up to `patience` for `serve` to
+    /// return: `None` if it has not by then (the server is then aborted on
+    /// drop), else what `serve` returned.
+    pub async fn stop_within(&mut self, patience: Duration) -> Option<std::io::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let server = self.server.as_mut()?;
+        let joined = tokio::time::timeout(patience, server).await.ok()?;
+        self.server = None;
+        Some(joined.expect("server task"))
     }
 
     async fn start_in(
@@ -284,4 +299,110 @@ pub fn event(n: u128, name: &str, datetime: &str, properties: Value) -> Value {
 /// An import body for `external_id` with `events`.
 pub fn events_body(external_id: &str, events: Vec<Value>) -> Value {
     json!({"common": {"identity": {"external_id": external_id}}, "events": events})
+}
+
+/// Imports `n` events of ~10 KB each on 2026-11-25, so an export is far
+/// bigger than any socket buffer.
+pub async fn import_big(server: &TestServer, svc: &Svc, n: u128) {
+    server
+        .taxonomy(svc, json!({"event_properties": [{"name": "blob", "type": "String"}]}))
+        .await;
+    let blob = "가나다라마바사아자차".repeat(330);
+    for chunk in 0..n.div_ceil(100) {
+        let events = (chunk * 100..((chunk + 1) * 100).min(n))
+            .map(|i| event(i, "df_login", "2026-11-25T01:00:00Z", json!({"blob": blob})))
+            .collect();
+        let answer = server.import(svc, events_body("big", events)).await;
+        assert_eq!(answer["code"], "20000", "{answer}");
+    }
+}
+
+/// Polls the request log until it shows `count` entries with `message`.
+pub async fn wait_for_log(server: &TestServer, svc: &Svc, message: &str, count: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let entries: Vec<Value> = server
+            .requests(svc)
+            .await
+            .into_iter()
+            .filter(|e| e["message"] == message)
+            .collect();
+        if entries.len() >= count {
+            return entries;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the request log never showed {count} × {message}");
+}
+
+/// An export read over a raw socket with a 4 KiB receive buffer, so that
+/// the server, not the kernel, holds what the client has not read yet.
+pub struct StalledExport {
+    pub socket: tokio::net::TcpStream,
+    pub received: Vec<u8>,
+}
+
+impl StalledExport {
+    /// Sends the request and reads its first 64 KiB.
+    pub async fn start(server: &TestServer, svc: &Svc, body: &Value) -> StalledExport {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut socket = socket.connect(server.addr).await.unwrap();
+        let body = body.to_string();
+        let request = format!(
+            "POST /api/v1/export/event?service_id={} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            svc.id,
+            svc.export_token,
+            body.len()
+        );
+        socket.write_all(request.as_bytes()).await.unwrap();
+        let mut received = vec![0; 64 * 1024];
+        socket.read_exact(&mut received).await.unwrap();
+        StalledExport { socket, received }
+    }
+
+    /// Reads the rest and returns the CSV, the chunked encoding undone.
+    pub async fn finish(&mut self) -> String {
+        self.socket.read_to_end(&mut self.received).await.unwrap();
+        let text = &self.received;
+        let head_end = text.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        assert!(text.starts_with(b"HTTP/1.1 200"));
+        let mut rest = &text[head_end..];
+        let mut csv = Vec::new();
+        loop {
+            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
+            if size == 0 {
+                break;
+            }
+            csv.extend_from_slice(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+        String::from_utf8(csv).unwrap()
+    }
+
+    /// Reads whatever else the server sends until it closes the connection
+    /// (cleanly or with a reset), within `patience`; returns all bytes
+    /// received, the first 64 KiB included.
+    pub async fn read_until_closed(&mut self, patience: Duration) -> Vec<u8> {
+        let mut buf = vec![0; 64 * 1024];
+        let reading = async {
+            loop {
+                match self.socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(patience, reading)
+            .await
+            .expect("the server must close the stalled connection");
+        std::mem::take(&mut self.received)
+    }
+}
+
+/// Whether a chunked HTTP/1.1 response ends with its last chunk (`0`),
+/// i.e. the transfer was complete.
+pub fn ends_with_last_chunk(received: &[u8]) -> bool {
+    received.ends_with(b"\r\n0\r\n\r\n")
 }
