@@ -8,9 +8,11 @@
 //! and come out, already encoded as CSV, through [`Store::export_events`].
 //!
 //! Backends live in their own module: [`duckdb`] is the embedded default.
+//! [`failing`] wraps any of them to inject failures in tests.
 
 pub mod duckdb;
 mod error;
+pub mod failing;
 mod records;
 
 pub use error::{StoreError, StoreErrorKind};
