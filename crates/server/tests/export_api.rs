@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use fineport_store::duckdb::FailPoint;
+use fineport_store::failing::FailPoint;
 use serde_json::{json, Value};
 
 fn all_events(from: &str, to: &str) -> Value {
@@ -668,7 +668,9 @@ async fn a_store_failure_mid_stream_breaks_the_transfer_visibly() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
     import_big(&server, &svc, 300).await;
-    server.store.inject_export_failure(Some(FailPoint::AfterBytes(1 << 20)));
+    server
+        .faults
+        .inject_export_failure(Some(FailPoint::AfterBytes(1 << 20)));
     let resp = server.export(&svc, all_events("2026-11-25", "2026-11-25")).await;
     assert_eq!(resp.status(), 200, "the failure comes after the first byte");
     let body = resp.bytes().await;
@@ -678,10 +680,12 @@ async fn a_store_failure_mid_stream_breaks_the_transfer_visibly() {
     );
     let failed = wait_for_log(&server, &svc, "query_error", 1).await;
     assert_eq!(failed[0]["status"], 200);
-    server.store.inject_export_failure(None);
+    server.faults.inject_export_failure(None);
 
     // With curl too: a transfer error, not a clean end.
-    server.store.inject_export_failure(Some(FailPoint::AfterBytes(1 << 20)));
+    server
+        .faults
+        .inject_export_failure(Some(FailPoint::AfterBytes(1 << 20)));
     let out = tokio::process::Command::new("curl")
         .args([
             "-sS",
@@ -703,7 +707,7 @@ async fn a_store_failure_mid_stream_breaks_the_transfer_visibly() {
         .await
         .expect("curl is installed (scripts/test installs it)");
     assert!(!out.status.success(), "curl must report a transfer error");
-    server.store.inject_export_failure(None);
+    server.faults.inject_export_failure(None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -711,7 +715,7 @@ async fn failures_before_the_first_byte_are_500_and_use_no_quota() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
     let body = all_events("2026-11-25", "2026-11-25");
-    server.store.inject_export_failure(Some(FailPoint::BeforeFirstByte));
+    server.faults.inject_export_failure(Some(FailPoint::BeforeFirstByte));
     let resp = server.export(&svc, body.clone()).await;
     assert_eq!(rate_remaining(&resp), 100);
     let failure = assert_failure(resp, 500, "query_error").await;
@@ -721,11 +725,11 @@ async fn failures_before_the_first_byte_are_500_and_use_no_quota() {
         "a query error says what failed"
     );
     server
-        .store
+        .faults
         .inject_export_failure(Some(FailPoint::InternalBeforeFirstByte));
     let failure = assert_failure(server.export(&svc, body.clone()).await, 500, "unknown_error").await;
     assert_eq!(failure, json!({"result": "fail", "message": "unknown_error"}));
-    server.store.inject_export_failure(None);
+    server.faults.inject_export_failure(None);
     let ok = server.export(&svc, body).await;
     assert_eq!(ok.status(), 200);
     assert_eq!(rate_remaining(&ok), 99, "the failed requests used no quota");

@@ -175,7 +175,7 @@ async fn every_import_endpoint_answers_dfinerys_success_body_byte_for_byte() {
 async fn a_store_failure_is_50000_and_stores_nothing() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
-    server.store.inject_write_failure(true);
+    server.faults.inject_write_failure(true);
     let answer = server.import(&svc, events_body("u1", vec![login(1)])).await;
     assert_code(&answer, "50000", "INTERNAL_SERVER_ERROR");
     let profile = json!({"identity": {"external_id": "u1"}, "user_properties": {"df_name": "x"},
@@ -189,7 +189,7 @@ async fn a_store_failure_is_50000_and_stores_nothing() {
         .await
         .unwrap();
     assert_code(&r.json().await.unwrap(), "50000", "INTERNAL_SERVER_ERROR");
-    server.store.inject_write_failure(false);
+    server.faults.inject_write_failure(false);
     assert!(exported_ids(&server, &svc).await.is_empty());
     assert_eq!(server.import(&svc, events_body("u1", vec![login(1)])).await, ok());
     assert_eq!(exported_ids(&server, &svc).await, vec![event_id(1)]);

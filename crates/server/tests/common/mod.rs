@@ -1,6 +1,7 @@
 //! The test harness: a real fineport server on `127.0.0.1:0` over a real
-//! DuckDB file in a temporary directory, with a manual clock. Dropping the
-//! [`TestServer`] shuts it down.
+//! DuckDB file in a temporary directory, with a manual clock. The server's
+//! store is a [`FailingStore`] over the DuckDB store, so tests can inject
+//! failures. Dropping the [`TestServer`] shuts it down.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use fineport_server::clock::{Clock, ManualClock};
 use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts, SharedState};
 use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
+use fineport_store::failing::FailingStore;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -33,7 +35,10 @@ pub struct TestServer {
     pub base: String,
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
+    /// The DuckDB store itself, for what only it offers (`set_memory_limit`).
     pub store: Arc<DuckDbStore>,
+    /// What the server talks to: `store` behind failure injection.
+    pub faults: Arc<FailingStore<DuckDbStore>>,
     pub state: SharedState,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
@@ -107,9 +112,10 @@ impl TestServer {
         options: DuckDbOptions,
     ) -> TestServer {
         let store = Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
+        let faults = Arc::new(FailingStore::new(store.clone()));
         let clock = Arc::new(ManualClock::new(now));
         let parts = Parts {
-            store: store.clone(),
+            store: faults.clone(),
             clock: clock.clone(),
             limiter: Arc::new(MemoryLimiter::default()),
             config,
@@ -127,6 +133,7 @@ impl TestServer {
             addr,
             clock,
             store,
+            faults,
             state,
             http: reqwest::Client::builder().no_gzip().no_zstd().build().expect("client"),
             shutdown: Some(tx),
