@@ -37,7 +37,6 @@ use fineport_contract::time::day_bounds_ms;
 use fineport_contract::Tz;
 
 use super::schema::{events_table, Layout};
-use super::FailPoint;
 use crate::{ExportSink, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 
 /// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
@@ -65,8 +64,6 @@ const BUCKET_MS: i64 = 60_000;
 pub(crate) struct Settings {
     /// Cells (rows × columns) per slice; see [`DEFAULT_SLICE_CELLS`].
     pub slice_cells: u64,
-    /// A failure to inject (tests only).
-    pub failpoint: Option<FailPoint>,
 }
 
 /// A time range `[start_ms, end_ms)` of the export, queried on its own.
@@ -110,12 +107,12 @@ pub(crate) fn run(
     timezone: Tz,
     plan: &EventExportPlan,
     sink: &mut dyn ExportSink,
-    Settings { slice_cells, failpoint }: Settings,
+    Settings { slice_cells }: Settings,
 ) -> Result<ExportSummary, StoreError> {
     let worker_conn = conn.try_clone()?;
     let interrupts = [conn.interrupt_handle(), worker_conn.interrupt_handle()];
     let interrupt_all = move || interrupts.iter().for_each(|i| i.interrupt());
-    start(sink, Box::new(interrupt_all.clone()), failpoint)?;
+    start(sink, Box::new(interrupt_all.clone()));
 
     let mut select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
     let csv_columns = select.len();
@@ -155,7 +152,7 @@ pub(crate) fn run(
         sorted_by_duckdb_above: rows_per_slice.saturating_mul(SORTED_BY_DUCKDB_ABOVE),
     };
 
-    let mut out = Out::new(plan.header_line(), sink, failpoint);
+    let mut out = Out::new(plan.header_line(), sink);
     std::thread::scope(|scope| -> Result<(), StoreError> {
         // Rendezvous: the worker holds at most the slice it is fetching
         // and the one it waits to hand over.
@@ -414,18 +411,9 @@ fn cut_slices(buckets: &[(i64, u64)], target: SliceTarget, start_ms: i64, end_ms
 }
 
 /// What every export does first: let the sink interrupt the export's
-/// queries, and honour a before-the-first-byte failpoint.
-pub(crate) fn start(
-    sink: &mut dyn ExportSink,
-    interrupt: Box<dyn Fn() + Send + Sync>,
-    failpoint: Option<FailPoint>,
-) -> Result<(), StoreError> {
+/// queries.
+pub(crate) fn start(sink: &mut dyn ExportSink, interrupt: Box<dyn Fn() + Send + Sync>) {
     sink.set_interrupt(interrupt);
-    match failpoint {
-        Some(FailPoint::BeforeFirstByte) => Err(StoreError::query("injected failure before the first byte")),
-        Some(FailPoint::InternalBeforeFirstByte) => Err(StoreError::internal("injected internal error")),
-        _ => Ok(()),
-    }
 }
 
 pub(crate) fn query_error(e: duckdb::Error) -> StoreError {
@@ -464,16 +452,14 @@ pub(crate) struct Out<'a> {
     pub buf: Vec<u8>,
     sink: &'a mut dyn ExportSink,
     pub summary: ExportSummary,
-    failpoint: Option<FailPoint>,
 }
 
 impl<'a> Out<'a> {
-    pub fn new(header: Vec<u8>, sink: &'a mut dyn ExportSink, failpoint: Option<FailPoint>) -> Self {
+    pub fn new(header: Vec<u8>, sink: &'a mut dyn ExportSink) -> Self {
         Out {
             buf: header,
             sink,
             summary: ExportSummary::default(),
-            failpoint,
         }
     }
 
@@ -495,14 +481,6 @@ impl<'a> Out<'a> {
         self.summary.bytes += chunk.len() as u64;
         if !self.sink.send(chunk) {
             return Err(StoreError::new(StoreErrorKind::Cancelled, "the client went away"));
-        }
-        if let Some(FailPoint::AfterBytes(n)) = self.failpoint {
-            if self.summary.bytes >= n {
-                return Err(StoreError::query(format!(
-                    "injected failure after {} bytes",
-                    self.summary.bytes
-                )));
-            }
         }
         Ok(())
     }

@@ -38,19 +38,6 @@ use crate::{
     StoreErrorKind, TokenKind, TokenRecord,
 };
 
-/// A failure to inject into exports, for tests of the streaming failure
-/// semantics (SPEC §2.3). Only reachable through the Rust API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailPoint {
-    /// The export fails before anything is sent.
-    BeforeFirstByte,
-    /// The export fails once it has handed at least this many bytes to the
-    /// sink (so the response has certainly started).
-    AfterBytes(u64),
-    /// The export hits an unexpected internal error before anything is sent.
-    InternalBeforeFirstByte,
-}
-
 /// Tuning for the embedded store.
 #[derive(Debug, Clone)]
 pub struct DuckDbOptions {
@@ -96,10 +83,7 @@ struct Inner {
     writer: Mutex<Option<Sender<Job>>>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     layouts: Layouts,
-    failpoint: Mutex<Option<FailPoint>>,
     export_slice_cells: u64,
-    /// Test hook: imports fail as a broken store would, storing nothing.
-    fail_writes: std::sync::atomic::AtomicBool,
 }
 
 impl DuckDbStore {
@@ -153,18 +137,9 @@ impl DuckDbStore {
                 writer: Mutex::new(Some(writer)),
                 writer_thread: Mutex::new(Some(thread)),
                 layouts,
-                failpoint: Mutex::new(None),
                 export_slice_cells: options.export_slice_cells,
-                fail_writes: Default::default(),
             }),
         })
-    }
-
-    /// Makes every following export fail at `failpoint` (`None` to stop). Test hook.
-    pub fn inject_export_failure(&self, failpoint: Option<FailPoint>) {
-        if let Ok(mut f) = self.inner.failpoint.lock() {
-            *f = failpoint;
-        }
     }
 
     /// Changes DuckDB's memory limit (e.g. `"4GB"`) while the store runs;
@@ -174,12 +149,6 @@ impl DuckDbStore {
         self.connection()?
             .execute_batch(&format!("SET memory_limit = '{}'", limit.replace('\'', "")))?;
         Ok(())
-    }
-
-    /// Makes every following import (events, identities, profiles) fail
-    /// before it reaches the database (`false` to stop). Test hook.
-    pub fn inject_write_failure(&self, fail: bool) {
-        self.inner.fail_writes.store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Waits until every acknowledged import is in the tables, so that a
@@ -195,18 +164,6 @@ impl DuckDbStore {
         })?;
         rx.blocking_recv()
             .map_err(|_| StoreError::internal("the writer thread stopped"))?
-    }
-
-    /// The export failure injected by the test hook, if any.
-    fn failpoint(&self) -> Option<FailPoint> {
-        self.inner.failpoint.lock().ok().and_then(|f| *f)
-    }
-
-    fn check_writes(&self) -> Result<(), StoreError> {
-        if self.inner.fail_writes.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(StoreError::internal("injected write failure"));
-        }
-        Ok(())
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -509,7 +466,6 @@ impl Store for DuckDbStore {
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
-        self.check_writes()?;
         let mut record = Vec::new();
         import_log::record(&mut record, service_id, received_at_ms, &batch);
         let (reply, rx) = oneshot::channel();
@@ -545,13 +501,11 @@ impl Store for DuckDbStore {
             .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
         let settings = export::Settings {
             slice_cells: self.inner.export_slice_cells,
-            failpoint: self.failpoint(),
         };
         export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
     }
 
     async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError> {
-        self.check_writes()?;
         let service_id = service_id.to_owned();
         self.write_with(move |state| profiles::upsert_identity(state, &service_id, &identity))
             .await
@@ -564,7 +518,6 @@ impl Store for DuckDbStore {
     }
 
     async fn update_profiles(&self, service_id: &ServiceId, updates: Vec<ProfileUpdate>) -> Result<(), StoreError> {
-        self.check_writes()?;
         let service_id = service_id.to_owned();
         self.write(move |state| profiles::update_profiles(state, &service_id, &updates))
             .await
@@ -580,7 +533,7 @@ impl Store for DuckDbStore {
     ) -> Result<ExportSummary, StoreError> {
         self.sync_imports(service_id)?;
         let conn = self.connection()?;
-        profiles::export(&conn, service_id, timezone, plan, audience, sink, self.failpoint())
+        profiles::export(&conn, service_id, timezone, plan, audience, sink)
     }
 
     async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError> {

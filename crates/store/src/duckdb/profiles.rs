@@ -25,7 +25,6 @@ use super::export::{query_error, start, Out};
 use super::identity::{Identities, Staged};
 use super::schema::events_table;
 use super::writer::WriterState;
-use super::FailPoint;
 use crate::{ExportSink, ExportSummary, StoreError};
 
 /// Resolves identities within the open transaction and writes what they
@@ -170,10 +169,9 @@ pub(crate) fn export(
     plan: &ProfileExportPlan,
     audience: Option<&AudienceFilter>,
     sink: &mut dyn ExportSink,
-    failpoint: Option<FailPoint>,
 ) -> Result<ExportSummary, StoreError> {
     let interrupt = conn.interrupt_handle();
-    start(sink, Box::new(move || interrupt.interrupt()), failpoint)?;
+    start(sink, Box::new(move || interrupt.interrupt()));
     let headers = plan.headers();
     let columns: Vec<ProfileColumn> = headers
         .iter()
@@ -204,7 +202,7 @@ pub(crate) fn export(
 
     let mut header = Vec::new();
     csv::push_line(&mut header, &headers);
-    let mut out = Out::new(header, sink, failpoint);
+    let mut out = Out::new(header, sink);
     let mut stmt = conn.prepare(&sql).map_err(query_error)?;
     let stream = stmt
         .stream_arrow(params_from_iter(params.iter()))
