@@ -309,19 +309,13 @@ mod tests {
 
     /// The profile export's CSV, rows only (no failure injected).
     fn exported_rows(store: &FailingStore<DuckDbStore>, service_id: &ServiceId) -> Vec<String> {
-        let plan = ProfileExportPlan {
-            with_external_id: true,
-            properties: Vec::new(),
-            audience: None,
-        };
         let mut sink = recorder();
-        store
-            .export_profiles(service_id, Tz::UTC, &plan, None, &mut sink)
-            .expect("export");
+        export(store, service_id, &mut sink).expect("export");
         let text = String::from_utf8(sink.chunks.concat()).expect("UTF-8");
         text.lines().skip(1).map(str::to_owned).collect()
     }
 
+    /// A user-profile export of every profile with its external_id.
     fn export(
         store: &FailingStore<DuckDbStore>,
         service_id: &ServiceId,
