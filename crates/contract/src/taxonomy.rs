@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(t.user_properties.get("df_push_optin"), Some(&PropertyType::Boolean));
         assert!(
             !t.event_properties.contains_key(ITEMS),
-            "df_items is carried as items, not a column"
+            "df_items is carried as items, not a column (the listing shows it)"
         );
     }
 
@@ -423,6 +423,76 @@ mod tests {
             t.additions(&conflict),
             Err(TaxonomyError::TypeConflict { .. })
         ));
+    }
+
+    #[test]
+    fn names_whose_column_repeats_an_export_column_are_refused() {
+        let mut t = Taxonomy::standard();
+        t.apply(&TaxonomyDoc {
+            event_properties: vec![def("price", PropertyType::Long)],
+            item_properties: vec![def("color", PropertyType::String)],
+            user_properties: vec![def("tier", PropertyType::String)],
+            ..Default::default()
+        });
+        let event = |n: &str| TaxonomyDoc {
+            event_properties: vec![def(n, PropertyType::String)],
+            ..Default::default()
+        };
+        let item = |n: &str| TaxonomyDoc {
+            item_properties: vec![def(n, PropertyType::String)],
+            ..Default::default()
+        };
+        let user = |n: &str| TaxonomyDoc {
+            user_properties: vec![def(n, PropertyType::String)],
+            ..Default::default()
+        };
+        // (document, the column it would repeat; None = accepted)
+        let cases = [
+            (event("event_name"), Some("event_name")),
+            (event("EVENT_NAME"), Some("event_name")),
+            (event("Price"), Some("price")),
+            (event("color"), None),
+            (item("Color"), Some("df_items_color")),
+            (item("price"), None),
+            (user("Tier"), Some("tier")),
+            (user("price"), None),
+            (user("event_name"), None),
+            (
+                TaxonomyDoc {
+                    event_properties: vec![def("size", PropertyType::Long), def("SIZE", PropertyType::Long)],
+                    ..Default::default()
+                },
+                Some("size"),
+            ),
+        ];
+        for (doc, repeats) in cases {
+            match (t.additions(&doc), repeats) {
+                (Ok(add), None) => assert!(!add.is_empty(), "{doc:?}"),
+                (Err(TaxonomyError::ColumnCollision { existing, .. }), Some(column)) => {
+                    assert_eq!(existing, column, "{doc:?}")
+                }
+                (other, _) => panic!("{doc:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_listing_has_df_items_and_posts_back_as_nothing_new() {
+        let t = Taxonomy::standard();
+        let listing = t.to_listing();
+        assert!(listing.event_properties.contains(&def(ITEMS, PropertyType::Items)));
+        assert!(!t.to_doc().event_properties.iter().any(|d| d.name == ITEMS));
+        assert!(t.additions(&listing).unwrap().is_empty());
+        let retyped = TaxonomyDoc {
+            event_properties: vec![def(ITEMS, PropertyType::String)],
+            ..Default::default()
+        };
+        assert!(matches!(t.additions(&retyped), Err(TaxonomyError::TypeConflict { .. })));
+        let borrowed = TaxonomyDoc {
+            user_properties: vec![def("basket", PropertyType::Items)],
+            ..Default::default()
+        };
+        assert!(matches!(t.additions(&borrowed), Err(TaxonomyError::ItemsType { .. })));
     }
 
     #[test]

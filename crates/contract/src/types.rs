@@ -206,6 +206,14 @@ mod tests {
         let cases: Vec<(Json, PropertyType, Result<Value, ()>)> = vec![
             (json!("a"), PropertyType::String, Ok(Value::String("a".into()))),
             (json!(1), PropertyType::String, Err(())),
+            (json!("a\u{0}b"), PropertyType::String, Err(())),
+            (
+                json!("\t\r\n\u{7}\u{7f}"),
+                PropertyType::String,
+                Ok(Value::String("\t\r\n\u{7}\u{7f}".into())),
+            ),
+            (json!(["ok", "\u{0}"]), PropertyType::StringArray, Err(())),
+            (json!([]), PropertyType::Items, Err(())),
             (json!(42), PropertyType::Long, Ok(Value::Long(42))),
             (json!(1.5), PropertyType::Long, Err(())),
             (json!("42"), PropertyType::Long, Err(())),
