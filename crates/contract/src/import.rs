@@ -220,6 +220,22 @@ pub struct EventInput {
     pub items: Vec<BTreeMap<String, Value>>,
 }
 
+/// `df_api_version` of every event (SPEC §2.3, decided: the API path's
+/// version).
+pub const API_VERSION: &str = "v1";
+
+/// `df_platform` of an event that came through the Import API (SPEC §2.3).
+pub const PLATFORM_HTTP_API: &str = "HTTP_API";
+
+impl EventInput {
+    /// `df_correction_datetime` in UTC ms (SPEC §2.3): the client's
+    /// `event_datetime`, or the server's receipt time when the client's time
+    /// is later than that. Every store stores this value; none restates the rule.
+    pub fn correction_ms(&self, received_at_ms: i64) -> i64 {
+        self.event_datetime_ms.min(received_at_ms)
+    }
+}
+
 /// A validated `/api/v1/events` request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EventBatch {
@@ -472,6 +488,22 @@ mod tests {
     }
 
     const ID: &str = "0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f";
+
+    #[test]
+    fn correction_time_is_the_event_time_unless_it_is_later_than_receipt() {
+        let e = validate_events(&body(vec![event(ID)]), &taxonomy(), false)
+            .unwrap()
+            .events
+            .remove(0);
+        let at = e.event_datetime_ms;
+        assert_eq!(e.correction_ms(at + 1), at, "a past event keeps its time");
+        assert_eq!(e.correction_ms(at), at);
+        assert_eq!(
+            e.correction_ms(at - 1),
+            at - 1,
+            "a future event is corrected to the receipt"
+        );
+    }
 
     #[test]
     fn response_json_is_exact() {

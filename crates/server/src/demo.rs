@@ -24,7 +24,6 @@
 //! keeps them in `<data>/demo-tokens.json` (mode 0600) to print them again
 //! at every start.
 
-use fineport_contract::ServiceId;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -35,6 +34,7 @@ use fineport_contract::import::{validate_events, MAX_EVENTS_PER_REQUEST, MAX_ITE
 use fineport_contract::taxonomy::{PropertyDef, TaxonomyDoc};
 use fineport_contract::time::today_in;
 use fineport_contract::types::PropertyType;
+use fineport_contract::ServiceId;
 use fineport_contract::Uuid;
 use fineport_store::{Limits, Service};
 use futures::StreamExt;

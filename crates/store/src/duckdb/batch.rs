@@ -14,7 +14,7 @@ use duckdb::arrow::array::{
 };
 use duckdb::arrow::datatypes::{Field, Schema};
 use duckdb::arrow::record_batch::RecordBatch;
-use fineport_contract::import::EventInput;
+use fineport_contract::import::{EventInput, API_VERSION, PLATFORM_HTTP_API};
 use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::types::{PropertyType, Value};
 
@@ -28,9 +28,6 @@ pub(crate) struct EventRow<'a> {
     pub server_ms: i64,
     pub correction_ms: i64,
 }
-
-pub(crate) const API_VERSION: &str = "v1";
-pub(crate) const PLATFORM: &str = "HTTP_API";
 
 pub(crate) fn build(layout: &Layout, rows: &[EventRow<'_>]) -> Result<RecordBatch, StoreError> {
     let n = rows.len();
@@ -60,7 +57,7 @@ pub(crate) fn build(layout: &Layout, rows: &[EventRow<'_>]) -> Result<RecordBatc
                         "event_name" => r.event.event_name.as_str(),
                         "unified_id" => r.unified_id,
                         "api_version" => API_VERSION,
-                        _ => PLATFORM,
+                        _ => PLATFORM_HTTP_API,
                     });
                 }
                 Arc::new(b.finish())

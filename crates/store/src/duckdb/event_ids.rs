@@ -9,10 +9,10 @@
 //! Like the identity index, ids of a transaction are staged and only join
 //! the set once it has committed.
 
-use fineport_contract::ServiceId;
 use std::collections::HashSet;
 
 use duckdb::Connection;
+use fineport_contract::ServiceId;
 use fineport_contract::Uuid;
 
 use super::schema::events_table;

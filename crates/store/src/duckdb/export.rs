@@ -21,7 +21,6 @@
 //! the same committed set even though they run in a separate transaction
 //! from the histogram.
 
-use fineport_contract::ServiceId;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 use duckdb::arrow::array::{
@@ -34,6 +33,7 @@ use fineport_contract::csv;
 use fineport_contract::export::{ColumnSource, EventExportPlan, EventFilterKind, SystemColumn};
 use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::time::day_bounds_ms;
+use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
 use super::schema::{events_table, Layout};

@@ -16,7 +16,6 @@
 //! cut short by a crash fails its length or checksum, and it and anything
 //! after it are dropped: it was never acknowledged.
 
-use fineport_contract::ServiceId;
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -24,6 +23,7 @@ use std::path::{Path, PathBuf};
 
 use fineport_contract::import::{EventBatch, EventInput, Identity};
 use fineport_contract::types::Value;
+use fineport_contract::ServiceId;
 use fineport_contract::Uuid;
 
 use crate::StoreError;

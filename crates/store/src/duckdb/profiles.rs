@@ -7,7 +7,6 @@
 //! joins them to `profiles` ordered by `df_unified_id` and folds each
 //! profile's rows into one CSV row as they stream by, so memory stays flat.
 
-use fineport_contract::ServiceId;
 use std::collections::HashMap;
 
 use duckdb::arrow::array::{Array, StringArray};
@@ -19,6 +18,7 @@ use fineport_contract::profile::{
     AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate, EXTERNAL_ID_COLUMN, UNIFIED_ID_COLUMN,
 };
 use fineport_contract::time::day_bounds_ms;
+use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
 use super::export::{query_error, start, Out};

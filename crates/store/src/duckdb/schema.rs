@@ -12,7 +12,6 @@
 //! ADD COLUMN`): idempotency by `event_log_id` is kept in the writer's
 //! memory (see `event_ids`).
 
-use fineport_contract::ServiceId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,6 +19,7 @@ use duckdb::arrow::datatypes::{DataType, Field, TimeUnit};
 use duckdb::Connection;
 use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::types::PropertyType;
+use fineport_contract::ServiceId;
 
 use crate::StoreError;
 

@@ -15,7 +15,6 @@
 //! fails, its batches are retried one by one, and a batch that still fails
 //! stays unmoved (and in the log) to be tried again, never lost.
 
-use fineport_contract::ServiceId;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -24,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use duckdb::Connection;
+use fineport_contract::ServiceId;
 use tokio::sync::oneshot;
 
 use super::batch::{self, EventRow};
@@ -539,7 +539,7 @@ fn insert_batches(
                     event,
                     unified_id: uid,
                     server_ms: job.received_at_ms,
-                    correction_ms: event.event_datetime_ms.min(job.received_at_ms),
+                    correction_ms: event.correction_ms(job.received_at_ms),
                 });
             }
         }
