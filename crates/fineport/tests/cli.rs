@@ -302,3 +302,95 @@ fn exports_fail_visibly_while_a_file_size_limit_keeps_imports_out_of_the_tables(
         "{log}"
     );
 }
+
+/// Runs `fineport serve` on `data`, expecting it to refuse to start; returns
+/// what it wrote to stderr. Fails if it is still running after a minute.
+fn serve_refuses_to_start(data: &std::path::Path) -> String {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg("--data")
+        .arg(data)
+        .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn fineport serve");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fineport serve started on corrupt data instead of stopping");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr).expect("read stderr");
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
+/// Runs one statement on the stopped server's database; returns the rows changed.
+fn corrupt(data: &std::path::Path, sql: &str) -> usize {
+    let conn = duckdb::Connection::open(data.join("fineport.duckdb")).expect("open the database");
+    conn.execute(sql, []).expect("corrupting statement")
+}
+
+/// Corrupt stored data stops the start with a message naming it, instead
+/// of turning silently into UTC or 1970.
+#[test]
+fn corrupt_stored_settings_stop_the_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = serve(dir.path(), &[]);
+    let (ok, created) = admin(&server, &["services", "create", "--id", "shop"]);
+    assert!(ok, "{created}");
+    drop(server);
+
+    let tz = |from: &str, to: &str| {
+        format!("UPDATE services SET doc = replace(doc, '\"timezone\":\"{from}\"', '\"timezone\":\"{to}\"') WHERE service_id = 'shop'")
+    };
+    assert_eq!(corrupt(dir.path(), &tz("UTC", "Mars/Olympus")), 1);
+    let stderr = serve_refuses_to_start(dir.path());
+    assert!(
+        stderr.contains("unknown timezone") && stderr.contains("Mars/Olympus") && stderr.contains("shop"),
+        "{stderr}"
+    );
+    corrupt(dir.path(), &tz("Mars/Olympus", "UTC"));
+
+    let created_ms =
+        |ms: i64| format!("UPDATE tokens SET created_ms = {ms} WHERE service_id = 'shop' AND kind = 'export'");
+    let kept: i64 = duckdb::Connection::open(dir.path().join("fineport.duckdb"))
+        .expect("open")
+        .query_row(
+            "SELECT created_ms FROM tokens WHERE service_id = 'shop' AND kind = 'export'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("created_ms");
+    assert_eq!(corrupt(dir.path(), &created_ms(i64::MAX)), 1);
+    let stderr = serve_refuses_to_start(dir.path());
+    assert!(stderr.contains("impossible time"), "{stderr}");
+    corrupt(dir.path(), &created_ms(kept));
+
+    assert_eq!(
+        corrupt(
+            dir.path(),
+            "UPDATE tokens SET service_id = 'Not a service' WHERE service_id = 'shop' AND kind = 'import'"
+        ),
+        1
+    );
+    let stderr = serve_refuses_to_start(dir.path());
+    assert!(stderr.contains("Not a service"), "{stderr}");
+    corrupt(
+        dir.path(),
+        "UPDATE tokens SET service_id = 'shop' WHERE service_id = 'Not a service'",
+    );
+
+    // Repaired, it starts again with the service as it was.
+    let server = serve(dir.path(), &[]);
+    let (ok, shop) = admin(&server, &["services", "show", "shop"]);
+    assert!(ok, "{shop}");
+    assert_eq!(shop["timezone"], "UTC");
+}
