@@ -8,7 +8,8 @@ use std::fmt;
 pub enum StoreErrorKind {
     /// The backend failed to run a query.
     Query,
-    /// The export's client went away; the query was stopped.
+    /// The export was stopped because its consumer went away (its stream
+    /// was dropped: the client left); the query was interrupted.
     Cancelled,
     /// The thing asked for does not exist.
     NotFound,

@@ -11,6 +11,7 @@
 //! every method to the wrapped store unless a failure is switched on; it is
 //! reachable only through the Rust API, never over HTTP.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -20,9 +21,10 @@ use fineport_contract::import::{EventBatch, Identity};
 use fineport_contract::profile::{Audience, AudienceFilter, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc};
 use fineport_contract::{ServiceId, Tz};
+use futures::{stream, StreamExt};
 
 use crate::{
-    CatalogSnapshot, ExportSink, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError, TokenRecord,
+    CatalogSnapshot, ExportPart, ExportStream, InsertSummary, RequestLogEntry, Service, Store, StoreError, TokenRecord,
 };
 
 /// Where an export fails (event and user-profile exports alike).
@@ -31,9 +33,10 @@ pub enum FailPoint {
     /// A `Query` error before anything is sent; the wrapped store's export
     /// does not run.
     BeforeFirstByte,
-    /// A `Query` error once at least this many bytes have been handed to
-    /// the sink (so the response has certainly started): the wrapped
-    /// store is told the client left and stops as it would then.
+    /// A `Query` error once the wrapped store's stream has handed on at
+    /// least this many bytes (so the response has certainly started): the
+    /// wrapped stream is dropped, so its export stops as it would when a
+    /// client leaves, and the error takes its place.
     AfterBytes(u64),
     /// An `Internal` error before anything is sent; the wrapped store's
     /// export does not run.
@@ -85,70 +88,61 @@ impl<S: Store + ?Sized> FailingStore<S> {
         Ok(())
     }
 
-    /// Runs `export` (the wrapped store's export into the sink it is given)
-    /// with the injected failure, if any.
-    fn export_with(
+    /// Starts `export` (the wrapped store's export) with the injected
+    /// failure, if any.
+    async fn export_with(
         &self,
-        sink: &mut dyn ExportSink,
-        export: impl FnOnce(&mut dyn ExportSink) -> Result<ExportSummary, StoreError>,
-    ) -> Result<ExportSummary, StoreError> {
+        export: impl Future<Output = Result<ExportStream, StoreError>> + Send,
+    ) -> Result<ExportStream, StoreError> {
         let failpoint = *self.export.lock().unwrap_or_else(|p| p.into_inner());
+        let fail = |e: StoreError| -> Result<ExportStream, StoreError> { Ok(Box::pin(stream::once(async { Err(e) }))) };
         match failpoint {
-            None => export(sink),
-            Some(FailPoint::BeforeFirstByte) => Err(StoreError::query("injected failure before the first byte")),
-            Some(FailPoint::InternalBeforeFirstByte) => Err(StoreError::internal("injected internal error")),
-            Some(FailPoint::AfterBytes(limit)) => {
-                let mut failing = FailingSink {
-                    inner: sink,
-                    limit,
-                    sent: 0,
-                    tripped: false,
+            None => export.await,
+            Some(FailPoint::BeforeFirstByte) => fail(StoreError::query("injected failure before the first byte")),
+            Some(FailPoint::InternalBeforeFirstByte) => fail(StoreError::internal("injected internal error")),
+            Some(FailPoint::AfterBytes(limit)) => Ok(fail_after(export.await?, limit)),
+        }
+    }
+}
+
+/// Where [`fail_after`] is.
+enum AfterBytes {
+    /// Passing the wrapped stream on, with the bytes it has handed on.
+    Passing(ExportStream, u64),
+    /// The limit was reached: the wrapped stream has been dropped (which
+    /// stops its export, as a departed client would); the error is next.
+    Tripped(u64),
+    Over,
+}
+
+/// Passes `inner` on until `limit` bytes have gone, then drops it and
+/// fails with a `Query` error. An end or an error of `inner` before that
+/// is passed on as it is.
+fn fail_after(inner: ExportStream, limit: u64) -> ExportStream {
+    Box::pin(stream::unfold(AfterBytes::Passing(inner, 0), move |state| async move {
+        match state {
+            AfterBytes::Passing(mut inner, sent) => {
+                let item = inner.next().await?;
+                let next = match &item {
+                    Ok(ExportPart::Chunk(chunk)) => {
+                        let sent = sent + chunk.len() as u64;
+                        if sent >= limit {
+                            AfterBytes::Tripped(sent)
+                        } else {
+                            AfterBytes::Passing(inner, sent)
+                        }
+                    }
+                    Ok(ExportPart::End(_)) | Err(_) => AfterBytes::Passing(inner, sent),
                 };
-                let result = export(&mut failing);
-                if failing.tripped {
-                    // Whatever the wrapped store made of the refused send.
-                    return Err(StoreError::query(format!(
-                        "injected failure after {} bytes",
-                        failing.sent
-                    )));
-                }
-                result
+                Some((item, next))
             }
+            AfterBytes::Tripped(sent) => Some((
+                Err(StoreError::query(format!("injected failure after {sent} bytes"))),
+                AfterBytes::Over,
+            )),
+            AfterBytes::Over => None,
         }
-    }
-}
-
-/// Hands chunks on until `limit` bytes have gone, then refuses the next
-/// send as a departed client would, so the wrapped store stops.
-struct FailingSink<'a> {
-    inner: &'a mut dyn ExportSink,
-    limit: u64,
-    /// Bytes the inner sink accepted.
-    sent: u64,
-    /// The limit was reached (not the client leaving).
-    tripped: bool,
-}
-
-impl ExportSink for FailingSink<'_> {
-    fn send(&mut self, chunk: Vec<u8>) -> bool {
-        if self.tripped {
-            return false;
-        }
-        let len = chunk.len() as u64;
-        if !self.inner.send(chunk) {
-            return false;
-        }
-        self.sent += len;
-        if self.sent >= self.limit {
-            self.tripped = true;
-            return false;
-        }
-        true
-    }
-
-    fn set_interrupt(&mut self, interrupt: Box<dyn Fn() + Send + Sync>) {
-        self.inner.set_interrupt(interrupt);
-    }
+    }))
 }
 
 #[async_trait]
@@ -188,14 +182,14 @@ impl<S: Store + ?Sized> Store for FailingStore<S> {
         self.inner.insert_events(service_id, batch, received_at_ms).await
     }
 
-    fn export_events(
+    async fn export_events(
         &self,
         service_id: &ServiceId,
         timezone: Tz,
         plan: &EventExportPlan,
-        sink: &mut dyn ExportSink,
-    ) -> Result<ExportSummary, StoreError> {
-        self.export_with(sink, |sink| self.inner.export_events(service_id, timezone, plan, sink))
+    ) -> Result<ExportStream, StoreError> {
+        self.export_with(self.inner.export_events(service_id, timezone, plan))
+            .await
     }
 
     async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError> {
@@ -212,17 +206,15 @@ impl<S: Store + ?Sized> Store for FailingStore<S> {
         self.inner.update_profiles(service_id, updates).await
     }
 
-    fn export_profiles(
+    async fn export_profiles(
         &self,
         service_id: &ServiceId,
         timezone: Tz,
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
-        sink: &mut dyn ExportSink,
-    ) -> Result<ExportSummary, StoreError> {
-        self.export_with(sink, |sink| {
-            self.inner.export_profiles(service_id, timezone, plan, audience, sink)
-        })
+    ) -> Result<ExportStream, StoreError> {
+        self.export_with(self.inner.export_profiles(service_id, timezone, plan, audience))
+            .await
     }
 
     async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError> {
@@ -257,28 +249,30 @@ mod tests {
 
     use super::*;
     use crate::duckdb::DuckDbStore;
-    use crate::{Limits, StoreErrorKind};
+    use crate::{ExportSummary, Limits, StoreErrorKind};
+    use bytes::Bytes;
 
-    /// Keeps what it is sent; `open: false` plays a client that left.
-    struct Recorder {
-        chunks: Vec<Vec<u8>>,
-        open: bool,
+    /// What an export handed on: its chunks, and how it ended (`None`:
+    /// the stream ended without `End` nor an error).
+    struct Received {
+        chunks: Vec<Bytes>,
+        end: Option<Result<ExportSummary, StoreError>>,
     }
 
-    impl ExportSink for Recorder {
-        fn send(&mut self, chunk: Vec<u8>) -> bool {
-            self.chunks.push(chunk);
-            self.open
-        }
-
-        fn set_interrupt(&mut self, _: Box<dyn Fn() + Send + Sync>) {}
-    }
-
-    fn recorder() -> Recorder {
-        Recorder {
+    /// Reads `stream` to its end.
+    async fn receive(mut stream: ExportStream) -> Received {
+        let mut received = Received {
             chunks: Vec::new(),
-            open: true,
+            end: None,
+        };
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(ExportPart::Chunk(chunk)) => received.chunks.push(chunk),
+                Ok(ExportPart::End(summary)) => received.end = Some(Ok(summary)),
+                Err(e) => received.end = Some(Err(e)),
+            }
         }
+        received
     }
 
     async fn store_with_service() -> (FailingStore<DuckDbStore>, ServiceId) {
@@ -308,25 +302,29 @@ mod tests {
     }
 
     /// The profile export's CSV, rows only (no failure injected).
-    fn exported_rows(store: &FailingStore<DuckDbStore>, service_id: &ServiceId) -> Vec<String> {
-        let mut sink = recorder();
-        export(store, service_id, &mut sink).expect("export");
-        let text = String::from_utf8(sink.chunks.concat()).expect("UTF-8");
+    async fn exported_rows(store: &FailingStore<DuckDbStore>, service_id: &ServiceId) -> Vec<String> {
+        let received = export(store, service_id).await;
+        received.end.expect("ended").expect("export");
+        let text = String::from_utf8(received.chunks.concat()).expect("UTF-8");
         text.lines().skip(1).map(str::to_owned).collect()
     }
 
-    /// A user-profile export of every profile with its external_id.
-    fn export(
-        store: &FailingStore<DuckDbStore>,
-        service_id: &ServiceId,
-        sink: &mut Recorder,
-    ) -> Result<ExportSummary, StoreError> {
+    /// A user-profile export of every profile with its external_id, read
+    /// to its end.
+    async fn export(store: &FailingStore<DuckDbStore>, service_id: &ServiceId) -> Received {
+        receive(start_export(store, service_id).await).await
+    }
+
+    async fn start_export(store: &FailingStore<DuckDbStore>, service_id: &ServiceId) -> ExportStream {
         let plan = ProfileExportPlan {
             with_external_id: true,
             properties: Vec::new(),
             audience: None,
         };
-        store.export_profiles(service_id, Tz::UTC, &plan, None, sink)
+        store
+            .export_profiles(service_id, Tz::UTC, &plan, None)
+            .await
+            .expect("started")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,11 +341,11 @@ mod tests {
             .await
             .expect_err("injected");
         assert_eq!(e.kind, StoreErrorKind::Internal);
-        assert!(tokio::task::block_in_place(|| exported_rows(&store, &service_id)).is_empty());
+        assert!(exported_rows(&store, &service_id).await.is_empty());
 
         store.inject_write_failure(false);
         store.upsert_identity(&service_id, user("u1")).await.expect("stored");
-        let rows = tokio::task::block_in_place(|| exported_rows(&store, &service_id));
+        let rows = exported_rows(&store, &service_id).await;
         assert_eq!(rows.len(), 1, "{rows:?}");
     }
 
@@ -360,39 +358,37 @@ mod tests {
                 .await
                 .expect("stored");
         }
-        tokio::task::block_in_place(|| {
-            // Before the first byte: nothing reaches the sink.
-            store.inject_export_failure(Some(FailPoint::BeforeFirstByte));
-            let mut sink = recorder();
-            let e = export(&store, &service_id, &mut sink).expect_err("injected");
-            assert_eq!(
-                (e.kind, e.message.as_str()),
-                (StoreErrorKind::Query, "injected failure before the first byte")
-            );
-            assert!(sink.chunks.is_empty());
+        // Before the first byte: nothing is handed on.
+        store.inject_export_failure(Some(FailPoint::BeforeFirstByte));
+        let received = export(&store, &service_id).await;
+        let e = received.end.expect("ended").expect_err("injected");
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (StoreErrorKind::Query, "injected failure before the first byte")
+        );
+        assert!(received.chunks.is_empty());
 
-            store.inject_export_failure(Some(FailPoint::InternalBeforeFirstByte));
-            let e = export(&store, &service_id, &mut sink).expect_err("injected");
-            assert_eq!(e.kind, StoreErrorKind::Internal);
-            assert!(sink.chunks.is_empty());
+        store.inject_export_failure(Some(FailPoint::InternalBeforeFirstByte));
+        let received = export(&store, &service_id).await;
+        let e = received.end.expect("ended").expect_err("injected");
+        assert_eq!(e.kind, StoreErrorKind::Internal);
+        assert!(received.chunks.is_empty());
 
-            // After a byte: the chunk is handed on, then the export fails.
-            store.inject_export_failure(Some(FailPoint::AfterBytes(1)));
-            let e = export(&store, &service_id, &mut sink).expect_err("injected");
-            assert_eq!(e.kind, StoreErrorKind::Query, "{e}");
-            assert_eq!(sink.chunks.len(), 1);
+        // After a byte: the chunk is handed on, then the export fails.
+        store.inject_export_failure(Some(FailPoint::AfterBytes(1)));
+        let received = export(&store, &service_id).await;
+        let e = received.end.expect("ended").expect_err("injected");
+        assert_eq!(e.kind, StoreErrorKind::Query, "{e}");
+        assert_eq!(received.chunks.len(), 1);
 
-            // A client that leaves first is still a client that left.
-            store.inject_export_failure(Some(FailPoint::AfterBytes(1 << 20)));
-            let mut gone = Recorder {
-                chunks: Vec::new(),
-                open: false,
-            };
-            let e = export(&store, &service_id, &mut gone).expect_err("client left");
-            assert_eq!(e.kind, StoreErrorKind::Cancelled);
+        // A consumer that leaves first just drops the stream, which stops
+        // the wrapped export; the next export runs whole.
+        store.inject_export_failure(Some(FailPoint::AfterBytes(1 << 20)));
+        let mut stream = start_export(&store, &service_id).await;
+        assert!(matches!(stream.next().await, Some(Ok(ExportPart::Chunk(_)))));
+        drop(stream);
 
-            store.inject_export_failure(None);
-            assert_eq!(exported_rows(&store, &service_id).len(), 3);
-        });
+        store.inject_export_failure(None);
+        assert_eq!(exported_rows(&store, &service_id).await.len(), 3);
     }
 }

@@ -5,7 +5,8 @@
 //! hashes, taxonomies, events, profiles and identifiers, and the request log.
 //! The server keeps the small, hot part (services, tokens, taxonomies) in
 //! memory and writes it through; events go in through [`Store::insert_events`]
-//! and come out, already encoded as CSV, through [`Store::export_events`].
+//! and come out, already encoded as CSV, as the [`ExportStream`] of
+//! [`Store::export_events`].
 //!
 //! Backends live in their own module: [`duckdb`] is the embedded default.
 //! [`failing`] wraps any of them to inject failures in tests.
@@ -18,26 +19,39 @@ mod records;
 pub use error::{StoreError, StoreErrorKind};
 pub use records::*;
 
+use std::pin::Pin;
+
 use async_trait::async_trait;
+use bytes::Bytes;
 use fineport_contract::export::EventExportPlan;
 use fineport_contract::import::{EventBatch, Identity};
 use fineport_contract::profile::{Audience, AudienceFilter, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc};
 use fineport_contract::{ServiceId, Tz};
+use futures::Stream;
 
-/// Where an export writes its CSV. The store produces chunks of roughly
-/// [`CHUNK_BYTES`]; the sink hands them to the client.
-pub trait ExportSink: Send {
-    /// Hands one chunk on. Returns `false` when the client has gone away,
-    /// after which the store stops and reports [`StoreErrorKind::Cancelled`].
-    fn send(&mut self, chunk: Vec<u8>) -> bool;
-
-    /// Gives the sink a way to interrupt the query that is running, so that
-    /// a client who leaves in the middle of a long sort frees it at once.
-    fn set_interrupt(&mut self, interrupt: Box<dyn Fn() + Send + Sync>);
+/// One item of an [`ExportStream`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportPart {
+    /// The next piece of the CSV (header first), roughly [`CHUNK_BYTES`].
+    Chunk(Bytes),
+    /// The export is complete: every row has been handed on. Always the
+    /// last item of a complete export, and the only sign that it is.
+    End(ExportSummary),
 }
 
-/// The size a store fills before handing a chunk to the sink.
+/// An export's CSV as it is produced (SPEC §2.3): zero or more
+/// [`ExportPart::Chunk`]s, then [`ExportPart::End`] with the summary (rows,
+/// bytes) for the request log. A failure is an `Err` item, after which the
+/// stream ends. A stream that ends (`None`) without `End` did **not**
+/// complete: its consumer must treat it as a failure, never as a short file.
+///
+/// Dropping the stream stops the export: the backend interrupts its
+/// running query and frees what it holds. The stream owns everything it
+/// needs (`'static`), so the consumer may keep it as long as it likes.
+pub type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportPart, StoreError>> + Send>>;
+
+/// The size a store fills before handing a chunk on.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
 /// Storage operations. Every method documents what must hold when it returns.
@@ -75,17 +89,21 @@ pub trait Store: Send + Sync + 'static {
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError>;
 
-    /// Runs an event export and writes its CSV (header first) into `sink`.
-    /// Blocking: call it from a blocking thread. Memory stays bounded by a
-    /// day of the service's events, whatever the range. Nothing reaches the
-    /// sink before the first day's query has run.
-    fn export_events(
+    /// Starts an event export (SPEC §2.1, §2.3) and returns its CSV as an
+    /// [`ExportStream`] (header first, rows in `(correction_datetime,
+    /// event_log_id)` order). Memory stays bounded whatever the range, and
+    /// the stream holds back: a backend produces at most a few chunks ahead
+    /// of its consumer. No chunk comes before the first slice's query has
+    /// run, so a failure to query (a `Query` error, with why in its message;
+    /// `NotFound` for a service without events table) comes before any
+    /// byte — either as this method's error or as the stream's first item;
+    /// consumers treat both alike.
+    async fn export_events(
         &self,
         service_id: &ServiceId,
         timezone: Tz,
         plan: &EventExportPlan,
-        sink: &mut dyn ExportSink,
-    ) -> Result<ExportSummary, StoreError>;
+    ) -> Result<ExportStream, StoreError>;
 
     /// Creates or updates the profile of `identity` (resolution with merge
     /// and moves, SPEC §1). Returns its `df_unified_id`. Durable on return.
@@ -99,16 +117,17 @@ pub trait Store: Send + Sync + 'static {
     /// time) than the stored one is not overwritten. Durable on return.
     async fn update_profiles(&self, service_id: &ServiceId, updates: Vec<ProfileUpdate>) -> Result<(), StoreError>;
 
-    /// Runs a user-profile export (one row per profile, ordered by
-    /// `df_unified_id`) into `sink`. Blocking, like [`Store::export_events`].
-    fn export_profiles(
+    /// Starts a user-profile export (one row per profile, ordered by
+    /// `df_unified_id`; restricted to `audience` if given) and returns its
+    /// CSV as an [`ExportStream`], with the guarantees of
+    /// [`Store::export_events`].
+    async fn export_profiles(
         &self,
         service_id: &ServiceId,
         timezone: Tz,
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
-        sink: &mut dyn ExportSink,
-    ) -> Result<ExportSummary, StoreError>;
+    ) -> Result<ExportStream, StoreError>;
 
     /// Saves (creates or replaces) an audience definition.
     async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError>;

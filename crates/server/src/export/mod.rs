@@ -21,11 +21,12 @@ use chrono::{DateTime, Utc};
 use fineport_contract::export::{check_lookback, EventExportRequest, ExportFailure, ExportOutcome};
 use fineport_contract::profile::plan_profile_export;
 use fineport_contract::time::today_in;
-use fineport_store::{ExportSink, ExportSummary, Limits, RequestLogEntry, StoreError, TokenKind};
-use tokio::sync::mpsc;
+use fineport_store::{ExportPart, ExportStream, Limits, RequestLogEntry, StoreError, TokenKind};
+use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use self::error::{rate_headers, store_outcome, ExportError};
-use self::stream::{ChannelSink, ExportBody, InterruptSlot, Ledger, Msg, CHANNEL_CHUNKS};
+use self::stream::{ExportBody, Ledger};
 use crate::catalog::ServiceView;
 use crate::limits::{Counter, ExportPermit, RateStatus};
 use crate::state::{bearer_token, drain_body, read_body, require_json, service_id_param, Caller, SharedState};
@@ -92,13 +93,13 @@ fn authenticate(
     }
 }
 
-/// The blocking work that writes an export's CSV into a sink.
-type Producer = Box<dyn FnOnce(&mut dyn ExportSink) -> Result<ExportSummary, StoreError> + Send>;
+/// The store call that starts an export.
+type Start = BoxFuture<'static, Result<ExportStream, StoreError>>;
 
-/// A checked export: its file name and the work that writes it.
+/// A checked export: its file name and how to start it.
 struct ExportJob {
     filename: String,
-    produce: Producer,
+    start: Start,
 }
 
 /// `POST /api/v1/export/event`.
@@ -130,7 +131,7 @@ pub async fn export_event(
             );
             Ok(ExportJob {
                 filename: format!("{service_id}_events_{}_{}.csv", plan.from_date, plan.to_date),
-                produce: Box::new(move |sink| store.export_events(&service_id, timezone, &plan, sink)),
+                start: Box::pin(async move { store.export_events(&service_id, timezone, &plan).await }),
             })
         },
     )
@@ -169,8 +170,10 @@ pub async fn export_userprofile(
             let (store, timezone) = (state.store.clone(), service.timezone);
             Ok(ExportJob {
                 filename: format!("{service_id}_userprofile_{}.csv", today_in(timezone, now)),
-                produce: Box::new(move |sink| {
-                    store.export_profiles(&service_id, timezone, &plan, audience.as_ref(), sink)
+                start: Box::pin(async move {
+                    store
+                        .export_profiles(&service_id, timezone, &plan, audience.as_ref())
+                        .await
                 }),
             })
         },
@@ -239,7 +242,7 @@ async fn export(
         started,
         permit,
     };
-    stream_csv(ledger, job.filename, job.produce).await
+    stream_csv(ledger, job.filename, job.start).await
 }
 
 /// Admits an export under the service's hourly quota and concurrency limit
@@ -274,41 +277,34 @@ fn refuse(state: &SharedState, error: ExportError, mut entry: RequestLogEntry, s
     error.into_response()
 }
 
-/// Runs `produce` on a blocking thread and answers with its CSV, once its
-/// first chunk is ready. A failure before that answers 500 with the
-/// detailed response; after it, the body breaks (see [`stream`]).
-async fn stream_csv(ledger: Ledger, filename: String, produce: Producer) -> Response {
-    let (tx, mut rx) = mpsc::channel(CHANNEL_CHUNKS);
-    let interrupt: InterruptSlot = Default::default();
-    let mut sink = ChannelSink {
-        tx: tx.clone(),
-        interrupt: interrupt.clone(),
-    };
-    let producer = tokio::task::spawn_blocking(move || {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| produce(&mut sink)))
-            .unwrap_or_else(|_| Err(StoreError::internal("the export panicked")));
-        let _ = tx.blocking_send(Msg::Done(result));
-    });
-    drop(producer);
-
+/// Starts the export and answers with its CSV once the first chunk is
+/// ready. A failure before that (from the start or as the stream's first
+/// item) answers 500 with the detailed response; after it, the body breaks
+/// (see [`stream`]).
+async fn stream_csv(ledger: Ledger, filename: String, start: Start) -> Response {
     // If this future is dropped while waiting (the client left before the
-    // first byte), the guard interrupts the query and records it.
-    let mut guard = PendingGuard {
-        interrupt: interrupt.clone(),
-        ledger: Some(ledger),
-    };
+    // first byte), the guard records it; the stream, dropped with it,
+    // interrupts the query.
+    let mut guard = PendingGuard { ledger: Some(ledger) };
     let rate = guard.ledger.as_ref().map(|l| l.permit.status);
-    let first = match rx.recv().await {
-        Some(Msg::Chunk(chunk)) => chunk,
-        Some(Msg::Done(Ok(summary))) => {
+    let (stream, first) = match start.await {
+        Err(e) => (None, Some(Err(e))),
+        Ok(mut stream) => {
+            let first = stream.next().await;
+            (Some(stream), first)
+        }
+    };
+    let first = match first {
+        Some(Ok(ExportPart::Chunk(chunk))) => chunk,
+        Some(Ok(ExportPart::End(summary))) => {
             // Finished without a byte (no store does this: the header always
             // comes): an empty, complete body.
             if let Some(ledger) = guard.ledger.take() {
                 ledger.close(200, Ok(()), Some(summary.rows), 0);
             }
-            Vec::new()
+            Default::default()
         }
-        Some(Msg::Done(Err(e))) => {
+        Some(Err(e)) => {
             tracing::error!(error = %e, "export failed before its first byte");
             // A query error says why (e.g. acknowledged imports that cannot
             // be stored yet); anything else stays a bare unknown_error.
@@ -318,13 +314,13 @@ async fn stream_csv(ledger: Ledger, filename: String, produce: Producer) -> Resp
             };
             return guard.fail(failure, rate);
         }
+        // Ended without `End`: never complete.
         None => return guard.fail(ExportFailure::new(ExportOutcome::UnknownError), rate),
     };
     let ledger = guard.ledger.take();
     let body = ExportBody {
-        rx,
+        stream,
         first: Some(first),
-        interrupt,
         ledger,
         bytes_sent: 0,
     };
@@ -340,8 +336,8 @@ async fn stream_csv(ledger: Ledger, filename: String, produce: Producer) -> Resp
     response
 }
 
+/// The books of an export that has not answered yet.
 struct PendingGuard {
-    interrupt: InterruptSlot,
     ledger: Option<Ledger>,
 }
 
@@ -369,7 +365,6 @@ impl PendingGuard {
 impl Drop for PendingGuard {
     fn drop(&mut self) {
         if let Some(ledger) = self.ledger.take() {
-            stream::interrupt(&self.interrupt);
             ledger.close(200, Err(ExportOutcome::ClientConnectionClosed), None, 0);
         }
     }

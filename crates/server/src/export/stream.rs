@@ -1,60 +1,29 @@
-//! The streaming CSV body: a blocking store export feeds a bounded channel,
-//! the response body drains it.
+//! The streaming CSV body: the response body polls the store's
+//! [`ExportStream`], which produces only as fast as the body drains it
+//! (the backend bounds what is in flight, so memory stays flat however big
+//! the export).
 //!
-//! The bound gives backpressure, so memory stays flat however big the
-//! export. The body owns the export's concurrency slot and its request-log
-//! entry: when it ends, it records the outcome; when it is dropped early
-//! (the client went away), it interrupts the query, frees the slot at once
-//! and records `client_connection_closed`. A store failure after the first
+//! The body owns the export's stream, its concurrency slot and its
+//! request-log entry: when the stream ends with its `End`, it records the
+//! outcome; when it is dropped early (the client went away, the write
+//! timeout, the shutdown deadline), it drops the stream — which stops the
+//! store's query — frees the slot at once and records
+//! `client_connection_closed`. A store failure after the first
 //! byte ends the body with an error, so hyper closes the connection without
 //! the final chunk and the client sees a broken transfer, never a short file.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Bytes;
 use fineport_contract::export::ExportOutcome;
-use fineport_store::{ExportSink, ExportSummary, RequestLogEntry, StoreError};
-use futures::Stream;
-use tokio::sync::mpsc;
+use fineport_store::{ExportPart, ExportStream, RequestLogEntry};
+use futures::{Stream, StreamExt};
 
 use super::error::store_outcome;
 use crate::limits::ExportPermit;
 use crate::request_log::RequestLog;
-
-/// Chunks in flight between the store and the socket (each ~64 KiB).
-pub const CHANNEL_CHUNKS: usize = 4;
-
-pub enum Msg {
-    Chunk(Vec<u8>),
-    Done(Result<ExportSummary, StoreError>),
-}
-
-pub type InterruptSlot = Arc<Mutex<Option<Box<dyn Fn() + Send + Sync>>>>;
-
-pub fn interrupt(slot: &InterruptSlot) {
-    if let Some(f) = slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-        f();
-    }
-}
-
-/// The store's side of the channel.
-pub struct ChannelSink {
-    pub tx: mpsc::Sender<Msg>,
-    pub interrupt: InterruptSlot,
-}
-
-impl ExportSink for ChannelSink {
-    fn send(&mut self, chunk: Vec<u8>) -> bool {
-        self.tx.blocking_send(Msg::Chunk(chunk)).is_ok()
-    }
-
-    fn set_interrupt(&mut self, interrupt: Box<dyn Fn() + Send + Sync>) {
-        *self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) = Some(interrupt);
-    }
-}
 
 /// Everything needed to close an export's books: its slot and its log entry.
 pub struct Ledger {
@@ -85,23 +54,25 @@ impl Ledger {
     }
 }
 
-/// The response body of a streaming export.
+/// The response body of a streaming export: the store's [`ExportStream`],
+/// with the first chunk already taken from it.
 pub struct ExportBody {
-    pub rx: mpsc::Receiver<Msg>,
-    pub first: Option<Vec<u8>>,
-    pub interrupt: InterruptSlot,
+    /// `None` once dropped (before the ledger is closed).
+    pub stream: Option<ExportStream>,
+    pub first: Option<Bytes>,
     pub ledger: Option<Ledger>,
     pub bytes_sent: u64,
 }
 
 impl ExportBody {
-    fn chunk(&mut self, chunk: Vec<u8>) -> Poll<Option<Result<Bytes, std::io::Error>>> {
+    fn chunk(&mut self, chunk: Bytes) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         self.bytes_sent += chunk.len() as u64;
-        Poll::Ready(Some(Ok(Bytes::from(chunk))))
+        Poll::Ready(Some(Ok(chunk)))
     }
 
     fn fail(&mut self, outcome: ExportOutcome, why: String) -> Poll<Option<Result<Bytes, std::io::Error>>> {
         tracing::error!(error = %why, "export failed after its first byte; aborting the response");
+        self.stream = None;
         if let Some(ledger) = self.ledger.take() {
             // Mid-stream the status line is long gone: the log says 200 + what happened.
             ledger.close(200, Err(outcome), None, self.bytes_sent);
@@ -120,22 +91,27 @@ impl Stream for ExportBody {
         if self.ledger.is_none() {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
+        let Some(stream) = self.stream.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match stream.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(Some(Msg::Chunk(chunk))) => self.chunk(chunk),
-            Poll::Ready(Some(Msg::Done(Ok(summary)))) => {
+            Poll::Ready(Some(Ok(ExportPart::Chunk(chunk)))) => self.chunk(chunk),
+            Poll::Ready(Some(Ok(ExportPart::End(summary)))) => {
+                self.stream = None;
                 if let Some(ledger) = self.ledger.take() {
                     ledger.close(200, Ok(()), Some(summary.rows), self.bytes_sent);
                 }
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(Msg::Done(Err(e)))) => {
+            Poll::Ready(Some(Err(e))) => {
                 let outcome = match store_outcome(&e) {
                     ExportOutcome::ClientConnectionClosed => ExportOutcome::UnknownError,
                     other => other,
                 };
                 self.fail(outcome, e.to_string())
             }
+            // Never complete without `End`.
             Poll::Ready(None) => self.fail(
                 ExportOutcome::UnknownError,
                 "the export stopped without finishing".into(),
@@ -147,7 +123,8 @@ impl Stream for ExportBody {
 impl Drop for ExportBody {
     fn drop(&mut self) {
         if let Some(ledger) = self.ledger.take() {
-            interrupt(&self.interrupt);
+            // Dropping the store's stream interrupts its query; then the slot goes.
+            self.stream = None;
             ledger.close(200, Err(ExportOutcome::ClientConnectionClosed), None, self.bytes_sent);
         }
     }

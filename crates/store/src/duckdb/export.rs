@@ -37,7 +37,8 @@ use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
 use super::schema::{events_table, Layout};
-use crate::{ExportSink, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
+use super::stream::{cancelled, Sink};
+use crate::{ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 
 /// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
 /// 45 columns of a full export. Three slices are in memory at most (one
@@ -106,13 +107,13 @@ pub(crate) fn run(
     service_id: &ServiceId,
     timezone: Tz,
     plan: &EventExportPlan,
-    sink: &mut dyn ExportSink,
+    sink: &mut Sink,
     Settings { slice_cells }: Settings,
 ) -> Result<ExportSummary, StoreError> {
     let worker_conn = conn.try_clone()?;
     let interrupts = [conn.interrupt_handle(), worker_conn.interrupt_handle()];
     let interrupt_all = move || interrupts.iter().for_each(|i| i.interrupt());
-    start(sink, Box::new(interrupt_all.clone()));
+    sink.set_interrupt(interrupt_all.clone())?;
 
     let mut select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
     let csv_columns = select.len();
@@ -410,12 +411,6 @@ fn cut_slices(buckets: &[(i64, u64)], target: SliceTarget, start_ms: i64, end_ms
     slices
 }
 
-/// What every export does first: let the sink interrupt the export's
-/// queries.
-pub(crate) fn start(sink: &mut dyn ExportSink, interrupt: Box<dyn Fn() + Send + Sync>) {
-    sink.set_interrupt(interrupt);
-}
-
 pub(crate) fn query_error(e: duckdb::Error) -> StoreError {
     // An interrupted query is one whose client left; report it as such.
     let message = e.to_string();
@@ -450,12 +445,12 @@ fn column_expr(layout: &Layout, source: &ColumnSource) -> String {
 /// The CSV being written: a buffer handed to the sink in ~64 KiB chunks.
 pub(crate) struct Out<'a> {
     pub buf: Vec<u8>,
-    sink: &'a mut dyn ExportSink,
+    sink: &'a mut Sink,
     pub summary: ExportSummary,
 }
 
 impl<'a> Out<'a> {
-    pub fn new(header: Vec<u8>, sink: &'a mut dyn ExportSink) -> Self {
+    pub fn new(header: Vec<u8>, sink: &'a mut Sink) -> Self {
         Out {
             buf: header,
             sink,
@@ -480,7 +475,7 @@ impl<'a> Out<'a> {
         let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 4));
         self.summary.bytes += chunk.len() as u64;
         if !self.sink.send(chunk) {
-            return Err(StoreError::new(StoreErrorKind::Cancelled, "the client went away"));
+            return Err(cancelled());
         }
         Ok(())
     }

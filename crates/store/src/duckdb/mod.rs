@@ -12,6 +12,7 @@ mod identity;
 mod import_log;
 mod profiles;
 mod schema;
+mod stream;
 mod writer;
 
 use std::path::Path;
@@ -34,7 +35,7 @@ use self::schema::{Layout, Layouts, PropertyColumn};
 pub use self::writer::MovePolicy;
 use self::writer::{Job, WriterState};
 use crate::{
-    CatalogSnapshot, ExportSink, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
+    CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
     StoreErrorKind, TokenKind, TokenRecord,
 };
 
@@ -164,6 +165,51 @@ impl DuckDbStore {
         })?;
         rx.blocking_recv()
             .map_err(|_| StoreError::internal("the writer thread stopped"))?
+    }
+
+    /// A handle on the same database, for an export's thread to own.
+    fn handle(&self) -> DuckDbStore {
+        DuckDbStore {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// An event export into `sink`. Blocking: runs on the export's thread.
+    fn run_event_export(
+        &self,
+        service_id: &ServiceId,
+        timezone: Tz,
+        plan: &EventExportPlan,
+        sink: &mut stream::Sink,
+    ) -> Result<ExportSummary, StoreError> {
+        self.sync_imports(service_id)?;
+        let conn = self.connection()?;
+        let layout = self
+            .inner
+            .layouts
+            .read()
+            .map_err(|_| StoreError::internal("layout lock poisoned"))?
+            .get(service_id.as_str())
+            .cloned()
+            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
+        let settings = export::Settings {
+            slice_cells: self.inner.export_slice_cells,
+        };
+        export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
+    }
+
+    /// A user-profile export into `sink`. Blocking, like [`Self::run_event_export`].
+    fn run_profile_export(
+        &self,
+        service_id: &ServiceId,
+        timezone: Tz,
+        plan: &ProfileExportPlan,
+        audience: Option<&AudienceFilter>,
+        sink: &mut stream::Sink,
+    ) -> Result<ExportSummary, StoreError> {
+        self.sync_imports(service_id)?;
+        let conn = self.connection()?;
+        profiles::export(&conn, service_id, timezone, plan, audience, sink)
     }
 
     fn connection(&self) -> Result<Connection, StoreError> {
@@ -482,29 +528,20 @@ impl Store for DuckDbStore {
             .map_err(|_| StoreError::internal("the writer thread stopped"))?
     }
 
-    fn export_events(
+    /// On a blocking thread behind the stream (see `stream.rs`): first the
+    /// acknowledged imports are moved in (a `Query` error if they cannot
+    /// be), then the sliced export of `export.rs` runs.
+    async fn export_events(
         &self,
         service_id: &ServiceId,
         timezone: Tz,
         plan: &EventExportPlan,
-        sink: &mut dyn ExportSink,
-    ) -> Result<ExportSummary, StoreError> {
-        self.sync_imports(service_id)?;
-        let conn = self.connection()?;
-        let layout = self
-            .inner
-            .layouts
-            .read()
-            .map_err(|_| StoreError::internal("layout lock poisoned"))?
-            .get(service_id.as_str())
-            .cloned()
-            .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no event table for {service_id}")))?;
-        let settings = export::Settings {
-            slice_cells: self.inner.export_slice_cells,
-        };
-        export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
+    ) -> Result<ExportStream, StoreError> {
+        let (store, service_id, plan) = (self.handle(), service_id.to_owned(), plan.clone());
+        Ok(stream::spawn(move |sink| {
+            store.run_event_export(&service_id, timezone, &plan, sink)
+        }))
     }
-
     async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError> {
         let service_id = service_id.to_owned();
         self.write_with(move |state| profiles::upsert_identity(state, &service_id, &identity))
@@ -523,17 +560,19 @@ impl Store for DuckDbStore {
             .await
     }
 
-    fn export_profiles(
+    /// On a blocking thread behind the stream, like [`Store::export_events`].
+    async fn export_profiles(
         &self,
         service_id: &ServiceId,
         timezone: Tz,
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
-        sink: &mut dyn ExportSink,
-    ) -> Result<ExportSummary, StoreError> {
-        self.sync_imports(service_id)?;
-        let conn = self.connection()?;
-        profiles::export(&conn, service_id, timezone, plan, audience, sink)
+    ) -> Result<ExportStream, StoreError> {
+        let (store, service_id, plan) = (self.handle(), service_id.to_owned(), plan.clone());
+        let audience = audience.cloned();
+        Ok(stream::spawn(move |sink| {
+            store.run_profile_export(&service_id, timezone, &plan, audience.as_ref(), sink)
+        }))
     }
 
     async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError> {

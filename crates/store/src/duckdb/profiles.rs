@@ -21,11 +21,12 @@ use fineport_contract::time::day_bounds_ms;
 use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
-use super::export::{query_error, start, Out};
+use super::export::{query_error, Out};
 use super::identity::{Identities, Staged};
 use super::schema::events_table;
+use super::stream::Sink;
 use super::writer::WriterState;
-use crate::{ExportSink, ExportSummary, StoreError};
+use crate::{ExportSummary, StoreError};
 
 /// Resolves identities within the open transaction and writes what they
 /// create; the index changes apply after the commit.
@@ -168,10 +169,10 @@ pub(crate) fn export(
     timezone: Tz,
     plan: &ProfileExportPlan,
     audience: Option<&AudienceFilter>,
-    sink: &mut dyn ExportSink,
+    sink: &mut Sink,
 ) -> Result<ExportSummary, StoreError> {
     let interrupt = conn.interrupt_handle();
-    start(sink, Box::new(move || interrupt.interrupt()));
+    sink.set_interrupt(move || interrupt.interrupt())?;
     let headers = plan.headers();
     let columns: Vec<ProfileColumn> = headers
         .iter()
