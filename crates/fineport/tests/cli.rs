@@ -20,6 +20,18 @@ impl Drop for Server {
     }
 }
 
+/// `fineport serve` on `listen` over the data directory `data`, with the
+/// test's admin token.
+fn serve_command(data: &std::path::Path, listen: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", listen])
+        .arg("--data")
+        .arg(data)
+        .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN);
+    command
+}
+
 /// Starts `fineport serve --demo` on a free port and waits for "listening on".
 fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,12 +39,9 @@ fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--demo", "--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data")
-        .arg(data)
+    let mut child = serve_command(data, &format!("127.0.0.1:{port}"))
+        .arg("--demo")
         .args(extra)
-        .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -306,11 +315,7 @@ fn exports_fail_visibly_while_a_file_size_limit_keeps_imports_out_of_the_tables(
 /// Runs `fineport serve` on `data`, expecting it to refuse to start; returns
 /// what it wrote to stderr. Fails if it is still running after a minute.
 fn serve_refuses_to_start(data: &std::path::Path) -> String {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .arg("--data")
-        .arg(data)
-        .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN)
+    let mut child = serve_command(data, "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
