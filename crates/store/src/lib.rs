@@ -97,7 +97,10 @@ pub trait Store: Send + Sync + 'static {
     /// run, so a failure to query (a `Query` error, with why in its message;
     /// `NotFound` for a service without events table) comes before any
     /// byte — either as this method's error or as the stream's first item;
-    /// consumers treat both alike.
+    /// consumers treat both alike. Every event acknowledged by
+    /// [`Store::insert_events`] before the call is in the export; when the
+    /// backend cannot make some of them readable yet, the export fails with
+    /// `Query` instead of leaving them out.
     async fn export_events(
         &self,
         service_id: &ServiceId,
