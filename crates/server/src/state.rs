@@ -191,13 +191,17 @@ impl std::fmt::Display for BodyError {
     }
 }
 
+impl BodyError {
+    /// The body did not arrive within `timeout`.
+    fn timed_out(timeout: Duration) -> Self {
+        BodyError::Unreadable(format!("not received within {}s", timeout.as_secs()))
+    }
+}
+
 /// Reads a request body of at most `limit` bytes within `timeout`.
 pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
-        Err(_) => Err(BodyError::Unreadable(format!(
-            "not received within {}s",
-            timeout.as_secs()
-        ))),
+        Err(_) => Err(BodyError::timed_out(timeout)),
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
@@ -215,11 +219,17 @@ pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<By
 ///
 /// Answering without reading the body would leave it on the wire in front
 /// of the client's next request, and the connection could not be reused.
-/// A body that is declared larger than `limit` is not read at all. When
-/// this returns an error the body was not read to its end, and the
-/// connection middleware answers `Connection: close`
+/// A body that is declared larger than `limit` is not read at all. A body
+/// that cannot be read to its end (too large, too slow) is left, logged at
+/// debug level, and the connection middleware answers `Connection: close`
 /// ([`connection::close_unless_body_read`](crate::connection::close_unless_body_read)).
-pub async fn drain_body(body: Body, limit: usize, timeout: Duration) -> Result<(), BodyError> {
+pub async fn drain_body(body: Body, limit: usize, timeout: Duration) {
+    if let Err(e) = try_drain_body(body, limit, timeout).await {
+        tracing::debug!(error = %e, "the body of a refused request was not read");
+    }
+}
+
+async fn try_drain_body(body: Body, limit: usize, timeout: Duration) -> Result<(), BodyError> {
     if http_body::Body::size_hint(&body).lower() > limit as u64 {
         return Err(BodyError::TooLarge(limit));
     }
@@ -237,12 +247,9 @@ pub async fn drain_body(body: Body, limit: usize, timeout: Duration) -> Result<(
         }
         Ok(())
     };
-    tokio::time::timeout(timeout, drain).await.unwrap_or_else(|_| {
-        Err(BodyError::Unreadable(format!(
-            "not received within {}s",
-            timeout.as_secs()
-        )))
-    })
+    tokio::time::timeout(timeout, drain)
+        .await
+        .unwrap_or_else(|_| Err(BodyError::timed_out(timeout)))
 }
 
 #[cfg(test)]

@@ -200,10 +200,7 @@ async fn export(
             // for the client's next request; one that cannot be read (too
             // large, too slow) is answered `Connection: close` instead.
             let (error, entry) = *refused;
-            let config = &state.config;
-            if let Err(e) = drain_body(body, config.export_body_limit, config.body_timeout).await {
-                tracing::debug!(error = %e, "the body of a refused export was not read");
-            }
+            drain_body(body, state.config.export_body_limit, state.config.body_timeout).await;
             return refuse(&state, error, entry, started);
         }
     };

@@ -254,10 +254,7 @@ async fn import(
         Err(answer) => {
             // As for a refused export: read the body so that the connection
             // stays usable, or it is answered `Connection: close`.
-            let config = &state.config;
-            if let Err(e) = drain_body(body, config.import_body_limit, config.body_timeout).await {
-                tracing::debug!(error = %e, "the body of a refused import was not read");
-            }
+            drain_body(body, state.config.import_body_limit, state.config.body_timeout).await;
             return answer;
         }
     };
