@@ -11,9 +11,12 @@
 //! Backends live in their own module: [`duckdb`] is the embedded default.
 //! [`failing`] wraps any of them to inject failures in tests.
 
+
 pub mod duckdb;
 mod error;
 pub mod failing;
+pub mod identity;
+pub mod profile_export;
 mod records;
 
 pub use error::{StoreError, StoreErrorKind};

@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use fineport_contract::taxonomy::Taxonomy;
+use fineport_contract::taxonomy::{PropertyScope, Taxonomy};
 use fineport_contract::ServiceId;
 use serde::{Deserialize, Serialize};
+
+use crate::StoreError;
 
 /// Per-service limits (SPEC §3), each overridable through the admin API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,4 +110,27 @@ pub struct RequestLogEntry {
     pub rows: Option<u64>,
     pub bytes: Option<u64>,
     pub duration_ms: u64,
+}
+
+/// A stored time (UTC ms). Out of chrono's range is corrupt data: an error
+/// naming `what`, never a silent 1970.
+pub(crate) fn ms_to_time(ms: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::internal(format!("corrupt stored data: {what} has the impossible time {ms} ms")))
+}
+
+/// A service id read from a table: one that does not parse is corrupt
+/// data, an error naming it.
+pub(crate) fn stored_service_id(id: String) -> Result<ServiceId, StoreError> {
+    ServiceId::parse(&id).map_err(|e| StoreError::internal(format!("corrupt stored data: {e}")))
+}
+
+/// A property scope as stored (`PropertyScope::as_str`).
+pub(crate) fn parse_scope(s: &str) -> Result<PropertyScope, StoreError> {
+    match s {
+        "event" => Ok(PropertyScope::Event),
+        "item" => Ok(PropertyScope::Item),
+        "user" => Ok(PropertyScope::User),
+        other => Err(StoreError::internal(format!("unknown stored scope {other:?}"))),
+    }
 }

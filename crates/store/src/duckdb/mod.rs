@@ -34,6 +34,7 @@ use self::import_log::{ImportLog, LoggedBatch};
 use self::schema::{Layout, Layouts, PropertyColumn};
 pub use self::writer::MovePolicy;
 use self::writer::{Job, WriterState};
+use crate::records::{ms_to_time, stored_service_id};
 use crate::{
     CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
     StoreErrorKind, TokenKind, TokenRecord,
@@ -291,13 +292,6 @@ impl Drop for Inner {
     }
 }
 
-/// A stored time (UTC ms). Out of chrono's range is corrupt data: an error
-/// naming `what`, never a silent 1970.
-fn ms_to_time(ms: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_millis(ms)
-        .ok_or_else(|| StoreError::internal(format!("corrupt stored data: {what} has the impossible time {ms} ms")))
-}
-
 /// Registers `additions` in the open transaction: taxonomy rows, and an
 /// event-table column per event or item property.
 fn register_in(state: &mut WriterState, service_id: &ServiceId, additions: &TaxonomyDoc) -> Result<(), StoreError> {
@@ -336,12 +330,6 @@ fn register_in(state: &mut WriterState, service_id: &ServiceId, additions: &Taxo
     }
     state.set_layout(service_id, layout);
     Ok(())
-}
-
-/// A service id read from a table: one that does not parse is corrupt
-/// data, an error naming it.
-fn stored_service_id(id: String) -> Result<ServiceId, StoreError> {
-    ServiceId::parse(&id).map_err(|e| StoreError::internal(format!("corrupt stored data: {e}")))
 }
 
 fn save_tokens_in(conn: &Connection, tokens: &[TokenRecord]) -> Result<(), StoreError> {

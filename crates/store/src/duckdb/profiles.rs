@@ -12,11 +12,8 @@ use std::collections::HashMap;
 use duckdb::arrow::array::{Array, StringArray};
 use duckdb::types::Value as Sql;
 use duckdb::{params, params_from_iter, Connection};
-use fineport_contract::csv;
 use fineport_contract::import::Identity;
-use fineport_contract::profile::{
-    AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate, EXTERNAL_ID_COLUMN, UNIFIED_ID_COLUMN,
-};
+use fineport_contract::profile::{AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::time::day_bounds_ms;
 use fineport_contract::ServiceId;
 use fineport_contract::Tz;
@@ -26,6 +23,7 @@ use super::identity::{Identities, Staged};
 use super::schema::events_table;
 use super::stream::Sink;
 use super::writer::WriterState;
+use crate::profile_export::ProfileCsv;
 use crate::{ExportSummary, StoreError};
 
 /// Resolves identities within the open transaction and writes what they
@@ -40,8 +38,8 @@ fn resolve(
         .iter()
         .map(|identity| state.identities.resolve(&mut staged, service_id, identity))
         .collect();
-    Identities::write(&state.conn, &staged, chrono::Utc::now().timestamp_millis())?;
-    state.pending = Some(staged.written());
+    Identities::write(&state.conn, &mut staged, chrono::Utc::now().timestamp_millis())?;
+    state.pending = Some(staged);
     Ok(uids)
 }
 
@@ -156,13 +154,6 @@ fn audience_sql(
     }
 }
 
-/// What one CSV column of a profile row holds.
-enum ProfileColumn {
-    UnifiedId,
-    ExternalId,
-    Property(String),
-}
-
 pub(crate) fn export(
     conn: &Connection,
     service_id: &ServiceId,
@@ -173,15 +164,7 @@ pub(crate) fn export(
 ) -> Result<ExportSummary, StoreError> {
     let interrupt = conn.interrupt_handle();
     sink.set_interrupt(move || interrupt.interrupt())?;
-    let headers = plan.headers();
-    let columns: Vec<ProfileColumn> = headers
-        .iter()
-        .map(|h| match h.as_str() {
-            UNIFIED_ID_COLUMN => ProfileColumn::UnifiedId,
-            EXTERNAL_ID_COLUMN if plan.with_external_id => ProfileColumn::ExternalId,
-            name => ProfileColumn::Property(name.to_owned()),
-        })
-        .collect();
+    let csv = ProfileCsv::new(plan);
     let names: Vec<String> = plan.properties.iter().map(|(n, _)| n.clone()).collect();
 
     let mut params = Vec::new();
@@ -201,9 +184,7 @@ pub(crate) fn export(
          WHERE p.service_id = ?{restriction} ORDER BY p.unified_id"
     );
 
-    let mut header = Vec::new();
-    csv::push_line(&mut header, &headers);
-    let mut out = Out::new(header, sink);
+    let mut out = Out::new(csv.header(), sink);
     let mut stmt = conn.prepare(&sql).map_err(query_error)?;
     let stream = stmt
         .stream_arrow(params_from_iter(params.iter()))
@@ -225,7 +206,7 @@ pub(crate) fn export(
             let uid = uids.value(row);
             if current.as_ref().is_none_or(|(u, _)| u != uid) {
                 if let Some(done) = current.take() {
-                    write_row(&mut out, &columns, &done, &values)?;
+                    write_row(&mut out, &csv, &done, &values)?;
                     values.clear();
                 }
                 let ext = (!exts.is_null(row)).then(|| exts.value(row).to_owned());
@@ -237,7 +218,7 @@ pub(crate) fn export(
         }
     }
     if let Some(done) = current.take() {
-        write_row(&mut out, &columns, &done, &values)?;
+        write_row(&mut out, &csv, &done, &values)?;
     }
     out.flush()?;
     Ok(out.summary)
@@ -245,22 +226,10 @@ pub(crate) fn export(
 
 fn write_row(
     out: &mut Out<'_>,
-    columns: &[ProfileColumn],
+    csv: &ProfileCsv,
     (uid, ext): &(String, Option<String>),
     values: &HashMap<String, String>,
 ) -> Result<(), StoreError> {
-    for (i, column) in columns.iter().enumerate() {
-        if i > 0 {
-            out.buf.push(b',');
-        }
-        let cell = match column {
-            ProfileColumn::UnifiedId => Some(uid.as_str()),
-            ProfileColumn::ExternalId => ext.as_deref(),
-            ProfileColumn::Property(name) => values.get(name).map(String::as_str),
-        };
-        if let Some(cell) = cell {
-            csv::push_field(&mut out.buf, cell.as_bytes());
-        }
-    }
+    csv.push_row(&mut out.buf, uid, ext.as_deref(), values);
     out.end_row()
 }

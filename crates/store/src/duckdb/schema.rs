@@ -222,11 +222,4 @@ pub(crate) fn load_layouts(conn: &Connection) -> Result<HashMap<String, Arc<Layo
     Ok(layouts.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
 }
 
-pub(crate) fn parse_scope(s: &str) -> Result<PropertyScope, StoreError> {
-    match s {
-        "event" => Ok(PropertyScope::Event),
-        "item" => Ok(PropertyScope::Item),
-        "user" => Ok(PropertyScope::User),
-        other => Err(StoreError::internal(format!("unknown stored scope {other:?}"))),
-    }
-}
+pub(crate) use crate::records::parse_scope;

@@ -555,6 +555,6 @@ fn insert_batches(
             .event_ids
             .push((service_id.to_owned(), fresh_ids.into_iter().collect()));
     }
-    Identities::write(&state.conn, &changes.identities, now_ms)?;
+    Identities::write(&state.conn, &mut changes.identities, now_ms)?;
     Ok(())
 }
