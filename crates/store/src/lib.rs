@@ -8,10 +8,14 @@
 //! and come out, already encoded as CSV, as the [`ExportStream`] of
 //! [`Store::export_events`].
 //!
-//! Backends live in their own module: [`duckdb`] is the embedded default.
-//! [`failing`] wraps any of them to inject failures in tests.
+//! Backends live in their own module: [`duckdb`] is the embedded default;
+//! [`cluster`] holds cluster mode's parts ([`cluster::postgres`]: all but
+//! events on PostgreSQL). [`failing`] wraps any of them to inject failures
+//! in tests. Rules every backend applies the same way are backend-neutral
+//! code: [`identity`] (identity resolution over a small storage interface)
+//! and [`profile_export`] (the profile CSV, the audience merge-join).
 
-
+pub mod cluster;
 pub mod duckdb;
 mod error;
 pub mod failing;
