@@ -276,7 +276,7 @@ impl Postgres {
     /// conditions in SQL; the users of the i-th `Event` condition come as
     /// `event_users[i]` (ascending byte order, each once, e.g. from
     /// ClickHouse), and a profile is kept only if it is in every one of
-    /// them (a streaming merge-join, [`InEvery`]). `timezone` is not needed
+    /// them (a streaming merge-join, [`InEvery`]). The timezone is not needed
     /// here (the event conditions' days are the event store's business).
     ///
     /// Memory stays flat: the query runs as a portal fetched
@@ -288,12 +288,11 @@ impl Postgres {
     pub async fn export_profiles(
         &self,
         service_id: &ServiceId,
-        timezone: Tz,
+        _timezone: Tz,
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
         event_users: Vec<SortedIds>,
     ) -> Result<ExportStream, StoreError> {
-        let _ = timezone;
         let events = match audience {
             Some(AudienceFilter::All(conditions)) => conditions
                 .iter()
@@ -309,11 +308,16 @@ impl Postgres {
         }
         let query = ProfileQuery::new(service_id, plan, audience);
         let csv = ProfileCsv::new(plan);
-        let client = self.client().await?;
+        let mut client = self.client().await?;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         tokio::spawn(async move {
             let mut sink = Sink { tx };
-            let result = run_export(client, &query, &csv, InEvery::new(event_users), &mut sink).await;
+            let result = run_export(&mut client, &query, &csv, InEvery::new(event_users), &mut sink).await;
+            if result.as_ref().is_err_and(|e| e.kind == StoreErrorKind::Cancelled) {
+                // A cancel request may land late: never hand this
+                // connection to another caller, close it.
+                drop(Object::take(client));
+            }
             let last = match result {
                 Ok(summary) => Ok(ExportPart::End(summary)),
                 Err(e) => Err(e),
@@ -419,9 +423,9 @@ struct Current {
 
 /// Runs the export on its own connection, in a read-only transaction whose
 /// portal is fetched a batch at a time. Stops (cancelling the running
-/// fetch) as soon as the consumer is gone.
+/// fetch) as soon as the consumer is gone, with a `Cancelled` error.
 async fn run_export(
-    mut client: Object,
+    client: &mut Object,
     query: &ProfileQuery,
     csv: &ProfileCsv,
     mut in_every: InEvery,
