@@ -11,6 +11,7 @@
 //! Backends live in their own module: [`duckdb`] is the embedded default.
 //! [`failing`] wraps any of them to inject failures in tests.
 
+pub mod cluster;
 pub mod duckdb;
 mod error;
 pub mod failing;
