@@ -179,8 +179,9 @@ async fn count_buckets(inner: &Arc<Inner>, query: &Query, days: &[(i64, i64)]) -
 
 /// Groups consecutive `days` (`[start, end)` UTC ms, contiguous) into
 /// ranges of at most `target` rows by `buckets`; a day is never split. The
-/// ranges cover the days from the first to the last (empty days join a
-/// neighbour); none when the days hold no rows.
+/// ranges cover the days from the first to the last (an empty day joins
+/// the range before it, leading ones the first); none when the days hold
+/// no rows.
 fn group_days(days: &[(i64, i64)], buckets: &[(i64, u64)], target: u64) -> Vec<(i64, i64)> {
     let (Some(&(start, _)), Some(&(_, end))) = (days.first(), days.last()) else {
         return Vec::new();
@@ -201,7 +202,7 @@ fn group_days(days: &[(i64, i64)], buckets: &[(i64, u64)], target: u64) -> Vec<(
             day_rows += n;
             next_bucket.next();
         }
-        if rows > 0 && rows + day_rows > target {
+        if rows > 0 && day_rows > 0 && rows + day_rows > target {
             ranges.push((range_start, day_start));
             range_start = day_start;
             rows = 0;
