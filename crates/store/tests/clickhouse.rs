@@ -471,8 +471,9 @@ async fn a_query_killed_mid_stream_is_an_error_not_an_end() {
     let first = stream.next().await.expect("an item").expect("the first chunk");
     assert!(matches!(first, ExportPart::Chunk(_)));
     for node in 0..cluster.urls.len() {
+        // The initiator's query (its remote parts have ClickHouse's ids).
         let kill = format!(
-            "KILL QUERY WHERE query LIKE '%{}.events%' AND query NOT LIKE '%KILL%'",
+            "KILL QUERY WHERE query_id LIKE 'fineport-export-%' AND query LIKE '%{}.events %'",
             cluster.db()
         );
         cluster.sql(node, &kill).await;

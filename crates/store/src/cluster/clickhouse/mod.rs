@@ -128,6 +128,9 @@ pub(crate) struct Inner {
     export_queries: AtomicU64,
 }
 
+/// Tries of a `KILL QUERY` for an abandoned query.
+const KILL_ATTEMPTS: u32 = 3;
+
 /// Longest ClickHouse error text kept in a [`StoreError`] message.
 const MAX_ERROR_TEXT: usize = 2_000;
 
@@ -374,8 +377,16 @@ impl Drop for KillOnDrop {
         // query ids are made here of hex and '-': safe in a literal.
         let sql = format!("KILL QUERY WHERE query_id = '{}'", self.query_id);
         runtime.spawn(async move {
-            if let Err(e) = inner.fetch(node, &sql, &[]).await {
-                tracing::warn!("could not kill an abandoned ClickHouse query: {e}");
+            // A query still being set up has "unkillable stages" on 18.16;
+            // a moment later it can be killed.
+            for attempt in 1..=KILL_ATTEMPTS {
+                match inner.fetch(node, &sql, &[]).await {
+                    Ok(_) => return,
+                    Err(e) if attempt == KILL_ATTEMPTS => {
+                        tracing::warn!("could not kill an abandoned ClickHouse query: {e}")
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
             }
         });
     }
