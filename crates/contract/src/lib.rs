@@ -3,6 +3,7 @@
 //! encoder. Everything here is pure and tested as tables of input → expected
 //! output; the server and the stores build on it and never restate it.
 
+pub mod cells;
 pub mod csv;
 pub mod export;
 pub mod import;

@@ -1,0 +1,181 @@
+//! Group commit: the import requests of the whole process share INSERTs.
+//!
+//! Each INSERT makes a part on every shard it touches, and ClickHouse
+//! slows then refuses inserts past 150/300 active parts per partition
+//! (`parts_to_delay_insert`/`parts_to_throw_insert` on 18.16), which one
+//! INSERT per import request (up to ~170 a second at the spec's default
+//! limit) would reach. So callers hand their rows (already encoded as
+//! RowBinary, in their own task) to one writer task, which waits at most
+//! [`ClickHouseOptions::insert_linger`] after the first waiting row (or
+//! until [`ClickHouseOptions::insert_max_rows`] wait), sends them as one
+//! INSERT, and answers every caller with its outcome. One INSERT is in
+//! flight at a time; rows that arrive meanwhile form the next one. With
+//! the 50 ms default that is at most ~20 INSERTs a second (measured on
+//! 18.16: one 20,000-row INSERT 166 ms, against 32 ms per 100-row one).
+//!
+//! Durability: the INSERT goes to the Distributed table with
+//! `insert_distributed_sync=1`, so it returns OK only once every shard
+//! wrote its rows (the default would acknowledge rows still queued on the
+//! initiator's disk). A failed INSERT fails every caller in it; some rows
+//! may have reached a shard (it is not atomic across shards), and the
+//! client's resend is absorbed by the dedupe.
+//!
+//! [`ClickHouseOptions::insert_linger`]: super::ClickHouseOptions::insert_linger
+//! [`ClickHouseOptions::insert_max_rows`]: super::ClickHouseOptions::insert_max_rows
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::rowbinary::{put_i64, put_str, put_str_array, put_u16};
+use super::{new_query_id, EventRow, Inner};
+use crate::StoreError;
+
+/// Requests that may wait for the writer; more callers wait to enqueue.
+const QUEUE_REQUESTS: usize = 1024;
+
+/// An INSERT that has not answered after this long fails its callers.
+const INSERT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The columns an INSERT sends, in RowBinary order (`ver` is computed).
+const COLUMNS: &str = "service_id, correction_ms, event_log_id, server_ms, event_ms, unified_id, \
+                       event_name, api_version, platform, prop_keys, prop_values, item_count";
+
+/// One caller's rows and where its answer goes.
+struct Request {
+    rows: usize,
+    body: Vec<u8>,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The callers' end of the writer task.
+#[derive(Clone)]
+pub(crate) struct Writer {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Writer {
+    /// Starts the writer task; it ends when the last `Writer` is dropped.
+    pub fn start(inner: Arc<Inner>) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
+        tokio::spawn(run(inner, rx));
+        Writer { tx }
+    }
+
+    /// Encodes `rows`, queues them and waits for the INSERT holding them.
+    pub async fn insert(&self, rows: Vec<EventRow>) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut body = Vec::with_capacity(rows.len() * 512);
+        for row in &rows {
+            encode(&mut body, row)?;
+        }
+        let (done, answer) = oneshot::channel();
+        let request = Request {
+            rows: rows.len(),
+            body,
+            done,
+        };
+        self.tx
+            .send(request)
+            .await
+            .map_err(|_| StoreError::internal("the ClickHouse writer has stopped"))?;
+        answer
+            .await
+            .map_err(|_| StoreError::internal("the ClickHouse writer stopped before answering"))?
+    }
+}
+
+/// Appends `row` as RowBinary in [`COLUMNS`] order.
+fn encode(out: &mut Vec<u8>, row: &EventRow) -> Result<(), StoreError> {
+    if row.prop_keys.len() != row.prop_values.len() {
+        return Err(StoreError::internal(format!(
+            "event {}: {} property keys but {} values",
+            row.event_log_id,
+            row.prop_keys.len(),
+            row.prop_values.len()
+        )));
+    }
+    put_str(out, row.service_id.as_str());
+    put_i64(out, row.correction_ms);
+    put_str(out, &row.event_log_id);
+    put_i64(out, row.server_ms);
+    put_i64(out, row.event_ms);
+    put_str(out, &row.unified_id);
+    put_str(out, &row.event_name);
+    put_str(out, &row.api_version);
+    put_str(out, &row.platform);
+    put_str_array(out, &row.prop_keys);
+    put_str_array(out, &row.prop_values);
+    put_u16(out, row.item_count);
+    Ok(())
+}
+
+/// The writer task: gathers requests into INSERTs, one at a time.
+async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>) {
+    let linger = inner.options.insert_linger;
+    let max_rows = inner.options.insert_max_rows.max(1);
+    while let Some(first) = rx.recv().await {
+        let deadline = Instant::now() + linger;
+        let mut rows = first.rows;
+        let mut body = first.body;
+        let mut waiting = vec![first.done];
+        while rows < max_rows {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(request)) => {
+                    rows += request.rows;
+                    body.extend_from_slice(&request.body);
+                    waiting.push(request.done);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let result = send(&inner, body, rows).await;
+        if let Err(e) = &result {
+            tracing::warn!(
+                "ClickHouse INSERT of {rows} rows for {} callers failed: {e}",
+                waiting.len()
+            );
+        }
+        for done in waiting {
+            // A caller that went away no longer needs its answer.
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// One synchronous INSERT of `rows` rows encoded in `body`.
+async fn send(inner: &Inner, body: Vec<u8>, rows: usize) -> Result<(), StoreError> {
+    let node = inner.pick_node();
+    let sql = format!("INSERT INTO {} ({COLUMNS}) FORMAT RowBinary", inner.events_table);
+    let query_id = new_query_id("insert");
+    let params = [
+        ("query", sql.as_str()),
+        ("query_id", query_id.as_str()),
+        ("insert_distributed_sync", "1"),
+    ];
+    let insert = async {
+        let response = inner.post(node, &params, body).await?;
+        // The answer is empty; reading it to the end keeps the connection.
+        response
+            .bytes()
+            .await
+            .map_err(|e| StoreError::query(format!("ClickHouse INSERT: {e}")))
+    };
+    match tokio::time::timeout(INSERT_TIMEOUT, insert).await {
+        Ok(Ok(_)) => {
+            inner.inserts.fetch_add(1, Ordering::Relaxed);
+            inner.inserted_rows.fetch_add(rows as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Ok(Err(e)) => Err(StoreError::internal(format!("storing events failed: {}", e.message))),
+        Err(_) => Err(StoreError::internal(format!(
+            "storing events failed: the INSERT did not answer within {} s",
+            INSERT_TIMEOUT.as_secs()
+        ))),
+    }
+}
