@@ -1,5 +1,7 @@
-//! `fineport serve`: opens the data directory, builds the server state,
-//! optionally fills the demo service, and serves until Ctrl-C or SIGTERM.
+//! `fineport serve`: opens the store (the DuckDB file in the data
+//! directory, or the cluster: ClickHouse + PostgreSQL), builds the server
+//! state, optionally fills the demo service, and serves until Ctrl-C or
+//! SIGTERM.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,7 +11,10 @@ use clap::Args;
 use fineport_server::clock::SystemClock;
 use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts};
+use fineport_store::cluster::clickhouse::ClickHouseOptions;
+use fineport_store::cluster::{ClusterOptions, ClusterStore};
 use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
+use fineport_store::Store;
 use tokio::net::TcpListener;
 
 /// The environment variable holding the admin token. When it is unset, a
@@ -33,6 +38,27 @@ pub struct ServeArgs {
     /// events, and print its tokens and a ready-to-paste curl export.
     #[arg(long, env = "FINEPORT_DEMO")]
     demo: bool,
+    /// Cluster mode: the HTTP URL of every ClickHouse shard, comma-separated
+    /// (e.g. http://10.0.0.1:8123,http://10.0.0.2:8123). Events go to
+    /// ClickHouse; --postgres-url is then required and holds the rest. The
+    /// shards must list each other in `remote_servers` as --clickhouse-cluster.
+    #[arg(
+        long,
+        env = "FINEPORT_CLICKHOUSE_URL",
+        value_delimiter = ',',
+        requires = "postgres_url"
+    )]
+    clickhouse_url: Vec<String>,
+    /// Cluster mode: the ClickHouse database fineport creates its tables in.
+    #[arg(long, env = "FINEPORT_CLICKHOUSE_DATABASE", default_value_t = ClickHouseOptions::default().database)]
+    clickhouse_database: String,
+    /// Cluster mode: the cluster name in the shards' `remote_servers`.
+    #[arg(long, env = "FINEPORT_CLICKHOUSE_CLUSTER", default_value_t = ClickHouseOptions::default().cluster)]
+    clickhouse_cluster: String,
+    /// Cluster mode: PostgreSQL (services, tokens, taxonomies, profiles,
+    /// audiences, the request log), e.g. postgres://fineport@10.0.0.3/fineport.
+    #[arg(long, env = "FINEPORT_POSTGRES_URL", requires = "clickhouse_url")]
+    postgres_url: Option<String>,
     /// DuckDB worker threads (default: the machine's cores).
     #[arg(long, env = "FINEPORT_DUCKDB_THREADS")]
     duckdb_threads: Option<usize>,
@@ -87,25 +113,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot handle SIGXFSZ")?;
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
-    let db_path = args.data.join("fineport.duckdb");
-    let options = DuckDbOptions {
-        threads: args.duckdb_threads,
-        memory_limit: Some(args.duckdb_memory_limit.clone()),
-        export_slice_cells: args.export_slice_cells,
-        import_moves: MovePolicy {
-            events: args.import_move_events.max(1),
-            idle: std::time::Duration::from_millis(args.import_move_idle_ms),
-        },
-        ..DuckDbOptions::default()
-    };
-    let store = tokio::task::spawn_blocking(move || DuckDbStore::open(&db_path, &options))
-        .await
-        .context("opening the store panicked")?
-        .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+    let store = open_store(&args).await?;
 
     let admin_token = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
     let parts = Parts {
-        store: Arc::new(store),
+        store,
         clock: Arc::new(SystemClock),
         limiter: Arc::new(MemoryLimiter::default()),
         config: Config {
@@ -166,6 +178,42 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("the server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The cluster when `--clickhouse-url` is given, else the DuckDB file in
+/// the data directory.
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(postgres_url) = &args.postgres_url {
+        let options = ClusterOptions {
+            clickhouse: ClickHouseOptions {
+                urls: args.clickhouse_url.clone(),
+                database: args.clickhouse_database.clone(),
+                cluster: args.clickhouse_cluster.clone(),
+                ..ClickHouseOptions::default()
+            },
+            postgres_url: postgres_url.clone(),
+        };
+        let store = ClusterStore::open(&options)
+            .await
+            .context("cannot open the cluster store (ClickHouse + PostgreSQL)")?;
+        return Ok(Arc::new(store));
+    }
+    let db_path = args.data.join("fineport.duckdb");
+    let options = DuckDbOptions {
+        threads: args.duckdb_threads,
+        memory_limit: Some(args.duckdb_memory_limit.clone()),
+        export_slice_cells: args.export_slice_cells,
+        import_moves: MovePolicy {
+            events: args.import_move_events.max(1),
+            idle: std::time::Duration::from_millis(args.import_move_idle_ms),
+        },
+        ..DuckDbOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || DuckDbStore::open(&db_path, &options))
+        .await
+        .context("opening the store panicked")?
+        .with_context(|| format!("cannot open the store in {}", args.data.display()))?;
+    Ok(Arc::new(store))
 }
 
 /// Resolves on Ctrl-C or, on Unix, SIGTERM.

@@ -7,7 +7,6 @@ use common::*;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requires_the_admin_token() {
     let server = TestServer::start().await;
     for token in [None, Some("wrong")] {
@@ -24,7 +23,6 @@ async fn requires_the_admin_token() {
 
 /// SPEC §5.2: every admin failure is `{"error","detail"}` JSON with a
 /// proper status, whatever went wrong (routing, method, query, body, id).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_admin_error_is_json_with_error_and_detail() {
     let server = TestServer::start().await;
     server.service(json!({"service_id": "shop"})).await;
@@ -175,7 +173,6 @@ async fn every_admin_error_is_json_with_error_and_detail() {
     assert_eq!(body["code"], "40000", "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn services_are_created_listed_read_and_changed() {
     let server = TestServer::start().await;
     let (status, created) = server.admin(Method::POST, "/admin/v1/services", Some(json!({}))).await;
@@ -248,7 +245,6 @@ async fn services_are_created_listed_read_and_changed() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn taxonomy_starts_standard_adds_idempotently_and_refuses_type_changes() {
     let server = TestServer::start().await;
     server.service(json!({"service_id": "shop"})).await;
@@ -293,7 +289,6 @@ async fn taxonomy_starts_standard_adds_idempotently_and_refuses_type_changes() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_taxonomy_lists_df_items_and_posts_back_as_a_no_op() {
     let server = TestServer::start().await;
     server.service(json!({"service_id": "shop"})).await;
@@ -353,7 +348,6 @@ async fn the_standard_taxonomy_lists_df_items_and_posts_back_as_a_no_op() {
 /// SPEC §1: a name whose export column would duplicate one the export
 /// writes (a system column, or a column differing only in letter case) is
 /// refused at registration, through the admin API and through auto_register.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names_that_would_duplicate_an_export_column_are_refused() {
     let server = TestServer::start().await;
     let svc = server
@@ -488,7 +482,6 @@ async fn the_catalog_and_admin_token_survive_a_restart() {
         .is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_log_records_every_api_request_without_tokens() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -531,3 +524,13 @@ async fn the_request_log_records_every_api_request_without_tokens() {
     let text = serde_json::to_string(&log).unwrap();
     assert!(!text.contains(&svc.export_token), "never the token itself");
 }
+
+backend_suite!(
+    requires_the_admin_token,
+    every_admin_error_is_json_with_error_and_detail,
+    services_are_created_listed_read_and_changed,
+    taxonomy_starts_standard_adds_idempotently_and_refuses_type_changes,
+    the_standard_taxonomy_lists_df_items_and_posts_back_as_a_no_op,
+    names_that_would_duplicate_an_export_column_are_refused,
+    the_request_log_records_every_api_request_without_tokens,
+);

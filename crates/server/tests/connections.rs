@@ -512,7 +512,7 @@ async fn shutdown_cuts_a_stalled_export_at_its_deadline() {
     );
     // The request log was written before serve returned.
     let log = server
-        .store
+        .faults
         .recent_requests(&fineport_contract::ServiceId::parse(&svc.id).expect("service id"), 100)
         .await
         .expect("request log");

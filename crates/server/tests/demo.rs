@@ -10,7 +10,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_service_exports_a_month_of_realistic_events() {
     let server = TestServer::start().await;
-    let info = fineport_server::demo::ensure_demo(&server.state, server.dir.path())
+    let info = fineport_server::demo::ensure_demo(&server.state, server.dir())
         .await
         .expect("demo");
     assert!(info.created);
@@ -100,7 +100,7 @@ async fn the_demo_service_exports_a_month_of_realistic_events() {
     assert_eq!(audiences["audiences"].as_array().map(Vec::len), Some(2));
 
     // A second start finds the service and its tokens.
-    let again = fineport_server::demo::ensure_demo(&server.state, server.dir.path())
+    let again = fineport_server::demo::ensure_demo(&server.state, server.dir())
         .await
         .expect("demo again");
     assert!(!again.created);

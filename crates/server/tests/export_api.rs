@@ -50,7 +50,6 @@ async fn seoul_service(server: &TestServer) -> Svc {
         .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_parameter_for_every_malformed_request() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -95,7 +94,6 @@ async fn invalid_parameter_for_every_malformed_request() {
     assert_eq!(rate_remaining(&resp), 99);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthorized_token_for_every_wrong_credential() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -145,7 +143,6 @@ async fn unauthorized_token_for_every_wrong_credential() {
 }
 
 /// RFC 9110 §11.1: the scheme name is case-insensitive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bearer_scheme_is_accepted_in_any_case() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -172,7 +169,6 @@ async fn the_bearer_scheme_is_accepted_in_any_case() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookback_is_counted_in_the_service_timezone() {
     // 16:00 UTC on the 25th is 01:00 on the 26th in Seoul.
     let server = TestServer::start_with(Default::default(), at("2026-11-25T16:00:00Z")).await;
@@ -229,7 +225,6 @@ const CUSTOM_TAXONOMY: &str = r#"{
     "item_properties": [{"name": "color", "type": "String"}, {"name": "sizes", "type": "Array of String"}]
 }"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csv_matches_what_was_imported_cell_by_cell() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -324,7 +319,6 @@ async fn csv_matches_what_was_imported_cell_by_cell() {
     assert!(text.contains("\"한글, \"\"인용\"\"\n둘째 줄\""));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_select_events_and_columns() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -436,7 +430,6 @@ async fn slices_sorted_on_their_keys_and_by_duckdb_give_the_same_bytes() {
     assert!(keys.windows(2).any(|w| w[0].0 == w[1].0), "no tie on time was tested");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_are_ordered_by_correction_time_then_event_log_id_across_days() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -479,7 +472,6 @@ async fn rows_are_ordered_by_correction_time_then_event_log_id_across_days() {
     assert_eq!(rows.len(), 3);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_range_is_the_header_line_alone() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -492,7 +484,6 @@ async fn an_empty_range_is_the_header_line_alone() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_future_event_is_corrected_to_the_receipt_time() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -517,7 +508,6 @@ async fn a_future_event_is_corrected_to_the_receipt_time() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reissued_tokens_keep_working_for_the_grace_period_and_revoke_is_immediate() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -560,7 +550,6 @@ async fn reissued_tokens_keep_working_for_the_grace_period_and_revoke_is_immedia
     assert_failure(server.export(&new, body).await, 401, "unauthorized_token").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hourly_quota_refuses_with_headers_and_resets_on_the_hour() {
     let server = TestServer::start().await;
     let svc = server
@@ -582,7 +571,6 @@ async fn hourly_quota_refuses_with_headers_and_resets_on_the_hour() {
     assert_eq!(server.export(&svc, body).await.status(), 200);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
     let server = TestServer::start().await;
     let svc = server
@@ -621,7 +609,6 @@ async fn concurrency_limit_refuses_and_disconnects_free_their_slots() {
     drop(y);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "snap", "timezone": "UTC"})).await;
@@ -663,7 +650,6 @@ async fn an_export_is_one_snapshot_though_imports_land_while_it_streams() {
     assert_eq!(ids[2000..], [event_id(5001), event_id(5002)]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failure_mid_stream_breaks_the_transfer_visibly() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -710,7 +696,6 @@ async fn a_store_failure_mid_stream_breaks_the_transfer_visibly() {
     server.faults.inject_export_failure(None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_before_the_first_byte_are_500_and_use_no_quota() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -745,7 +730,6 @@ async fn failures_before_the_first_byte_are_500_and_use_no_quota() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exports_compress_by_accept_encoding() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -787,7 +771,6 @@ async fn exports_compress_by_accept_encoding() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_of_centuries_costs_only_the_days_that_hold_events() {
     let server = TestServer::start().await;
     let svc = server
@@ -807,7 +790,6 @@ async fn a_range_of_centuries_costs_only_the_days_that_hold_events() {
 
 /// The look-back setting is bounded by the admin API, and the rule's
 /// arithmetic cannot overflow whatever the dates (no 500 for any export).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookback_settings_are_bounded_and_never_overflow() {
     let server = TestServer::start().await;
     let svc = seoul_service(&server).await;
@@ -849,3 +831,24 @@ async fn lookback_settings_are_bounded_and_never_overflow() {
         assert_eq!(resp.text().await.unwrap().lines().count(), 1, "{from}..{to}");
     }
 }
+
+backend_suite!(
+    invalid_parameter_for_every_malformed_request,
+    unauthorized_token_for_every_wrong_credential,
+    the_bearer_scheme_is_accepted_in_any_case,
+    lookback_is_counted_in_the_service_timezone,
+    csv_matches_what_was_imported_cell_by_cell,
+    filters_select_events_and_columns,
+    rows_are_ordered_by_correction_time_then_event_log_id_across_days,
+    an_empty_range_is_the_header_line_alone,
+    a_future_event_is_corrected_to_the_receipt_time,
+    reissued_tokens_keep_working_for_the_grace_period_and_revoke_is_immediate,
+    hourly_quota_refuses_with_headers_and_resets_on_the_hour,
+    concurrency_limit_refuses_and_disconnects_free_their_slots,
+    an_export_is_one_snapshot_though_imports_land_while_it_streams,
+    a_store_failure_mid_stream_breaks_the_transfer_visibly,
+    failures_before_the_first_byte_are_500_and_use_no_quota,
+    exports_compress_by_accept_encoding,
+    a_range_of_centuries_costs_only_the_days_that_hold_events,
+    lookback_settings_are_bounded_and_never_overflow,
+);

@@ -51,7 +51,6 @@ fn login(n: u128) -> Value {
     event(n, "df_login", "2026-11-25T01:00:00Z", json!({}))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_result_code_with_its_exact_json() {
     let server = TestServer::start().await;
     let svc = server
@@ -133,7 +132,6 @@ async fn every_result_code_with_its_exact_json() {
 
 /// SPEC §4 and DFINERY's documented success body, byte for byte, on every
 /// Import API endpoint: a client that compares the text must accept it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_import_endpoint_answers_dfinerys_success_body_byte_for_byte() {
     const SUCCESS: &str = r#"{"status":true,"code":"20000","message":"OK","data":true}"#;
     let server = TestServer::start().await;
@@ -171,7 +169,6 @@ async fn every_import_endpoint_answers_dfinerys_success_body_byte_for_byte() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failure_is_50000_and_stores_nothing() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -195,7 +192,6 @@ async fn a_store_failure_is_50000_and_stores_nothing() {
     assert_eq!(exported_ids(&server, &svc).await, vec![event_id(1)]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_with_one_invalid_event_stores_nothing() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -212,7 +208,6 @@ async fn a_batch_with_one_invalid_event_stores_nothing() {
     assert!(exported_ids(&server, &svc).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resent_events_are_acknowledged_and_stored_once() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -229,7 +224,6 @@ async fn resent_events_are_acknowledged_and_stored_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_resent_after_a_restart_are_stored_once() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -247,7 +241,6 @@ async fn events_resent_after_a_restart_are_stored_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_are_all_stored() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -286,7 +279,6 @@ async fn concurrent_requests_are_all_stored() {
     assert_eq!(ids, sorted, "same correction time: ordered by event_log_id");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_register_learns_new_names_with_their_types() {
     let server = TestServer::start().await;
     let svc = server
@@ -319,7 +311,6 @@ async fn auto_register_learns_new_names_with_their_types() {
     assert_eq!(cell(&header, &rows[0], "coupon"), "WELCOME");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_resolve_to_one_profile_per_user() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -342,7 +333,6 @@ async fn identities_resolve_to_one_profile_per_user() {
 /// missing or other media type on both DFINERY APIs (40000 on the Import
 /// API, 400 `invalid_parameter` on the Export API), with a detail that says
 /// what to send, and stores nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_must_be_sent_as_application_json() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -401,7 +391,6 @@ async fn a_body_must_be_sent_as_application_json() {
 /// SPEC §4: `event_log_id` is the idempotency key. A resend with other
 /// content is acknowledged and the first version is kept (decided: a retry
 /// must never change stored history; a different event needs a new id).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resend_with_other_content_keeps_the_first_version() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -423,7 +412,6 @@ async fn a_resend_with_other_content_keeps_the_first_version() {
 /// Strings are kept byte for byte, control characters included, except
 /// U+0000 (NUL), which PostgreSQL's `COPY` and text type cannot hold: it is
 /// refused with 40001 and the reason, in values and identifiers alike.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_is_refused_and_other_control_characters_are_kept() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -470,3 +458,18 @@ async fn nul_is_refused_and_other_control_characters_are_kept() {
     assert_eq!(rows.len(), 1, "only the event without NUL");
     assert_eq!(cell(&header, &rows[0], "note"), kept);
 }
+
+backend_suite!(
+    every_result_code_with_its_exact_json,
+    every_import_endpoint_answers_dfinerys_success_body_byte_for_byte,
+    a_store_failure_is_50000_and_stores_nothing,
+    a_batch_with_one_invalid_event_stores_nothing,
+    resent_events_are_acknowledged_and_stored_once,
+    events_resent_after_a_restart_are_stored_once,
+    concurrent_requests_are_all_stored,
+    auto_register_learns_new_names_with_their_types,
+    identities_resolve_to_one_profile_per_user,
+    a_body_must_be_sent_as_application_json,
+    a_resend_with_other_content_keeps_the_first_version,
+    nul_is_refused_and_other_control_characters_are_kept,
+);

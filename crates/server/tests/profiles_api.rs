@@ -76,7 +76,6 @@ fn ok() -> Value {
     json!({"status": true, "code": "20000", "message": "OK", "data": true})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_result_code_of_the_user_endpoints() {
     let server = TestServer::start().await;
     let svc = server
@@ -186,7 +185,6 @@ async fn every_result_code_of_the_user_endpoints() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_merge_move_and_delete() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -234,7 +232,6 @@ async fn identities_merge_move_and_delete() {
     assert_eq!(uids, vec![kim.as_str(), lee.as_str(), new_kim.as_str()]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_profile_update_does_not_overwrite_a_newer_one() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -279,7 +276,6 @@ async fn an_older_profile_update_does_not_overwrite_a_newer_one() {
     assert_eq!(cell(&h, &rows[0], "df_name"), "김");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profile_export_columns_and_cells() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -364,7 +360,6 @@ async fn profile_export_columns_and_cells() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audiences_select_the_users_their_rules_describe() {
     let server = TestServer::start().await;
     let svc = server
@@ -477,7 +472,6 @@ async fn audiences_select_the_users_their_rules_describe() {
     assert_eq!(resp.status(), 400, "a deleted audience is unknown");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_exports_share_the_hourly_quota() {
     let server = TestServer::start().await;
     let svc = server
@@ -525,3 +519,12 @@ async fn both_exports_share_the_hourly_quota() {
         .await;
     assert_eq!(wrong.status(), 401);
 }
+
+backend_suite!(
+    every_result_code_of_the_user_endpoints,
+    identities_merge_move_and_delete,
+    an_older_profile_update_does_not_overwrite_a_newer_one,
+    profile_export_columns_and_cells,
+    audiences_select_the_users_their_rules_describe,
+    both_exports_share_the_hourly_quota,
+);

@@ -69,7 +69,7 @@ async fn exports_fail_while_acknowledged_imports_cannot_be_stored() {
 
     // With memory again, the same server stores them: every acknowledged
     // event is exported, once, and nothing was lost.
-    server.store.set_memory_limit("1GB").expect("raise the memory limit");
+    server.duckdb().set_memory_limit("1GB").expect("raise the memory limit");
     let resp = server.export(&svc, day).await;
     assert_eq!(resp.status(), 200);
     let (_, rows) = parse_csv(&resp.text().await.unwrap());

@@ -22,6 +22,7 @@ pub mod failing;
 pub mod identity;
 pub mod profile_export;
 mod records;
+pub mod testing;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use records::*;

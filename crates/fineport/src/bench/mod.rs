@@ -2,19 +2,23 @@
 //! (docs/benchmarks.md has the method and the results).
 //!
 //! One run: generate a seeded synthetic service ([`data`]); start
-//! `fineport serve` as a child process on a fresh data directory
-//! ([`server`]); load the data through `POST /api/v1/events` from several
-//! concurrent clients; time three exports over HTTP (1 day and 30 days with
-//! every property, 30 days with an include filter on events and properties),
-//! with the time to first byte and the server's RSS sampled during each;
-//! stop the server; run DuckDB's `COPY … TO … (FORMAT CSV)` of the same rows
-//! and columns on the same file ([`native`]); print the table ([`report`]).
+//! `fineport serve` as a child process on a fresh data directory, or with
+//! `--store cluster` on fresh databases of a ClickHouse + PostgreSQL
+//! cluster ([`server`]); load the data through `POST /api/v1/events` from
+//! several concurrent clients; time three exports over HTTP (1 day and 30
+//! days with every property, 30 days with an include filter on events and
+//! properties), with the time to first byte and the server's RSS sampled
+//! during each; stop the server; run the store's own export of the same rows
+//! and columns — DuckDB's `COPY … TO … (FORMAT CSV)` on the same file
+//! ([`native`]), or ClickHouse's `SELECT … FORMAT CSVWithNames` over HTTP
+//! ([`native_clickhouse`]); print the table ([`report`]).
 //! Every timing is the best of `--runs`; row counts are checked against the
 //! generator's, so a short export fails the bench instead of flattering it.
 
 mod data;
 mod http;
 mod native;
+mod native_clickhouse;
 mod report;
 mod server;
 
@@ -23,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use self::http::{ExportRun, Tokens};
@@ -54,6 +58,22 @@ pub struct BenchArgs {
     /// Keep the data directory (its path is printed) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// The store under test: the embedded DuckDB file, or the cluster
+    /// (ClickHouse + PostgreSQL, fresh databases made for the run).
+    #[arg(long, value_enum, default_value = "duckdb")]
+    store: StoreKind,
+    /// With `--store cluster`: the HTTP URL of every ClickHouse shard.
+    #[arg(long, value_delimiter = ',', required_if_eq("store", "cluster"))]
+    clickhouse_url: Vec<String>,
+    /// With `--store cluster`: a PostgreSQL URL whose user may create databases.
+    #[arg(long, required_if_eq("store", "cluster"))]
+    postgres_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    Duckdb,
+    Cluster,
 }
 
 /// One export case: its request body and the rows it must return.
@@ -107,7 +127,34 @@ async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
     report.body_bytes = dataset.bodies.iter().map(|b| b.len() as u64).sum();
 
     let data_dir = dir.join("data");
-    let server = server::Server::start(&data_dir)?;
+    // The cluster: databases no earlier run used, named after this one.
+    let cluster = match (args.store, &args.postgres_url) {
+        (StoreKind::Cluster, Some(postgres_url)) => {
+            let database = format!("fp_bench_{:016x}", rand::random::<u64>());
+            let url = fineport_store::cluster::postgres::create_database(postgres_url, &database)
+                .await
+                .with_context(|| format!("cannot create the PostgreSQL database {database}"))?;
+            let shards = args.clickhouse_url.join(",");
+            eprintln!("cluster databases: {database} (ClickHouse {shards}, PostgreSQL)");
+            report.reference = "ClickHouse SELECT … FORMAT CSVWithNames";
+            Some((
+                database.clone(),
+                vec![
+                    format!("--clickhouse-url={shards}"),
+                    format!("--clickhouse-database={database}"),
+                    format!("--postgres-url={url}"),
+                ],
+            ))
+        }
+        _ => None,
+    };
+    let store_args = cluster.as_ref().map_or(&[][..], |(_, a)| a.as_slice());
+    report.store = if cluster.is_some() {
+        "cluster (ClickHouse + PostgreSQL)"
+    } else {
+        "DuckDB"
+    };
+    let server = server::Server::start(&data_dir, store_args)?;
     let Tokens { import, export } = http::create_service(&server.base, &data::taxonomy()).await?;
     eprintln!(
         "importing {} requests from {} clients…",
@@ -131,7 +178,7 @@ async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
     // format, so the exports do not read rows still held in memory.
     eprintln!("restarting the server…");
     server.stop()?;
-    let server = server::Server::start(&data_dir)?;
+    let server = server::Server::start(&data_dir, store_args)?;
     report.rss_after_restart = server::rss_bytes(server.pid()).unwrap_or(0);
 
     let mut headers = Vec::new();
@@ -144,6 +191,22 @@ async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
     report.rss_peak_lifetime = peak_rss(server.pid());
     server.stop()?;
 
+    if let Some((database, _)) = &cluster {
+        let native = native_clickhouse::ClickHouseNative::new(&args.clickhouse_url[0], database)?;
+        for ((report_case, case), header) in report.cases.iter_mut().zip(&cases).zip(&headers) {
+            eprintln!("ClickHouse SELECT: {}…", case.label);
+            let q = |ordered| Query {
+                header,
+                from_day: case.from,
+                until_day: case.until,
+                events: case.events,
+                ordered,
+            };
+            report_case.native_ordered = Some(best_clickhouse(args.runs, &native, &q(true)).await?);
+            report_case.native_unordered = Some(best_clickhouse(args.runs, &native, &q(false)).await?);
+        }
+        return Ok(report);
+    }
     let db = data_dir.join("fineport.duckdb");
     let out = dir.join("native.csv");
     let runs = args.runs;
@@ -263,6 +326,21 @@ fn best_native(runs: usize, native: &Native, q: &Query<'_>, out: &std::path::Pat
         }
     }
     best.context("no native run")
+}
+
+async fn best_clickhouse(
+    runs: usize,
+    native: &native_clickhouse::ClickHouseNative,
+    q: &Query<'_>,
+) -> anyhow::Result<NativeRun> {
+    let mut best: Option<NativeRun> = None;
+    for _ in 0..runs.max(1) {
+        let run = native.select(q).await?;
+        if best.as_ref().is_none_or(|b| run.total < b.total) {
+            best = Some(run);
+        }
+    }
+    best.context("no ClickHouse run")
 }
 
 /// The process's lifetime peak RSS (`VmHWM`).

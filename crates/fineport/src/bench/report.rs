@@ -27,6 +27,9 @@ impl Case {
 }
 
 pub struct Report {
+    /// The store under test, and its own export the ratios compare with.
+    pub store: &'static str,
+    pub reference: &'static str,
     pub events: u64,
     pub seed: u64,
     pub arrival: String,
@@ -48,6 +51,8 @@ pub struct Report {
 impl Report {
     pub fn new(events: u64, seed: u64, clients: usize, requests: usize, items: u64) -> Report {
         Report {
+            store: "DuckDB",
+            reference: "DuckDB COPY",
             events,
             seed,
             arrival: String::new(),
@@ -69,7 +74,8 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "## fineport bench: {} events, seed {}, {} arrival\n\nmachine: {}\n",
+            "## fineport bench ({}): {} events, seed {}, {} arrival\n\nmachine: {}\n",
+            self.store,
             thousands(self.events),
             self.seed,
             self.arrival,
@@ -82,9 +88,11 @@ impl Report {
     }
 
     fn render_exports(&self, s: &mut String) {
-        s.push_str(
-            "### Export (best of the runs; ratio = DuckDB's time / fineport's time, so ≥ 1.0× means fineport is as fast or faster)\n\n\
-             | export | rows | fineport: time | rows/s | MB/s | DuckDB COPY with ORDER BY: time | MB/s | ratio | DuckDB COPY without ORDER BY: time | ratio |\n\
+        let r = self.reference;
+        let _ = write!(
+            s,
+            "### Export (best of the runs; ratio = {r}'s time / fineport's time, so ≥ 1.0× means fineport is as fast or faster)\n\n\
+             | export | rows | fineport: time | rows/s | MB/s | {r} with ORDER BY: time | MB/s | ratio | {r} without ORDER BY: time | ratio |\n\
              |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for c in &self.cases {
@@ -125,9 +133,10 @@ impl Report {
                 .map(|c| {
                     let native = c.native_ordered.as_ref().map_or(0, |n| n.bytes);
                     format!(
-                        "{}: fineport {:.1} MB, DuckDB {:.1} MB",
+                        "{}: fineport {:.1} MB, {} {:.1} MB",
                         c.label,
                         c.run.bytes as f64 / 1e6,
+                        self.reference,
                         native as f64 / 1e6
                     )
                 })

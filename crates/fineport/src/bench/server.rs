@@ -20,12 +20,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `fineport serve` on a free port over `data` and waits until it listens.
-    pub fn start(data: &Path) -> anyhow::Result<Server> {
+    /// Starts `fineport serve` on a free port over `data` (and the store
+    /// flags `store_args`, e.g. the cluster's) and waits until it listens.
+    pub fn start(data: &Path, store_args: &[String]) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("cannot find the fineport executable")?;
         let mut child = Command::new(exe)
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(store_args)
             .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .env_remove("FINEPORT_DEMO")

@@ -1,7 +1,12 @@
 //! The test harness: a real fineport server on `127.0.0.1:0` over a real
-//! DuckDB file in a temporary directory, with a manual clock. The server's
-//! store is a [`FailingStore`] over the DuckDB store, so tests can inject
+//! store, with a manual clock. The store is a DuckDB file in a temporary
+//! directory or, for the cluster half of the behaviour suite, fresh
+//! databases on the ClickHouse shards and the PostgreSQL server that
+//! `FINEPORT_TEST_CLICKHOUSE_URL` and `FINEPORT_TEST_POSTGRES_URL` name. The
+//! server's store is a [`FailingStore`] over it, so tests can inject
 //! failures. Dropping the [`TestServer`] shuts it down.
+//!
+//! [`backend_suite!`] runs a file's behaviour tests once per backend.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -14,6 +19,8 @@ use fineport_server::limits::MemoryLimiter;
 use fineport_server::{build_state, Config, Parts, SharedState};
 use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
 use fineport_store::failing::FailingStore;
+use fineport_store::testing::TestCluster;
+use fineport_store::Store;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -31,19 +38,85 @@ pub fn at(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
+/// Runs each named test (an `async fn name()` in the same file) on every
+/// backend, as quickwit's `metastore_test_suite!` does: `duckdb::name` on an
+/// embedded DuckDB file, `cluster::name` on ClickHouse + PostgreSQL. Inside
+/// a test, [`TestServer::start`] and its siblings open the backend under
+/// test. The cluster half says "skipped" without the cluster's URLs, and
+/// fails without them under `CI=true`.
+#[macro_export]
+macro_rules! backend_suite {
+    ($($name:ident),* $(,)?) => {
+        mod duckdb {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::common::Backend::DuckDb.run(super::$name()).await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = $crate::common::Backend::cluster(stringify!($name)) {
+                        backend.run(super::$name()).await
+                    }
+                }
+            )*
+        }
+    };
+}
+
+/// The store a [`TestServer`] runs on.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    DuckDb,
+    Cluster(TestCluster),
+}
+
+tokio::task_local! {
+    static BACKEND: Backend;
+}
+
+impl Backend {
+    /// The cluster from the environment (see [`TestCluster::from_env`]).
+    pub fn cluster(test: &str) -> Option<Backend> {
+        TestCluster::from_env(test).map(Backend::Cluster)
+    }
+
+    /// Runs `test` with this backend as the one servers start on.
+    pub async fn run<T>(self, test: impl std::future::Future<Output = T>) -> T {
+        BACKEND.scope(self, test).await
+    }
+
+    /// The backend of the running test; DuckDB outside [`backend_suite!`].
+    pub fn current() -> Backend {
+        BACKEND.try_with(Backend::clone).unwrap_or(Backend::DuckDb)
+    }
+}
+
+/// Where a test server keeps its data, so that a restart finds it again.
+enum Data {
+    DuckDb(tempfile::TempDir),
+    /// The databases made for this server on the test cluster.
+    Cluster(fineport_store::cluster::ClusterOptions),
+}
+
 pub struct TestServer {
     pub base: String,
     pub addr: SocketAddr,
     pub clock: Arc<ManualClock>,
-    /// The DuckDB store itself, for what only it offers (`set_memory_limit`).
-    pub store: Arc<DuckDbStore>,
-    /// What the server talks to: `store` behind failure injection.
-    pub faults: Arc<FailingStore<DuckDbStore>>,
+    /// The DuckDB store itself, for what only it offers
+    /// (`set_memory_limit`); `None` on the cluster.
+    pub duckdb: Option<Arc<DuckDbStore>>,
+    /// What the server talks to: the store behind failure injection.
+    pub faults: Arc<FailingStore<dyn Store>>,
     pub state: SharedState,
     pub http: reqwest::Client,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    pub dir: tempfile::TempDir,
+    data: Data,
 }
 
 /// A service as the admin API created it.
@@ -59,26 +132,62 @@ impl TestServer {
         Self::start_with(Config::default(), default_now()).await
     }
 
+    /// A server on the backend under test ([`Backend::current`]).
     pub async fn start_with(config: Config, now: DateTime<Utc>) -> TestServer {
-        Self::start_in(tempfile::tempdir().expect("temp dir"), config, now, store_options(1)).await
+        let data = match Backend::current() {
+            Backend::DuckDb => Data::DuckDb(tempfile::tempdir().expect("temp dir")),
+            Backend::Cluster(cluster) => Data::Cluster(cluster.fresh_databases().await),
+        };
+        Self::start_in(data, config, now, store_options(1)).await
     }
 
-    /// A server whose exports cut slices of `cells` (rows × columns)
+    /// A server on the cluster store opened with `options` (e.g. on the
+    /// `fineport_broken` cluster of `scripts/cluster`).
+    pub async fn start_on_cluster(options: fineport_store::cluster::ClusterOptions) -> TestServer {
+        Self::start_in(
+            Data::Cluster(options),
+            Config::default(),
+            default_now(),
+            store_options(1),
+        )
+        .await
+    }
+
+    /// A DuckDB server whose exports cut slices of `cells` (rows × columns)
     /// rather than one per minute.
     pub async fn start_with_slice_cells(cells: u64) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, Config::default(), default_now(), store_options(cells)).await
+        Self::start_in(
+            Data::DuckDb(dir),
+            Config::default(),
+            default_now(),
+            store_options(cells),
+        )
+        .await
     }
 
-    /// A server over a store opened with `options` (e.g. a tiny DuckDB
+    /// A DuckDB server over a store opened with `options` (e.g. a tiny
     /// memory limit); [`TestServer::restart`] reopens it with the usual ones.
     pub async fn start_with_store(config: Config, options: DuckDbOptions) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::start_in(dir, config, default_now(), options).await
+        Self::start_in(Data::DuckDb(dir), config, default_now(), options).await
+    }
+
+    /// The DuckDB server's data directory; panics on the cluster.
+    pub fn dir(&self) -> &std::path::Path {
+        match &self.data {
+            Data::DuckDb(dir) => dir.path(),
+            Data::Cluster(_) => panic!("a DuckDB test server"),
+        }
+    }
+
+    /// The DuckDB store; panics on the cluster.
+    pub fn duckdb(&self) -> &Arc<DuckDbStore> {
+        self.duckdb.as_ref().expect("a DuckDB test server")
     }
 
     /// Stops this server, closes its store and starts a new server on the
-    /// same database file, as a process restart would.
+    /// same data (DuckDB file or cluster databases), as a process restart would.
     pub async fn restart(mut self) -> TestServer {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -86,10 +195,10 @@ impl TestServer {
         if let Some(server) = self.server.take() {
             server.await.expect("server task").expect("server");
         }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let data = std::mem::replace(&mut self.data, Data::DuckDb(tempfile::tempdir().expect("temp dir")));
         let (config, now) = (self.state.config.clone(), self.clock.now());
         drop(self);
-        Self::start_in(dir, config, now, store_options(1)).await
+        Self::start_in(data, config, now, store_options(1)).await
     }
 
     /// Sends the shutdown signal and waits up to `patience` for `serve` to
@@ -105,14 +214,21 @@ impl TestServer {
         Some(joined.expect("server task"))
     }
 
-    async fn start_in(
-        dir: tempfile::TempDir,
-        config: Config,
-        now: DateTime<Utc>,
-        options: DuckDbOptions,
-    ) -> TestServer {
-        let store = Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
-        let faults = Arc::new(FailingStore::new(store.clone()));
+    async fn start_in(data: Data, config: Config, now: DateTime<Utc>, options: DuckDbOptions) -> TestServer {
+        let (store, duckdb): (Arc<dyn Store>, _) = match &data {
+            Data::DuckDb(dir) => {
+                let store =
+                    Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
+                (store.clone(), Some(store))
+            }
+            Data::Cluster(options) => {
+                let store = fineport_store::cluster::ClusterStore::open(options)
+                    .await
+                    .expect("open cluster store");
+                (Arc::new(store), None)
+            }
+        };
+        let faults: Arc<FailingStore<dyn Store>> = Arc::new(FailingStore::new(store));
         let clock = Arc::new(ManualClock::new(now));
         let parts = Parts {
             store: faults.clone(),
@@ -132,13 +248,13 @@ impl TestServer {
             base: format!("http://{addr}"),
             addr,
             clock,
-            store,
+            duckdb,
             faults,
             state,
             http: reqwest::Client::builder().no_gzip().no_zstd().build().expect("client"),
             shutdown: Some(tx),
             server: Some(server),
-            dir,
+            data,
         }
     }
 

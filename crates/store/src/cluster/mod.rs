@@ -37,9 +37,7 @@ use fineport_contract::{ServiceId, Tz};
 
 use self::clickhouse::{ClickHouse, ClickHouseOptions, EventRow};
 use self::postgres::Postgres;
-use crate::{
-    CatalogSnapshot, ExportStream, InsertSummary, RequestLogEntry, Service, Store, StoreError, TokenRecord,
-};
+use crate::{CatalogSnapshot, ExportStream, InsertSummary, RequestLogEntry, Service, Store, StoreError, TokenRecord};
 
 /// Where the cluster is.
 #[derive(Debug, Clone)]

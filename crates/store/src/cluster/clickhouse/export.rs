@@ -9,7 +9,7 @@
 //! per shard, against 21–80 MiB for a 33k-row day), so a range bounds
 //! the memory of a query and the wait for the first byte. Ranges are
 //! disjoint and in order, and each is sorted by `(correction_ms,
-//! event_log_id, server_ms)`, so their concatenation is in export order.
+//! event_log_id, ver DESC)`, so their concatenation is in export order.
 //!
 //! Each range is one query on the Distributed table, `FORMAT RowBinary`,
 //! with its own `query_id`; the rows are encoded here into CSV with the
@@ -225,7 +225,7 @@ async fn read_range(
     let sql = format!(
         "SELECT correction_ms, event_log_id, server_ms, event_ms, unified_id, event_name, api_version, \
          platform, prop_keys, prop_values, item_count {} AND correction_ms >= {start} AND correction_ms < {end}{} \
-         ORDER BY correction_ms, event_log_id, server_ms FORMAT RowBinary",
+         ORDER BY correction_ms, event_log_id, ver DESC FORMAT RowBinary",
         query.from_where, query.filter
     );
     let node = inner.pick_node();

@@ -24,13 +24,13 @@
 //! [`ClickHouseOptions::insert_max_rows`]: super::ClickHouseOptions::insert_max_rows
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::rowbinary::{put_i64, put_str, put_str_array, put_u16};
+use super::rowbinary::{put_i64, put_str, put_str_array, put_u16, put_u64};
 use super::{new_query_id, EventRow, Inner};
 use crate::StoreError;
 
@@ -40,9 +40,43 @@ const QUEUE_REQUESTS: usize = 1024;
 /// An INSERT that has not answered after this long fails its callers.
 const INSERT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The columns an INSERT sends, in RowBinary order (`ver` is computed).
+/// The columns an INSERT sends, in RowBinary order.
 const COLUMNS: &str = "service_id, correction_ms, event_log_id, server_ms, event_ms, unified_id, \
-                       event_name, api_version, platform, prop_keys, prop_values, item_count";
+                       event_name, api_version, platform, prop_keys, prop_values, item_count, ver";
+
+/// Bits of `ver` that order the rows received within one millisecond.
+const RECEIPT_BITS: u32 = 20;
+
+/// The receipt order of this process: `ver` of each row it stores.
+///
+/// `ver = u64::MAX − (server_ms << 20 | n)`, `n` counting the rows received
+/// in that millisecond (saturating at 2^20 − 1): a later receipt has a
+/// smaller `ver`, so `ReplacingMergeTree(ver)` keeps the first receipt of an
+/// `event_log_id` and the export, ordered by `ver DESC` within a key, sees it
+/// first. `server_ms` alone would tie for two requests in one millisecond
+/// (or under a frozen test clock). Rows of one request are numbered
+/// together, before the request is queued, so a request answered before
+/// another was sent always counts as received first.
+#[derive(Default)]
+pub(crate) struct ReceiptOrder(Mutex<(i64, u64)>);
+
+impl ReceiptOrder {
+    /// The next `rows` versions for rows received at `server_ms`.
+    fn next(&self, server_ms: i64, rows: usize) -> impl Iterator<Item = u64> {
+        let first = match self.0.lock() {
+            Ok(mut last) => {
+                let n = if last.0 == server_ms { last.1 } else { 0 };
+                *last = (server_ms, n + rows as u64);
+                n
+            }
+            // A panic elsewhere poisoned the lock: ties are possible, nothing else.
+            Err(_) => 0,
+        };
+        let ms = u64::try_from(server_ms).unwrap_or(0) << RECEIPT_BITS;
+        let cap = (1u64 << RECEIPT_BITS) - 1;
+        (first..first + rows as u64).map(move |n| u64::MAX - (ms | n.min(cap)))
+    }
+}
 
 /// One caller's rows and where its answer goes.
 struct Request {
@@ -55,6 +89,7 @@ struct Request {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Request>,
+    order: Arc<ReceiptOrder>,
 }
 
 impl Writer {
@@ -62,7 +97,10 @@ impl Writer {
     pub fn start(inner: Arc<Inner>) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
         tokio::spawn(run(inner, rx));
-        Writer { tx }
+        Writer {
+            tx,
+            order: Arc::default(),
+        }
     }
 
     /// Encodes `rows`, queues them and waits for the INSERT holding them.
@@ -71,8 +109,9 @@ impl Writer {
             return Ok(());
         }
         let mut body = Vec::with_capacity(rows.len() * 512);
-        for row in &rows {
-            encode(&mut body, row)?;
+        let server_ms = rows[0].server_ms;
+        for (row, ver) in rows.iter().zip(self.order.next(server_ms, rows.len())) {
+            encode(&mut body, row, ver)?;
         }
         let (done, answer) = oneshot::channel();
         let request = Request {
@@ -91,7 +130,7 @@ impl Writer {
 }
 
 /// Appends `row` as RowBinary in [`COLUMNS`] order.
-fn encode(out: &mut Vec<u8>, row: &EventRow) -> Result<(), StoreError> {
+fn encode(out: &mut Vec<u8>, row: &EventRow, ver: u64) -> Result<(), StoreError> {
     if row.prop_keys.len() != row.prop_values.len() {
         return Err(StoreError::internal(format!(
             "event {}: {} property keys but {} values",
@@ -112,6 +151,7 @@ fn encode(out: &mut Vec<u8>, row: &EventRow) -> Result<(), StoreError> {
     put_str_array(out, &row.prop_keys);
     put_str_array(out, &row.prop_values);
     put_u16(out, row.item_count);
+    put_u64(out, ver);
     Ok(())
 }
 

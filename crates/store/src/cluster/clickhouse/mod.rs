@@ -10,7 +10,8 @@
 //! `prop_values` holding canonical CSV cell text made at import
 //! ([`fineport_contract::cells::StoredEvent`]); ClickHouse never formats a
 //! value, so an export is byte-identical to the DuckDB backend's.
-//! `ver = 9e12 − server_ms` makes merges keep the first receipt.
+//! `ver`, smaller for each later receipt (`insert.rs` `ReceiptOrder`),
+//! makes merges keep the first receipt.
 //!
 //! - [`ClickHouse::insert`] is a group commit (`insert.rs`): concurrent
 //!   callers share one synchronous Distributed INSERT.
@@ -184,7 +185,7 @@ impl ClickHouse {
                  service_id String, correction_ms Int64, event_log_id String, server_ms Int64, \
                  event_ms Int64, unified_id String, event_name String, api_version String, \
                  platform String, prop_keys Array(String), prop_values Array(String), \
-                 item_count UInt16, ver UInt64 DEFAULT toUInt64(9000000000000 - server_ms)) \
+                 item_count UInt16, ver UInt64) \
                  ENGINE = ReplacingMergeTree(ver) \
                  PARTITION BY toYYYYMM(toDateTime(intDiv(correction_ms, 1000), 'UTC')) \
                  ORDER BY (service_id, correction_ms, event_log_id)"

@@ -86,6 +86,37 @@ fn json_error(e: serde_json::Error) -> StoreError {
     StoreError::internal(format!("stored document: {e}"))
 }
 
+/// Creates the database `name` (lowercase letters, digits and `_` only) on
+/// the server of `server_url`, whose user must be allowed to, and returns
+/// `server_url` pointing at it. For tests and `fineport bench`, which want
+/// databases no one else uses; a deployment creates its database itself.
+pub async fn create_database(server_url: &str, name: &str) -> Result<String, StoreError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::internal(format!("invalid database name {name:?}")));
+    }
+    let (client, connection) = tokio_postgres::connect(server_url, NoTls).await.map_err(pg_error)?;
+    let connection = tokio::spawn(connection);
+    let created = client.batch_execute(&format!("CREATE DATABASE {name}")).await;
+    drop(client);
+    let _ = connection.await;
+    created.map_err(pg_error)?;
+    let (base, query) = server_url.split_once('?').unwrap_or((server_url, ""));
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| StoreError::internal("a PostgreSQL URL must start with postgres://"))?;
+    let host = rest.split_once('/').map_or(rest, |(host, _)| host);
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    Ok(format!("{scheme}://{host}/{name}{query}"))
+}
+
 impl Postgres {
     /// Connects to the database at `url` (e.g.
     /// `postgres://postgres@127.0.0.1:55433/fineport`) and runs the

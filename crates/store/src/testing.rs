@@ -1,0 +1,73 @@
+//! What the workspace's tests need to find the test cluster, in one place:
+//! the store's own tests and the server's behaviour suite both call
+//! [`TestCluster::from_env`]. Never used by the binary.
+//!
+//! Tests that need the cluster find it by URL: `FINEPORT_TEST_CLICKHOUSE_URL`
+//! (the HTTP URL of every shard, comma-separated) and
+//! `FINEPORT_TEST_POSTGRES_URL` (a PostgreSQL URL whose user may create
+//! databases). `scripts/cluster start` prints both. Unset, a test says it was
+//! skipped; unset under `CI=true`, it fails, so CI cannot go green without
+//! the cluster.
+
+use crate::cluster::clickhouse::ClickHouseOptions;
+use crate::cluster::ClusterOptions;
+
+/// The cluster named by the environment.
+#[derive(Debug, Clone)]
+pub struct TestCluster {
+    pub clickhouse_urls: Vec<String>,
+    pub postgres_url: String,
+}
+
+impl TestCluster {
+    /// The cluster from `FINEPORT_TEST_CLICKHOUSE_URL` and
+    /// `FINEPORT_TEST_POSTGRES_URL`. Without them: `None` after printing
+    /// that `test` was skipped, or a panic when `CI=true`.
+    pub fn from_env(test: &str) -> Option<TestCluster> {
+        let clickhouse = std::env::var("FINEPORT_TEST_CLICKHOUSE_URL")
+            .ok()
+            .filter(|s| !s.is_empty());
+        let postgres = std::env::var("FINEPORT_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|s| !s.is_empty());
+        match (clickhouse, postgres) {
+            (Some(clickhouse), Some(postgres_url)) => Some(TestCluster {
+                clickhouse_urls: clickhouse.split(',').map(|s| s.trim().to_owned()).collect(),
+                postgres_url,
+            }),
+            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("{test}: FINEPORT_TEST_CLICKHOUSE_URL and FINEPORT_TEST_POSTGRES_URL must be set under CI=true")
+            }
+            _ => {
+                eprintln!(
+                    "{test}: skipped: FINEPORT_TEST_CLICKHOUSE_URL / FINEPORT_TEST_POSTGRES_URL unset \
+                     (scripts/cluster start prints them)"
+                );
+                None
+            }
+        }
+    }
+
+    /// A unique database name for one test: `fp_test_<32 hex digits>`.
+    pub fn database_name() -> String {
+        format!("fp_test_{}", fineport_contract::Uuid::new_v4().simple())
+    }
+
+    /// Options for a store on databases no other test uses: a new
+    /// PostgreSQL database (created here) and a new ClickHouse database (the
+    /// store creates it on every shard when it opens).
+    pub async fn fresh_databases(&self) -> ClusterOptions {
+        let name = Self::database_name();
+        let postgres_url = crate::cluster::postgres::create_database(&self.postgres_url, &name)
+            .await
+            .unwrap_or_else(|e| panic!("create PostgreSQL database {name}: {e}"));
+        ClusterOptions {
+            clickhouse: ClickHouseOptions {
+                urls: self.clickhouse_urls.clone(),
+                database: name,
+                ..ClickHouseOptions::default()
+            },
+            postgres_url,
+        }
+    }
+}
