@@ -391,7 +391,48 @@ async fn a_body_must_be_sent_as_application_json() {
 /// SPEC §4: `event_log_id` is the idempotency key. A resend with other
 /// content is acknowledged and the first version is kept (decided: a retry
 /// must never change stored history; a different event needs a new id).
+/// Here the resend has another name, user and properties, and the same
+/// `event_datetime`; a future-dated resend is received later, so it would
+/// get a later correction time if the first one were not kept.
 async fn a_resend_with_other_content_keeps_the_first_version() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let first = event(
+        1,
+        "df_purchase",
+        "2026-11-25T01:00:00Z",
+        json!({"df_order_id": "first"}),
+    );
+    let second = event(1, "df_refund", "2026-11-25T01:00:00Z", json!({"df_order_id": "second"}));
+    // Future-dated: the clock says 03:00Z, the client 05:00Z.
+    let future = event(2, "df_login", "2026-11-25T05:00:00Z", json!({"df_order_id": "first"}));
+    let future_again = event(2, "df_logout", "2026-11-25T05:00:00Z", json!({"df_order_id": "second"}));
+    assert_eq!(server.import(&svc, events_body("u1", vec![first, future])).await, ok());
+    server.clock.advance(chrono::Duration::minutes(30));
+    assert_eq!(
+        server.import(&svc, events_body("u2", vec![second, future_again])).await,
+        ok()
+    );
+    let (header, rows) = export_today(&server, &svc).await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(cell(&header, &rows[0], "event_name"), "df_purchase");
+    assert_eq!(cell(&header, &rows[0], "df_order_id"), "first");
+    assert_eq!(cell(&header, &rows[1], "event_name"), "df_login");
+    assert_eq!(
+        cell(&header, &rows[1], "df_correction_datetime"),
+        "2026-11-25T03:00:00.000Z"
+    );
+    assert_eq!(cell(&header, &rows[1], "df_order_id"), "first");
+}
+
+/// The same with another past `event_datetime`: DuckDB keeps the first
+/// version. The cluster does not run this test: it keys events by
+/// correction time and dedupes equal keys, so an id reused with another
+/// past time is stored and exported as a second event (ARCHITECTURE.md,
+/// "Decisions": keeping every id of every event to catch that would put one
+/// PostgreSQL row per event on the import path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_with_another_past_datetime_keeps_the_first_version_on_duckdb() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
     let first = event(
