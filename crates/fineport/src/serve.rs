@@ -55,6 +55,11 @@ pub struct ServeArgs {
     /// Cluster mode: the cluster name in the shards' `remote_servers`.
     #[arg(long, env = "FINEPORT_CLICKHOUSE_CLUSTER", default_value_t = ClickHouseOptions::default().cluster)]
     clickhouse_cluster: String,
+    /// Cluster mode: milliseconds an INSERT waits for more import requests
+    /// to share it (0: it takes what arrived while the previous one ran).
+    #[arg(long, env = "FINEPORT_CLICKHOUSE_INSERT_LINGER_MS",
+          default_value_t = ClickHouseOptions::default().insert_linger.as_millis() as u64)]
+    clickhouse_insert_linger_ms: u64,
     /// Cluster mode: PostgreSQL (services, tokens, taxonomies, profiles,
     /// audiences, the request log), e.g. postgres://fineport@10.0.0.3/fineport.
     #[arg(long, env = "FINEPORT_POSTGRES_URL", requires = "clickhouse_url")]
@@ -189,6 +194,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
                 urls: args.clickhouse_url.clone(),
                 database: args.clickhouse_database.clone(),
                 cluster: args.clickhouse_cluster.clone(),
+                insert_linger: std::time::Duration::from_millis(args.clickhouse_insert_linger_ms),
                 ..ClickHouseOptions::default()
             },
             postgres_url: postgres_url.clone(),

@@ -137,6 +137,7 @@ async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
             let shards = args.clickhouse_url.join(",");
             eprintln!("cluster databases: {database} (ClickHouse {shards}, PostgreSQL)");
             report.reference = "ClickHouse SELECT … FORMAT CSVWithNames";
+            report.durable = "ClickHouse's synchronous INSERT returned";
             Some((
                 database.clone(),
                 vec![

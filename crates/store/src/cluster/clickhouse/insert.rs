@@ -5,13 +5,16 @@
 //! (`parts_to_delay_insert`/`parts_to_throw_insert` on 18.16), which one
 //! INSERT per import request (up to ~170 a second at the spec's default
 //! limit) would reach. So callers hand their rows (already encoded as
-//! RowBinary, in their own task) to one writer task, which waits at most
-//! [`ClickHouseOptions::insert_linger`] after the first waiting row (or
-//! until [`ClickHouseOptions::insert_max_rows`] wait), sends them as one
-//! INSERT, and answers every caller with its outcome. One INSERT is in
-//! flight at a time; rows that arrive meanwhile form the next one. With
-//! the 50 ms default that is at most ~20 INSERTs a second (measured on
-//! 18.16: one 20,000-row INSERT 166 ms, against 32 ms per 100-row one).
+//! RowBinary, in their own task) to one writer task, which sends what
+//! waits as one INSERT (up to [`ClickHouseOptions::insert_max_rows`],
+//! optionally after waiting [`ClickHouseOptions::insert_linger`] for more)
+//! and answers every caller with its outcome. One INSERT is in flight at a
+//! time; rows that arrive meanwhile form the next one. So a single client
+//! gets one INSERT per request and many clients share them: INSERTs come
+//! at most one per INSERT's duration (measured on 18.16: 32 ms per 100-row
+//! INSERT, one 20,000-row INSERT 166 ms), a rate at which 18.16's merges
+//! kept up. `fineport bench --store cluster` (8 clients): 17,000 events/s
+//! with no linger, 10,000 with 50 ms.
 //!
 //! Durability: the INSERT goes to the Distributed table with
 //! `insert_distributed_sync=1`, so it returns OK only once every shard

@@ -68,9 +68,9 @@ pub struct ClickHouseOptions {
     /// The `remote_servers` cluster of the shards (default `fineport`),
     /// with exactly one shard per URL: ASCII letters, digits and `_`.
     pub cluster: String,
-    /// Group commit: an INSERT is sent this long after the first row that
-    /// waits for it (default 50 ms), or earlier when
-    /// [`Self::insert_max_rows`] rows wait.
+    /// Group commit: how long an INSERT waits for more rows after the first
+    /// that waits for it, or until [`Self::insert_max_rows`] wait (default
+    /// 0: it takes what arrived while the previous INSERT ran, and goes).
     pub insert_linger: Duration,
     /// Group commit: most rows in one INSERT (default 20,000).
     pub insert_max_rows: usize,
@@ -89,7 +89,7 @@ impl Default for ClickHouseOptions {
             urls: Vec::new(),
             database: "fineport".into(),
             cluster: "fineport".into(),
-            insert_linger: Duration::from_millis(50),
+            insert_linger: Duration::from_millis(0),
             insert_max_rows: 20_000,
             export_rows_per_query: 33_000,
             max_execution_secs: 600,
