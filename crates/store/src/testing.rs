@@ -12,6 +12,27 @@
 use crate::cluster::clickhouse::ClickHouseOptions;
 use crate::cluster::ClusterOptions;
 
+/// The shards' HTTP URLs, comma-separated.
+pub const CLICKHOUSE_VAR: &str = "FINEPORT_TEST_CLICKHOUSE_URL";
+/// A PostgreSQL URL whose user may create databases.
+pub const POSTGRES_VAR: &str = "FINEPORT_TEST_POSTGRES_URL";
+
+/// The value of `var`, the URL of a service `test` needs. Unset or empty:
+/// `None` after printing that `test` was skipped, or a panic when
+/// `CI=true` (CI must never go green without the service).
+pub fn service_url(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: {var} must be set under CI=true (scripts/cluster start prints it)")
+        }
+        _ => {
+            eprintln!("{test}: skipped: {var} unset (scripts/cluster start prints it)");
+            None
+        }
+    }
+}
+
 /// The cluster named by the environment.
 #[derive(Debug, Clone)]
 pub struct TestCluster {
@@ -24,28 +45,12 @@ impl TestCluster {
     /// `FINEPORT_TEST_POSTGRES_URL`. Without them: `None` after printing
     /// that `test` was skipped, or a panic when `CI=true`.
     pub fn from_env(test: &str) -> Option<TestCluster> {
-        let clickhouse = std::env::var("FINEPORT_TEST_CLICKHOUSE_URL")
-            .ok()
-            .filter(|s| !s.is_empty());
-        let postgres = std::env::var("FINEPORT_TEST_POSTGRES_URL")
-            .ok()
-            .filter(|s| !s.is_empty());
-        match (clickhouse, postgres) {
-            (Some(clickhouse), Some(postgres_url)) => Some(TestCluster {
-                clickhouse_urls: clickhouse.split(',').map(|s| s.trim().to_owned()).collect(),
-                postgres_url,
-            }),
-            _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("{test}: FINEPORT_TEST_CLICKHOUSE_URL and FINEPORT_TEST_POSTGRES_URL must be set under CI=true")
-            }
-            _ => {
-                eprintln!(
-                    "{test}: skipped: FINEPORT_TEST_CLICKHOUSE_URL / FINEPORT_TEST_POSTGRES_URL unset \
-                     (scripts/cluster start prints them)"
-                );
-                None
-            }
-        }
+        let clickhouse = service_url(CLICKHOUSE_VAR, test)?;
+        let postgres_url = service_url(POSTGRES_VAR, test)?;
+        Some(TestCluster {
+            clickhouse_urls: clickhouse.split(',').map(|s| s.trim().to_owned()).collect(),
+            postgres_url,
+        })
     }
 
     /// A unique database name for one test: `fp_test_<32 hex digits>`.

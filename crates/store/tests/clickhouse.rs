@@ -33,14 +33,7 @@ struct Cluster {
 impl Cluster {
     /// `None` (skipped) when no cluster is configured.
     async fn open(tune: impl FnOnce(&mut ClickHouseOptions)) -> Option<Cluster> {
-        let Ok(urls) = std::env::var("FINEPORT_TEST_CLICKHOUSE_URL") else {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "FINEPORT_TEST_CLICKHOUSE_URL must be set in CI"
-            );
-            eprintln!("skipped: FINEPORT_TEST_CLICKHOUSE_URL unset");
-            return None;
-        };
+        let urls = fineport_store::testing::service_url(fineport_store::testing::CLICKHOUSE_VAR, "clickhouse")?;
         let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
         let mut options = ClickHouseOptions {
             urls: urls.clone(),

@@ -40,22 +40,11 @@ struct TestDb {
 impl TestDb {
     /// A fresh database, or `None` (after saying so) when no PostgreSQL is configured.
     async fn create() -> Option<TestDb> {
-        let Ok(server_url) = std::env::var("FINEPORT_TEST_POSTGRES_URL") else {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("FINEPORT_TEST_POSTGRES_URL is unset on CI");
-            }
-            eprintln!("skipped: FINEPORT_TEST_POSTGRES_URL unset");
-            return None;
-        };
-        let name = format!("fp_test_{}", Uuid::new_v4().simple());
-        admin(&server_url, &format!("CREATE DATABASE {name}")).await;
-        let (base, query) = match server_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (server_url.as_str(), String::new()),
-        };
-        let (scheme, rest) = base.split_once("://").expect("a postgres:// URL");
-        let host = rest.split_once('/').map_or(rest, |(host, _)| host);
-        let url = format!("{scheme}://{host}/{name}{query}");
+        let server_url = fineport_store::testing::service_url(fineport_store::testing::POSTGRES_VAR, "postgres")?;
+        let name = fineport_store::testing::TestCluster::database_name();
+        let url = fineport_store::cluster::postgres::create_database(&server_url, &name)
+            .await
+            .expect("create the test database");
         Some(TestDb { server_url, name, url })
     }
 
