@@ -31,7 +31,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FINEPORT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
     /// Data directory (created if absent); holds fineport.duckdb and its
-    /// import log, fineport.duckdb.import-log (back up both, together).
+    /// import log, fineport.duckdb.import-log (back up both, together). In
+    /// cluster mode it only keeps the demo's tokens (cluster-<database>/).
     #[arg(long, env = "FINEPORT_DATA", default_value = "./fineport-data")]
     data: PathBuf,
     /// Create (if absent) a service `demo` with 30 days of synthetic shop
@@ -150,8 +151,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr().context("cannot read the listening address")?;
 
     if args.demo {
+        // The demo's tokens are kept beside its store: in the data directory
+        // for DuckDB, in a directory of their own for each cluster database.
+        let demo_dir = if args.postgres_url.is_some() {
+            args.data.join(format!("cluster-{}", args.clickhouse_database))
+        } else {
+            args.data.clone()
+        };
+        std::fs::create_dir_all(&demo_dir).with_context(|| format!("cannot create {}", demo_dir.display()))?;
         let started = std::time::Instant::now();
-        let demo = fineport_server::demo::ensure_demo(&state, &args.data)
+        let demo = fineport_server::demo::ensure_demo(&state, &demo_dir)
             .await
             .context("cannot set up the demo service")?;
         if demo.created {
@@ -165,7 +174,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             println!(
                 "demo service {:?} exists; its tokens are in {}",
                 demo.service_id,
-                args.data.join("demo-tokens.json").display()
+                demo_dir.join("demo-tokens.json").display()
             );
         }
         println!("  import token (access_token):         {}", demo.import_token);

@@ -29,6 +29,10 @@ fn serve_command(data: &std::path::Path, listen: &str) -> Command {
         .arg("--data")
         .arg(data)
         .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN);
+    // The embedded store, whatever the caller's environment says.
+    for var in ["FINEPORT_CLICKHOUSE_URL", "FINEPORT_POSTGRES_URL"] {
+        command.env_remove(var);
+    }
     command
 }
 

@@ -275,7 +275,7 @@ async fn broken_cluster_server(test: &str) -> Option<TestServer> {
     let cluster = TestCluster::from_env(test)?;
     let mut options = cluster.fresh_databases().await;
     options.clickhouse.cluster = "fineport_broken".into();
-    Some(TestServer::start_on_cluster(options).await)
+    Some(TestServer::start_on_cluster(cluster, options).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

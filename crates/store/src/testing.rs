@@ -75,4 +75,26 @@ impl TestCluster {
             postgres_url,
         }
     }
+
+    /// Drops what [`TestCluster::fresh_databases`] made for `options`, on
+    /// PostgreSQL and on every shard; best effort, on a runtime of its own,
+    /// so that a test's `Drop` can call it.
+    pub fn drop_databases(&self, options: &ClusterOptions) {
+        let (server_url, name) = (self.postgres_url.clone(), options.clickhouse.database.clone());
+        let shards = self.clickhouse_urls.clone();
+        let dropping = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            runtime.block_on(async {
+                let _ = crate::cluster::postgres::drop_database(&server_url, &name).await;
+                let http = reqwest::Client::new();
+                for shard in &shards {
+                    let sql = format!("DROP DATABASE IF EXISTS {name}");
+                    let _ = http.post(shard).body(sql).send().await;
+                }
+            });
+        });
+        let _ = dropping.join();
+    }
 }

@@ -59,7 +59,8 @@ pub struct BenchArgs {
     #[arg(long)]
     keep: bool,
     /// The store under test: the embedded DuckDB file, or the cluster
-    /// (ClickHouse + PostgreSQL, fresh databases made for the run).
+    /// (ClickHouse + PostgreSQL, in fresh databases `fp_bench_<hex>`,
+    /// dropped after the run unless --keep).
     #[arg(long, value_enum, default_value = "duckdb")]
     store: StoreKind,
     /// With `--store cluster`: the HTTP URL of every ClickHouse shard.
@@ -94,17 +95,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .prefix("fineport-bench-")
         .tempdir_in(&args.dir)
         .with_context(|| format!("cannot create a directory in {}", args.dir.display()))?;
-    let result = run_in(&args, tmp.path().to_path_buf()).await;
+    // On the cluster: databases no earlier run used, named after this one.
+    let database = (args.store == StoreKind::Cluster).then(|| format!("fp_bench_{:016x}", rand::random::<u64>()));
+    let result = run_in(&args, tmp.path().to_path_buf(), database.as_deref()).await;
     if args.keep {
         let kept = tmp.keep();
         eprintln!("data kept in {}", kept.display());
+        if let Some(database) = &database {
+            eprintln!("cluster databases kept: {database}");
+        }
+    } else if let (Some(database), Some(postgres_url)) = (&database, &args.postgres_url) {
+        drop_cluster_databases(&args.clickhouse_url, postgres_url, database).await;
     }
     let report = result?;
     println!("{}", report.render());
     Ok(())
 }
 
-async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
+async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyhow::Result<Report> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     eprintln!(
         "generating {} events (seed {}, {:?} arrival)…",
@@ -127,11 +135,9 @@ async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
     report.body_bytes = dataset.bodies.iter().map(|b| b.len() as u64).sum();
 
     let data_dir = dir.join("data");
-    // The cluster: databases no earlier run used, named after this one.
-    let cluster = match (args.store, &args.postgres_url) {
-        (StoreKind::Cluster, Some(postgres_url)) => {
-            let database = format!("fp_bench_{:016x}", rand::random::<u64>());
-            let url = fineport_store::cluster::postgres::create_database(postgres_url, &database)
+    let cluster = match (database, &args.postgres_url) {
+        (Some(database), Some(postgres_url)) => {
+            let url = fineport_store::cluster::postgres::create_database(postgres_url, database)
                 .await
                 .with_context(|| format!("cannot create the PostgreSQL database {database}"))?;
             let shards = args.clickhouse_url.join(",");
@@ -139,7 +145,7 @@ async fn run_in(args: &BenchArgs, dir: PathBuf) -> anyhow::Result<Report> {
             report.reference = "ClickHouse SELECT … FORMAT CSVWithNames";
             report.durable = "ClickHouse's synchronous INSERT returned";
             Some((
-                database.clone(),
+                database.to_owned(),
                 vec![
                     format!("--clickhouse-url={shards}"),
                     format!("--clickhouse-database={database}"),
@@ -342,6 +348,22 @@ async fn best_clickhouse(
         }
     }
     best.context("no ClickHouse run")
+}
+
+/// Drops the run's databases on PostgreSQL and every shard; a failure is
+/// reported, not fatal (the figures are printed anyway).
+async fn drop_cluster_databases(shards: &[String], postgres_url: &str, database: &str) {
+    if let Err(e) = fineport_store::cluster::postgres::drop_database(postgres_url, database).await {
+        eprintln!("could not drop the PostgreSQL database {database}: {e}");
+    }
+    let http = reqwest::Client::new();
+    for shard in shards {
+        let sql = format!("DROP DATABASE IF EXISTS {database}");
+        let dropped = http.post(shard).body(sql).send().await;
+        if !dropped.as_ref().is_ok_and(|r| r.status().is_success()) {
+            eprintln!("could not drop the ClickHouse database {database} on {shard}: {dropped:?}");
+        }
+    }
 }
 
 /// The process's lifetime peak RSS (`VmHWM`).

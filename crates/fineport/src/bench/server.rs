@@ -33,6 +33,10 @@ impl Server {
             .env_remove("FINEPORT_DEMO")
             .env_remove("FINEPORT_LISTEN")
             .env_remove("FINEPORT_DATA")
+            // The store is what `store_args` says, not the caller's environment.
+            .env_remove("FINEPORT_CLICKHOUSE_URL")
+            .env_remove("FINEPORT_POSTGRES_URL")
+            .env_remove("FINEPORT_CLICKHOUSE_DATABASE")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -99,8 +99,9 @@ impl Backend {
 /// Where a test server keeps its data, so that a restart finds it again.
 enum Data {
     DuckDb(tempfile::TempDir),
-    /// The databases made for this server on the test cluster.
-    Cluster(fineport_store::cluster::ClusterOptions),
+    /// The databases made for this server on the test cluster, dropped
+    /// with the server (unless a restart takes them over).
+    Cluster(TestCluster, fineport_store::cluster::ClusterOptions),
 }
 
 pub struct TestServer {
@@ -136,16 +137,22 @@ impl TestServer {
     pub async fn start_with(config: Config, now: DateTime<Utc>) -> TestServer {
         let data = match Backend::current() {
             Backend::DuckDb => Data::DuckDb(tempfile::tempdir().expect("temp dir")),
-            Backend::Cluster(cluster) => Data::Cluster(cluster.fresh_databases().await),
+            Backend::Cluster(cluster) => {
+                let options = cluster.fresh_databases().await;
+                Data::Cluster(cluster, options)
+            }
         };
         Self::start_in(data, config, now, store_options(1)).await
     }
 
     /// A server on the cluster store opened with `options` (e.g. on the
     /// `fineport_broken` cluster of `scripts/cluster`).
-    pub async fn start_on_cluster(options: fineport_store::cluster::ClusterOptions) -> TestServer {
+    pub async fn start_on_cluster(
+        cluster: TestCluster,
+        options: fineport_store::cluster::ClusterOptions,
+    ) -> TestServer {
         Self::start_in(
-            Data::Cluster(options),
+            Data::Cluster(cluster, options),
             Config::default(),
             default_now(),
             store_options(1),
@@ -177,7 +184,7 @@ impl TestServer {
     pub fn dir(&self) -> &std::path::Path {
         match &self.data {
             Data::DuckDb(dir) => dir.path(),
-            Data::Cluster(_) => panic!("a DuckDB test server"),
+            Data::Cluster(..) => panic!("a DuckDB test server"),
         }
     }
 
@@ -221,7 +228,7 @@ impl TestServer {
                     Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
                 (store.clone(), Some(store))
             }
-            Data::Cluster(options) => {
+            Data::Cluster(_, options) => {
                 let store = fineport_store::cluster::ClusterStore::open(options)
                     .await
                     .expect("open cluster store");
@@ -380,6 +387,9 @@ impl Drop for TestServer {
         }
         if let Some(server) = self.server.take() {
             server.abort();
+        }
+        if let Data::Cluster(cluster, options) = &self.data {
+            cluster.drop_databases(options);
         }
     }
 }

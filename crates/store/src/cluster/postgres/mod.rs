@@ -117,6 +117,27 @@ pub async fn create_database(server_url: &str, name: &str) -> Result<String, Sto
     Ok(format!("{scheme}://{host}/{name}{query}"))
 }
 
+/// Drops the database `name` on the server of `server_url` (any database
+/// of that server, as in [`create_database`]), closing its connections.
+/// Nothing if it does not exist. For tests and `fineport bench`.
+pub async fn drop_database(server_url: &str, name: &str) -> Result<(), StoreError> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(StoreError::internal(format!("invalid database name {name:?}")));
+    }
+    let (client, connection) = tokio_postgres::connect(server_url, NoTls).await.map_err(pg_error)?;
+    let connection = tokio::spawn(connection);
+    let dropped = client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    drop(client);
+    let _ = connection.await;
+    dropped.map_err(pg_error)
+}
+
 impl Postgres {
     /// Connects to the database at `url` (e.g.
     /// `postgres://postgres@127.0.0.1:55433/fineport`) and runs the
