@@ -308,3 +308,42 @@ async fn a_shard_that_is_down_fails_imports_and_exports_loudly() {
     assert_eq!(body["message"], "query_error");
     wait_for_log(&server, &svc, "query_error", 1).await;
 }
+
+/// ClickHouse 18.16 reports a query that fails after its first block as
+/// HTTP 200 with the error text appended and a clean end: fineport must
+/// see it and break its own response, never end it as if complete. The
+/// export is stalled (the client stops reading) so that its ClickHouse
+/// query is mid-stream, killed from outside, then read to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_query_killed_mid_export_breaks_the_transfer() {
+    let Some(cluster) = TestCluster::from_env("a_clickhouse_query_killed_mid_export_breaks_the_transfer") else {
+        return;
+    };
+    let server = Backend::Cluster(cluster.clone()).run(TestServer::start()).await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    // 4,000 events of ~10 KB on one day: one query of ~40 MB, more than
+    // every buffer between ClickHouse and the stalled client holds.
+    import_big(&server, &svc, 4000).await;
+    let body = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let mut stalled = StalledExport::start(&server, &svc, &body).await;
+    let database = &server.cluster_options().expect("a cluster server").clickhouse.database;
+    let kill = format!("KILL QUERY WHERE query_id LIKE 'fineport-export-%' AND query LIKE '%{database}.events%'");
+    let mut killed = String::new();
+    for shard in &cluster.clickhouse_urls {
+        let resp = server.http.post(shard).body(kill.clone()).send().await.unwrap();
+        assert!(resp.status().is_success());
+        killed.push_str(&resp.text().await.unwrap());
+    }
+    assert!(
+        !killed.trim().is_empty(),
+        "the export's query was running when it was killed"
+    );
+    let received = stalled.read_until_closed(std::time::Duration::from_secs(60)).await;
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+    assert!(
+        !ends_with_last_chunk(&received),
+        "a killed query must break the transfer, not end it"
+    );
+    let failed = wait_for_log(&server, &svc, "query_error", 1).await;
+    assert_eq!(failed[0]["status"], 200, "logged with what the client got");
+}

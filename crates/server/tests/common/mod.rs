@@ -188,6 +188,14 @@ impl TestServer {
         }
     }
 
+    /// The cluster store's options (its databases); `None` on DuckDB.
+    pub fn cluster_options(&self) -> Option<&fineport_store::cluster::ClusterOptions> {
+        match &self.data {
+            Data::Cluster(_, options) => Some(options),
+            Data::DuckDb(_) => None,
+        }
+    }
+
     /// The DuckDB store; panics on the cluster.
     pub fn duckdb(&self) -> &Arc<DuckDbStore> {
         self.duckdb.as_ref().expect("a DuckDB test server")
