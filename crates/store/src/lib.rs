@@ -15,6 +15,7 @@
 //! code: [`identity`] (identity resolution over a small storage interface)
 //! and [`profile_export`] (the profile CSV, the audience merge-join).
 
+mod channel;
 pub mod cluster;
 pub mod duckdb;
 mod error;

@@ -2,7 +2,7 @@
 //! blocking thread (DuckDB's API is blocking) and hands its chunks over a
 //! bounded channel to the stream its caller polls.
 //!
-//! The bound ([`CHANNEL_CHUNKS`] chunks of ~64 KiB) gives backpressure:
+//! The bound (`channel.rs`: a few chunks of ~64 KiB) gives backpressure:
 //! the thread waits while the consumer is behind, so memory stays flat
 //! however big the export. Dropping the stream interrupts the running
 //! query (through the callback the export registered with
@@ -13,20 +13,13 @@
 //! `End`, which its consumer takes as a failure.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::Stream;
 use tokio::sync::mpsc;
 
+use crate::channel::{self, Item};
 use crate::{ExportPart, ExportStream, ExportSummary, StoreError, StoreErrorKind};
-
-/// Chunks in flight between the export thread and the stream's consumer.
-pub(crate) const CHANNEL_CHUNKS: usize = 4;
-
-type Item = Result<ExportPart, StoreError>;
 
 /// The export thread's end of the channel.
 pub(crate) struct Sink {
@@ -83,7 +76,7 @@ impl Interrupt {
 pub(crate) fn spawn(
     export: impl FnOnce(&mut Sink) -> Result<ExportSummary, StoreError> + Send + 'static,
 ) -> ExportStream {
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (tx, rx) = channel::channel();
     let interrupt = Arc::new(Interrupt::default());
     let mut sink = Sink {
         tx,
@@ -97,28 +90,16 @@ pub(crate) fn spawn(
         sink.interrupt.lock().callback = None;
         let _ = sink.tx.blocking_send(result.map(ExportPart::End));
     }));
-    Box::pin(Receiver { rx, interrupt })
+    channel::stream(rx, InterruptOnDrop(interrupt))
 }
 
-/// The consumer's end: the stream [`spawn`] returns.
-struct Receiver {
-    rx: mpsc::Receiver<Item>,
-    interrupt: Arc<Interrupt>,
-}
+/// The stream's `stop`: interrupts the running query, if any; the channel
+/// closes as the stream goes, so the thread's next send fails and it ends.
+struct InterruptOnDrop(Arc<Interrupt>);
 
-impl Stream for Receiver {
-    type Item = Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Receiver {
-    /// Interrupts the running query, if any; the channel closes as the
-    /// receiver goes, so the thread's next send fails and it ends.
+impl Drop for InterruptOnDrop {
     fn drop(&mut self) {
-        let mut state = self.interrupt.lock();
+        let mut state = self.0.lock();
         state.cancelled = true;
         if let Some(interrupt) = state.callback.take() {
             interrupt();
@@ -168,7 +149,7 @@ mod tests {
         assert!(matches!(stream.next().await, Some(Ok(ExportPart::Chunk(_)))));
         drop(stream);
         let sent = ended_rx.await.expect("the thread ended");
-        assert!(sent <= 1 + CHANNEL_CHUNKS, "{sent}");
+        assert!(sent <= 1 + channel::CHANNEL_CHUNKS, "{sent}");
         assert!(interrupted.load(Ordering::SeqCst));
     }
 

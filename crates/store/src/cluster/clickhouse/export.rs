@@ -23,7 +23,7 @@
 //! not happened yet).
 //!
 //! The export runs in its own task and hands ~[`CHUNK_BYTES`] chunks over
-//! a channel of [`CHANNEL_CHUNKS`], so it produces only as fast as it is
+//! the bounded channel of `channel.rs`, so it produces only as fast as it is
 //! read. Dropping the stream aborts the task, which drops the response
 //! and sends `KILL QUERY` for the running query ([`KillOnDrop`]).
 //!
@@ -31,10 +31,8 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fineport_contract::csv;
@@ -42,17 +40,13 @@ use fineport_contract::export::{ColumnSource, EventExportPlan, EventFilterKind, 
 use fineport_contract::taxonomy::ITEMS_COLUMN_PREFIX;
 use fineport_contract::time::day_bounds_ms;
 use fineport_contract::{ServiceId, Tz};
-use futures::Stream;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 use super::response::Rows;
 use super::rowbinary::Cursor;
 use super::{literal, new_query_id, Inner, KillOnDrop};
+use crate::channel::{self, AbortOnDrop, Item};
 use crate::{ExportPart, ExportStream, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
-
-/// Chunks in flight between the export task and the stream's consumer.
-const CHANNEL_CHUNKS: usize = 4;
 
 /// The planning count's bucket: every timezone offset in use today is a
 /// multiple of it, so a bucket falls within one service day.
@@ -66,37 +60,15 @@ const BUCKET_MS: i64 = 15 * 60_000;
 /// 6-property include plan took it from 0.46× to 0.72–0.84×.
 const FILTER_KEYS_AT_MOST: usize = 8;
 
-type Item = Result<ExportPart, StoreError>;
-
-/// Starts the export task; see the module doc.
+/// Starts the export task; see the module doc. Dropping the stream aborts
+/// the task, which drops its response and its [`KillOnDrop`].
 pub(crate) fn start(inner: Arc<Inner>, service_id: ServiceId, timezone: Tz, plan: EventExportPlan) -> ExportStream {
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (tx, rx) = channel::channel();
     let task = tokio::spawn(async move {
         let result = run(&inner, &service_id, timezone, &plan, &tx).await;
         let _ = tx.send(result.map(ExportPart::End)).await;
     });
-    Box::pin(Receiver { rx, task })
-}
-
-/// The consumer's end. Dropping it stops the export.
-struct Receiver {
-    rx: mpsc::Receiver<Item>,
-    task: JoinHandle<()>,
-}
-
-impl Stream for Receiver {
-    type Item = Item;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Item>> {
-        self.rx.poll_recv(cx)
-    }
-}
-
-impl Drop for Receiver {
-    /// Aborting drops the task's response and its [`KillOnDrop`].
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    channel::stream(rx, AbortOnDrop(task))
 }
 
 /// The SQL pieces every query of one export shares.

@@ -17,15 +17,13 @@ use tokio_postgres::NoTls;
 
 use super::schema::LOCK_NAMESPACE;
 use super::{pg_error, Postgres};
+use crate::channel;
 use crate::identity::{IdentityChange, IdentityMap, Staged};
 use crate::profile_export::{InEvery, ProfileCsv, SortedIds};
 use crate::{ExportPart, ExportStream, ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
 
 /// Rows the export fetches from its portal at a time.
 const FETCH_ROWS: i32 = 2_000;
-
-/// Chunks in flight between the export task and the stream's consumer.
-const CHANNEL_CHUNKS: usize = 4;
 
 /// Takes the service's identity lock for the rest of the transaction.
 async fn lock_identities(client: &impl GenericClient, service_id: &ServiceId) -> Result<(), StoreError> {
@@ -309,7 +307,7 @@ impl Postgres {
         let query = ProfileQuery::new(service_id, plan, audience);
         let csv = ProfileCsv::new(plan);
         let mut client = self.client().await?;
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (tx, rx) = channel::channel();
         tokio::spawn(async move {
             let mut sink = Sink { tx };
             let result = run_export(&mut client, &query, &csv, InEvery::new(event_users), &mut sink).await;
@@ -324,9 +322,9 @@ impl Postgres {
             };
             let _ = sink.tx.send(last).await;
         });
-        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })))
+        // No task abort on drop: the task must see the closed channel and
+        // close its connection itself (above), never hand it back mid-query.
+        Ok(channel::stream(rx, ()))
     }
 }
 
@@ -374,7 +372,7 @@ impl ProfileQuery {
 
 /// The export task's end of the channel.
 struct Sink {
-    tx: mpsc::Sender<Result<ExportPart, StoreError>>,
+    tx: mpsc::Sender<channel::Item>,
 }
 
 fn cancelled() -> StoreError {
