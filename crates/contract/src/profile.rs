@@ -108,6 +108,34 @@ pub struct ProfileUpdate {
     pub request_ms: i64,
 }
 
+/// One user property value to store: `(unified id, property name)` →
+/// `(cell text, request time in UTC ms)`.
+pub type NewestValue<'a> = ((&'a str, &'a str), (&'a str, i64));
+
+/// The newest value of each (profile, property) in a batch of updates
+/// (SPEC §4 `/user-profile`: a value older by `request_datetime` than the
+/// stored one does not overwrite it; within a batch, on a tie, the later
+/// update wins, as it would against a stored value). `unified_ids[i]` is
+/// the profile `updates[i]` resolved to. Sorted by (profile, property): the
+/// order in which a store locks the rows, so concurrent batches cannot
+/// deadlock.
+pub fn newest_values<'a>(updates: &'a [ProfileUpdate], unified_ids: &'a [String]) -> Vec<NewestValue<'a>> {
+    let mut latest: std::collections::HashMap<(&str, &str), (&str, i64)> = std::collections::HashMap::new();
+    for (update, uid) in updates.iter().zip(unified_ids) {
+        for (name, cell) in &update.properties {
+            let slot = latest
+                .entry((uid.as_str(), name.as_str()))
+                .or_insert((cell.as_str(), update.request_ms));
+            if update.request_ms >= slot.1 {
+                *slot = (cell.as_str(), update.request_ms);
+            }
+        }
+    }
+    let mut rows: Vec<NewestValue<'a>> = latest.into_iter().collect();
+    rows.sort_unstable();
+    rows
+}
+
 /// A validated `/api/v1/user-profile` request (one object, or a list of up
 /// to [`MAX_PROFILES_PER_REQUEST`]).
 #[derive(Debug, Clone, PartialEq)]
@@ -421,6 +449,33 @@ impl Condition {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_newest_value_of_each_property_wins_and_a_tie_goes_to_the_later() {
+        let update = |ext: &str, props: &[(&str, &str)], ms| ProfileUpdate {
+            identity: Identity {
+                external_id: Some(ext.into()),
+                ..Identity::default()
+            },
+            properties: props.iter().map(|(n, c)| (n.to_string(), c.to_string())).collect(),
+            request_ms: ms,
+        };
+        let updates = [
+            update("a", &[("tier", "gold"), ("visits", "3")], 20),
+            update("a", &[("tier", "silver")], 10),
+            update("b", &[("tier", "bronze")], 5),
+            update("a", &[("visits", "4")], 20),
+        ];
+        let uids = ["u2".to_string(), "u2".to_string(), "u1".to_string(), "u2".to_string()];
+        assert_eq!(
+            newest_values(&updates, &uids),
+            vec![
+                (("u1", "tier"), ("bronze", 5)),
+                (("u2", "tier"), ("gold", 20)),
+                (("u2", "visits"), ("4", 20)),
+            ]
+        );
+    }
 
     fn taxonomy() -> Taxonomy {
         let mut t = Taxonomy::standard();

@@ -13,7 +13,7 @@ use duckdb::arrow::array::{Array, StringArray};
 use duckdb::types::Value as Sql;
 use duckdb::{params, params_from_iter, Connection};
 use fineport_contract::import::Identity;
-use fineport_contract::profile::{AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate};
+use fineport_contract::profile::{newest_values, AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::time::day_bounds_ms;
 use fineport_contract::ServiceId;
 use fineport_contract::Tz;
@@ -74,19 +74,7 @@ pub(crate) fn update_profiles(
 ) -> Result<(), StoreError> {
     let identities: Vec<&Identity> = updates.iter().map(|u| &u.identity).collect();
     let uids = resolve(state, service_id, &identities)?;
-    // The newest value of each (profile, property) in this request; on a
-    // tie the later update wins, as it would against a stored value.
-    let mut latest: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
-    for (update, uid) in updates.iter().zip(&uids) {
-        for (name, cell) in &update.properties {
-            let slot = latest
-                .entry((uid.as_str(), name.as_str()))
-                .or_insert((cell.as_str(), update.request_ms));
-            if update.request_ms >= slot.1 {
-                *slot = (cell.as_str(), update.request_ms);
-            }
-        }
-    }
+    let latest = newest_values(updates, &uids);
     // One set-based upsert through a staging table: row-by-row upserts
     // cost DuckDB milliseconds each.
     let conn = &state.conn;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use deadpool_postgres::GenericClient;
 use deadpool_postgres::Object;
 use fineport_contract::import::Identity;
-use fineport_contract::profile::{AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate};
+use fineport_contract::profile::{newest_values, AudienceFilter, CheckedCondition, ProfileExportPlan, ProfileUpdate};
 use fineport_contract::{ServiceId, Tz};
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -228,20 +228,8 @@ impl Postgres {
         let tx = client.transaction().await.map_err(pg_error)?;
         let identities: Vec<&Identity> = updates.iter().map(|u| &u.identity).collect();
         let uids = resolve(&tx, service_id, &identities).await?;
-        let mut latest: HashMap<(&str, &str), (&str, i64)> = HashMap::new();
-        for (update, uid) in updates.iter().zip(&uids) {
-            for (name, cell) in &update.properties {
-                let slot = latest
-                    .entry((uid.as_str(), name.as_str()))
-                    .or_insert((cell.as_str(), update.request_ms));
-                if update.request_ms >= slot.1 {
-                    *slot = (cell.as_str(), update.request_ms);
-                }
-            }
-        }
         // In key order, so that concurrent upserts lock rows in one order.
-        let mut rows: Vec<_> = latest.into_iter().collect();
-        rows.sort_unstable();
+        let rows = newest_values(&updates, &uids);
         let (mut uids, mut names, mut cells, mut times) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for ((uid, name), (cell, ms)) in rows {
             uids.push(uid);
