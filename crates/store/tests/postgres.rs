@@ -374,6 +374,10 @@ async fn the_newest_property_wins_under_concurrency() {
     assert_eq!(String::from_utf8(again).unwrap(), text);
 }
 
+/// The callers' clock in the memo tests: before every event time used, so
+/// no memo expires whatever today's date.
+const NOW_MS: i64 = 0;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_all_get_the_first_correction() {
     let Some(db) = TestDb::create().await else { return };
@@ -389,7 +393,7 @@ async fn concurrent_callers_all_get_the_first_correction() {
             let mut proposals: Vec<(Uuid, i64, i64)> =
                 ids.iter().map(|id| (*id, 1_000 + caller, 9_000_000_000_000)).collect();
             proposals.rotate_left(caller as usize * 5);
-            store.first_corrections(&sid, &proposals).await
+            store.first_corrections(&sid, &proposals, NOW_MS).await
         }));
     }
     let mut answers = Vec::new();
@@ -399,16 +403,16 @@ async fn concurrent_callers_all_get_the_first_correction() {
     assert_eq!(answers[0].len(), ids.len());
     assert!(answers.iter().all(|a| *a == answers[0]));
     // Later callers get the same; another service has its own memo.
-    let late = a.first_corrections(&sid, &[(ids[0], 99, 0)]).await.unwrap();
+    let late = a.first_corrections(&sid, &[(ids[0], 99, 0)], NOW_MS).await.unwrap();
     assert_eq!(late[&ids[0]], answers[0][&ids[0]]);
     let elsewhere = ServiceId::parse("other").unwrap();
     assert_eq!(
-        a.first_corrections(&elsewhere, &[(ids[0], 99, 0), (ids[0], 98, 0)])
+        a.first_corrections(&elsewhere, &[(ids[0], 99, 0), (ids[0], 98, 0)], NOW_MS)
             .await
             .unwrap()[&ids[0]],
         99
     );
-    assert!(a.first_corrections(&sid, &[]).await.unwrap().is_empty());
+    assert!(a.first_corrections(&sid, &[], NOW_MS).await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -149,7 +149,7 @@ impl Store for ClusterStore {
         let first = if future.is_empty() {
             HashMap::new()
         } else {
-            self.meta.first_corrections(service_id, &future).await?
+            self.meta.first_corrections(service_id, &future, received_at_ms).await?
         };
         let items = self.items_of(service_id);
         let mut seen = std::collections::HashSet::new();

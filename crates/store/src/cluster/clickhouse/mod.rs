@@ -395,17 +395,7 @@ impl Drop for KillOnDrop {
 
 /// `s` as a ClickHouse string expression that needs no escaping.
 fn literal(s: &str) -> String {
-    format!("unhex('{}')", hex_upper(s.as_bytes()))
-}
-
-fn hex_upper(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    out
+    format!("unhex('{}')", hex::encode_upper(s.as_bytes()))
 }
 
 /// ClickHouse's text, cut to [`MAX_ERROR_TEXT`] bytes, trimmed.

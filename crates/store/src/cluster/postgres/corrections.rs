@@ -29,14 +29,15 @@ impl Postgres {
     /// — by this call or by any earlier or concurrent one, in any process
     /// — which the caller stores instead of its proposal. An id proposed
     /// twice in one call counts its first proposal. Once an hour at most,
-    /// memos whose event time is over a week past are deleted. Errors:
+    /// memos whose event time is over a week before `now_ms` (the caller's
+    /// clock, which gave the receipt times) are deleted. Errors:
     /// `Query`/`Internal` (see the module doc of [`super`]).
     pub async fn first_corrections(
         &self,
         service_id: &ServiceId,
         proposals: &[(Uuid, i64, i64)],
+        now_ms: i64,
     ) -> Result<HashMap<Uuid, i64>, StoreError> {
-        let now_ms = chrono::Utc::now().timestamp_millis();
         self.purge_expired(now_ms).await;
         if proposals.is_empty() {
             return Ok(HashMap::new());
