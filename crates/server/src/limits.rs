@@ -1,7 +1,7 @@
 //! Rate limits (SPEC §3): fixed windows aligned to the UTC clock, plus the
-//! export concurrency limit, behind the [`Limiter`] trait so that replicas
-//! can share them through Redis later. [`MemoryLimiter`] is the one-process
-//! implementation.
+//! export concurrency limit, behind the async [`Limiter`] trait so that
+//! replicas can share them through a network service (Redis, issue 12).
+//! [`MemoryLimiter`] is the one-process implementation and the default.
 //!
 //! Export quota is taken when a request is admitted (so concurrent requests
 //! cannot overshoot) and given back if the request then fails on the server's
@@ -113,9 +113,10 @@ impl Drop for ExportPermit {
     }
 }
 
+#[async_trait::async_trait]
 pub trait Limiter: Send + Sync + 'static {
     /// Admits an export: one unit of the hourly quota and one concurrency slot.
-    fn acquire_export(
+    async fn acquire_export(
         &self,
         service_id: &str,
         per_hour: u64,
@@ -124,7 +125,7 @@ pub trait Limiter: Send + Sync + 'static {
     ) -> Result<ExportPermit, Refusal>;
 
     /// Takes `n` units of `counter` if they fit under `limit` in the current window.
-    fn take(
+    async fn take(
         &self,
         service_id: &str,
         counter: Counter,
@@ -134,7 +135,7 @@ pub trait Limiter: Send + Sync + 'static {
     ) -> Result<RateStatus, Refusal>;
 
     /// The status of `counter` without using any of it.
-    fn peek(&self, service_id: &str, counter: Counter, limit: u64, now: DateTime<Utc>) -> RateStatus;
+    async fn peek(&self, service_id: &str, counter: Counter, limit: u64, now: DateTime<Utc>) -> RateStatus;
 }
 
 #[derive(Default)]
@@ -185,8 +186,9 @@ fn retry_after(status: &RateStatus, now: DateTime<Utc>) -> u64 {
     ms.div_ceil(1000).max(1)
 }
 
+#[async_trait::async_trait]
 impl Limiter for MemoryLimiter {
-    fn acquire_export(
+    async fn acquire_export(
         &self,
         service_id: &str,
         per_hour: u64,
@@ -238,7 +240,7 @@ impl Limiter for MemoryLimiter {
         ))
     }
 
-    fn take(
+    async fn take(
         &self,
         service_id: &str,
         counter: Counter,
@@ -260,7 +262,7 @@ impl Limiter for MemoryLimiter {
         Ok(status(counter, limit, used + n, start))
     }
 
-    fn peek(&self, service_id: &str, counter: Counter, limit: u64, now: DateTime<Utc>) -> RateStatus {
+    async fn peek(&self, service_id: &str, counter: Counter, limit: u64, now: DateTime<Utc>) -> RateStatus {
         let start = counter.window().start(now);
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         status(counter, limit, state.used(service_id, counter, start), start)
@@ -275,45 +277,47 @@ mod tests {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
     }
 
-    #[test]
-    fn hourly_quota_is_a_fixed_utc_window_and_refunds() {
+    #[tokio::test]
+    async fn hourly_quota_is_a_fixed_utc_window_and_refunds() {
         let l = MemoryLimiter::default();
         let now = at("2026-11-25T10:59:30Z");
-        let mut p1 = l.acquire_export("s", 2, 5, now).unwrap();
+        let mut p1 = l.acquire_export("s", 2, 5, now).await.unwrap();
         assert_eq!(p1.status.remaining, 1);
         assert_eq!(p1.status.reset_ms, at("2026-11-25T11:00:00Z").timestamp_millis());
-        let _p2 = l.acquire_export("s", 2, 5, now).unwrap();
-        let refused = l.acquire_export("s", 2, 5, now).err().unwrap();
+        let _p2 = l.acquire_export("s", 2, 5, now).await.unwrap();
+        let refused = l.acquire_export("s", 2, 5, now).await.err().unwrap();
         assert_eq!(refused.retry_after_secs, 30);
         assert_eq!(refused.status.remaining, 0);
         p1.refund();
-        assert!(l.acquire_export("s", 2, 5, now).is_ok());
+        assert!(l.acquire_export("s", 2, 5, now).await.is_ok());
         // another service is untouched; the next hour starts afresh
-        assert!(l.acquire_export("t", 2, 5, now).is_ok());
-        assert!(l.acquire_export("s", 2, 5, at("2026-11-25T11:00:00Z")).is_ok());
+        assert!(l.acquire_export("t", 2, 5, now).await.is_ok());
+        assert!(l.acquire_export("s", 2, 5, at("2026-11-25T11:00:00Z")).await.is_ok());
     }
 
-    #[test]
-    fn concurrency_slots_free_on_drop() {
+    #[tokio::test]
+    async fn concurrency_slots_free_on_drop() {
         let l = MemoryLimiter::default();
         let now = at("2026-11-25T10:00:00Z");
-        let p = l.acquire_export("s", 100, 1, now).unwrap();
-        let refused = l.acquire_export("s", 100, 1, now).err().unwrap();
+        let p = l.acquire_export("s", 100, 1, now).await.unwrap();
+        let refused = l.acquire_export("s", 100, 1, now).await.err().unwrap();
         assert_eq!(refused.retry_after_secs, 1);
         drop(p);
-        assert!(l.acquire_export("s", 100, 1, now).is_ok());
+        assert!(l.acquire_export("s", 100, 1, now).await.is_ok());
     }
 
-    #[test]
-    fn counted_windows_take_all_or_nothing() {
+    #[tokio::test]
+    async fn counted_windows_take_all_or_nothing() {
         let l = MemoryLimiter::default();
         let now = at("2026-11-25T10:00:10Z");
-        assert_eq!(l.take("s", Counter::Events, 60, 100, now).unwrap().remaining, 40);
-        let refused = l.take("s", Counter::Events, 41, 100, now).unwrap_err();
+        assert_eq!(l.take("s", Counter::Events, 60, 100, now).await.unwrap().remaining, 40);
+        let refused = l.take("s", Counter::Events, 41, 100, now).await.unwrap_err();
         assert_eq!(refused.retry_after_secs, 50);
-        assert_eq!(l.peek("s", Counter::Events, 100, now).remaining, 40);
+        assert_eq!(l.peek("s", Counter::Events, 100, now).await.remaining, 40);
         assert_eq!(
-            l.peek("s", Counter::Events, 100, at("2026-11-25T10:01:00Z")).remaining,
+            l.peek("s", Counter::Events, 100, at("2026-11-25T10:01:00Z"))
+                .await
+                .remaining,
             100
         );
     }

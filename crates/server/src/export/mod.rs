@@ -48,7 +48,7 @@ struct Admitted {
 }
 
 /// The first checks of both export endpoints: `service_id`, then the token.
-fn authenticate(
+async fn authenticate(
     state: &SharedState,
     endpoint: &str,
     caller: &Caller,
@@ -64,7 +64,8 @@ fn authenticate(
         .map_or(Limits::default().export_per_hour, |s| s.service.limits.export_per_hour);
     let rate = state
         .limiter
-        .peek(&entry.service_id, Counter::Exports, u64::from(per_hour), now);
+        .peek(&entry.service_id, Counter::Exports, u64::from(per_hour), now)
+        .await;
     let fail = |failure: ExportFailure, entry: RequestLogEntry| {
         let error = ExportError {
             failure,
@@ -193,7 +194,7 @@ async fn export(
     check: impl FnOnce(&SharedState, &ServiceView, &serde_json::Value, DateTime<Utc>) -> Result<ExportJob, ExportFailure>,
 ) -> Response {
     let started = Instant::now();
-    let Admitted { service, entry } = match authenticate(&state, endpoint, &caller, query.as_deref(), &headers) {
+    let Admitted { service, entry } = match authenticate(&state, endpoint, &caller, query.as_deref(), &headers).await {
         Ok(a) => a,
         Err(refused) => {
             // Read the unread body first, so that the connection stays usable
@@ -220,7 +221,8 @@ async fn export(
             let per_hour = u64::from(service.service.limits.export_per_hour);
             let rate = state
                 .limiter
-                .peek(&service.service.service_id, Counter::Exports, per_hour, now);
+                .peek(&service.service.service_id, Counter::Exports, per_hour, now)
+                .await;
             let error = ExportError {
                 failure,
                 rate: Some(rate),
@@ -229,7 +231,7 @@ async fn export(
             return refuse(&state, error, entry, started);
         }
     };
-    let permit = match acquire(&state, &service, now) {
+    let permit = match acquire(&state, &service, now).await {
         Ok(p) => p,
         Err(error) => return refuse(&state, error, entry, started),
     };
@@ -244,7 +246,7 @@ async fn export(
 
 /// Admits an export under the service's hourly quota and concurrency limit
 /// (shared by both export endpoints).
-fn acquire(
+async fn acquire(
     state: &SharedState,
     service: &ServiceView,
     now: chrono::DateTime<chrono::Utc>,
@@ -258,6 +260,7 @@ fn acquire(
             limits.export_concurrency,
             now,
         )
+        .await
         .map_err(|refusal| ExportError {
             failure: ExportFailure::new(ExportOutcome::TooManyApiRequests),
             rate: Some(refusal.status),

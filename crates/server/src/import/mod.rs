@@ -209,7 +209,8 @@ async fn handle(
         answer.rate = Some(
             state
                 .limiter
-                .peek(&entry.service_id, endpoint.counter(), limit, received),
+                .peek(&entry.service_id, endpoint.counter(), limit, received)
+                .await,
         );
     }
     entry.message = if answer.code == ImportCode::Ok {
@@ -290,6 +291,7 @@ async fn import(
     let rate = match state
         .limiter
         .take(&service_id, endpoint.counter(), work.units(), limit, received)
+        .await
     {
         Ok(rate) => rate,
         Err(refusal) => {
