@@ -161,16 +161,7 @@ async fn exports(server: &TestServer) -> (String, String, String) {
             server.taxonomy(&svc, body).await;
             continue;
         }
-        let resp = server
-            .http
-            .post(server.url(&format!("{path}?service_id=shop")))
-            .header("access_token", &svc.import_token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), 200);
-        let answer: Value = resp.json().await.unwrap();
+        let answer: Value = server.import_endpoint(&svc, path, &body).await.json().await.unwrap();
         assert_eq!(answer["code"], "20000", "{path}: {answer}");
     }
     let (status, created) = server

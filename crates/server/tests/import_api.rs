@@ -177,14 +177,7 @@ async fn a_store_failure_is_50000_and_stores_nothing() {
     assert_code(&answer, "50000", "INTERNAL_SERVER_ERROR");
     let profile = json!({"identity": {"external_id": "u1"}, "user_properties": {"df_name": "x"},
                          "request_datetime": "2026-11-25T00:00:00Z"});
-    let r = server
-        .http
-        .post(server.url("/api/v1/user-profile?service_id=shop"))
-        .header("access_token", &svc.import_token)
-        .json(&profile)
-        .send()
-        .await
-        .unwrap();
+    let r = server.import_endpoint(&svc, "/api/v1/user-profile", &profile).await;
     assert_code(&r.json().await.unwrap(), "50000", "INTERNAL_SERVER_ERROR");
     server.faults.inject_write_failure(false);
     assert!(exported_ids(&server, &svc).await.is_empty());

@@ -10,15 +10,7 @@ use serde_json::{json, Value};
 const T0: &str = "2026-11-25T00:00:00Z";
 
 async fn post(server: &TestServer, svc: &Svc, path: &str, body: Value) -> (reqwest::header::HeaderMap, Value) {
-    let resp = server
-        .http
-        .post(server.url(&format!("{path}?service_id={}", svc.id)))
-        .header("access_token", &svc.import_token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let resp = server.import_endpoint(svc, path, &body).await;
     let headers = resp.headers().clone();
     (headers, resp.json().await.unwrap())
 }

@@ -86,14 +86,7 @@ impl TestCluster {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
-            runtime.block_on(async {
-                let _ = crate::cluster::postgres::drop_database(&server_url, &name).await;
-                let http = reqwest::Client::new();
-                for shard in &shards {
-                    let sql = format!("DROP DATABASE IF EXISTS {name}");
-                    let _ = http.post(shard).body(sql).send().await;
-                }
-            });
+            let _ = runtime.block_on(crate::cluster::drop_databases(&shards, &server_url, &name));
         });
         let _ = dropping.join();
     }

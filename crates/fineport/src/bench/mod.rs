@@ -87,6 +87,20 @@ struct ExportCase {
     rows: u64,
 }
 
+impl ExportCase {
+    /// What the store's own export of this case is asked to write, with
+    /// fineport's `header` and with or without `ORDER BY`.
+    fn query<'a>(&'a self, header: &'a str, ordered: bool) -> Query<'a> {
+        Query {
+            header,
+            from_day: self.from,
+            until_day: self.until,
+            events: self.events,
+            ordered,
+        }
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.events == 0 {
         bail!("--events must be at least 1");
@@ -105,7 +119,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("cluster databases kept: {database}");
         }
     } else if let (Some(database), Some(postgres_url)) = (&database, &args.postgres_url) {
-        drop_cluster_databases(&args.clickhouse_url, postgres_url, database).await;
+        // Reported, not fatal: the figures are printed anyway.
+        if let Err(e) = fineport_store::cluster::drop_databases(&args.clickhouse_url, postgres_url, database).await {
+            eprintln!("could not drop the cluster databases {database}: {e}");
+        }
     }
     let report = result?;
     println!("{}", report.render());
@@ -202,15 +219,8 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         let native = native_clickhouse::ClickHouseNative::new(&args.clickhouse_url[0], database)?;
         for ((report_case, case), header) in report.cases.iter_mut().zip(&cases).zip(&headers) {
             eprintln!("ClickHouse SELECT: {}…", case.label);
-            let q = |ordered| Query {
-                header,
-                from_day: case.from,
-                until_day: case.until,
-                events: case.events,
-                ordered,
-            };
-            report_case.native_ordered = Some(best_clickhouse(args.runs, &native, &q(true)).await?);
-            report_case.native_unordered = Some(best_clickhouse(args.runs, &native, &q(false)).await?);
+            report_case.native_ordered = Some(best_clickhouse(args.runs, &native, &case.query(header, true)).await?);
+            report_case.native_unordered = Some(best_clickhouse(args.runs, &native, &case.query(header, false)).await?);
         }
         return Ok(report);
     }
@@ -224,16 +234,9 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
             .zip(&headers)
             .map(|(case, header)| {
                 eprintln!("DuckDB COPY: {}…", case.label);
-                let q = |ordered| Query {
-                    header,
-                    from_day: case.from,
-                    until_day: case.until,
-                    events: case.events,
-                    ordered,
-                };
                 Ok((
-                    best_native(runs, &native, &q(true), &out)?,
-                    best_native(runs, &native, &q(false), &out)?,
+                    best_native(runs, &native, &case.query(header, true), &out)?,
+                    best_native(runs, &native, &case.query(header, false), &out)?,
                 ))
             })
             .collect()
@@ -348,22 +351,6 @@ async fn best_clickhouse(
         }
     }
     best.context("no ClickHouse run")
-}
-
-/// Drops the run's databases on PostgreSQL and every shard; a failure is
-/// reported, not fatal (the figures are printed anyway).
-async fn drop_cluster_databases(shards: &[String], postgres_url: &str, database: &str) {
-    if let Err(e) = fineport_store::cluster::postgres::drop_database(postgres_url, database).await {
-        eprintln!("could not drop the PostgreSQL database {database}: {e}");
-    }
-    let http = reqwest::Client::new();
-    for shard in shards {
-        let sql = format!("DROP DATABASE IF EXISTS {database}");
-        let dropped = http.post(shard).body(sql).send().await;
-        if !dropped.as_ref().is_ok_and(|r| r.status().is_success()) {
-            eprintln!("could not drop the ClickHouse database {database} on {shard}: {dropped:?}");
-        }
-    }
 }
 
 /// The process's lifetime peak RSS (`VmHWM`).

@@ -335,6 +335,22 @@ impl TestServer {
         req.send().await.expect("import request")
     }
 
+    /// POST to an Import API endpoint (`/api/v1/identities`, …) of `svc`
+    /// with its import token; panics unless HTTP 200 (the Import API's
+    /// answer to everything it read).
+    pub async fn import_endpoint(&self, svc: &Svc, path: &str, body: &Value) -> reqwest::Response {
+        let resp = self
+            .http
+            .post(self.url(&format!("{path}?service_id={}", svc.id)))
+            .header("access_token", &svc.import_token)
+            .json(body)
+            .send()
+            .await
+            .expect("import request");
+        assert_eq!(resp.status(), 200);
+        resp
+    }
+
     /// POST /api/v1/export/event with the service's export token.
     pub async fn export(&self, svc: &Svc, body: Value) -> reqwest::Response {
         self.export_raw(

@@ -58,6 +58,16 @@ pub struct ClusterStore {
     item_properties: RwLock<HashMap<ServiceId, Vec<String>>>,
 }
 
+/// Drops the database `name` on PostgreSQL (the server of
+/// `postgres_server_url`) and on every ClickHouse shard of `shards`: what
+/// tests and `fineport bench` made with `postgres::create_database` and
+/// [`ClusterStore::open`]. Every part is tried; the first error is returned.
+pub async fn drop_databases(shards: &[String], postgres_server_url: &str, name: &str) -> Result<(), StoreError> {
+    let postgres = postgres::drop_database(postgres_server_url, name).await;
+    let clickhouse = clickhouse::drop_database(shards, name).await;
+    postgres.and(clickhouse)
+}
+
 impl ClusterStore {
     /// Connects to both; creates their tables if missing (on every
     /// ClickHouse shard). Fails if any shard or PostgreSQL does not answer.

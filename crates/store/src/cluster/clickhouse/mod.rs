@@ -144,16 +144,6 @@ impl ClickHouse {
     /// ZooKeeper). Idempotent. Errors: `Internal` for bad options, `Query`
     /// with ClickHouse's text for a shard that is down or refuses.
     pub async fn open(opts: &ClickHouseOptions) -> Result<ClickHouse, StoreError> {
-        let identifier = |what: &str, s: &str| {
-            let ok = !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
-            if ok {
-                Ok(())
-            } else {
-                Err(StoreError::internal(format!(
-                    "ClickHouse {what} {s:?} must be ASCII letters, digits or '_'"
-                )))
-            }
-        };
         identifier("database", &opts.database)?;
         identifier("cluster", &opts.cluster)?;
         if opts.urls.is_empty() {
@@ -332,6 +322,43 @@ impl Inner {
             .await
             .map_err(|e| StoreError::query(format!("ClickHouse at {url}: {}", error_chain(&e))))
     }
+}
+
+/// Checks a database or cluster name before it goes into SQL text.
+fn identifier(what: &str, s: &str) -> Result<(), StoreError> {
+    if !s.is_empty() && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+        Ok(())
+    } else {
+        Err(StoreError::internal(format!(
+            "ClickHouse {what} {s:?} must be ASCII letters, digits or '_'"
+        )))
+    }
+}
+
+/// Drops `database` on every shard of `urls` (nothing where it does not
+/// exist). For tests and `fineport bench`, which make databases of their
+/// own. Errors: `Internal` for a bad name, `Query` for a shard that
+/// refused or did not answer (the other shards are still tried).
+pub async fn drop_database(urls: &[String], database: &str) -> Result<(), StoreError> {
+    identifier("database", database)?;
+    let http = reqwest::Client::new();
+    let mut first_error = None;
+    for url in urls {
+        let dropped = http
+            .post(url)
+            .body(format!("DROP DATABASE IF EXISTS {database}"))
+            .send()
+            .await;
+        let error = match dropped {
+            Ok(resp) if resp.status().is_success() => continue,
+            Ok(resp) => format!("answered {}", resp.status()),
+            Err(e) => error_chain(&e),
+        };
+        first_error.get_or_insert(StoreError::query(format!(
+            "ClickHouse at {url}: DROP DATABASE {database}: {error}"
+        )));
+    }
+    first_error.map_or(Ok(()), Err)
 }
 
 /// A new `query_id`: `fineport-<what>-<uuid>`.
