@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use fineport_server::clock::SystemClock;
-use fineport_server::limits::MemoryLimiter;
+use fineport_server::limits::{Limiter, MemoryLimiter, RedisLimiter, RedisLimiterOptions};
 use fineport_server::{build_state, Config, Parts};
 use fineport_store::cluster::clickhouse::ClickHouseOptions;
 use fineport_store::cluster::{ClusterOptions, ClusterStore};
@@ -65,6 +65,23 @@ pub struct ServeArgs {
     /// audiences, the request log), e.g. postgres://fineport@10.0.0.3/fineport.
     #[arg(long, env = "FINEPORT_POSTGRES_URL", requires = "clickhouse_url")]
     postgres_url: Option<String>,
+    /// Limits shared by every replica: a Redis URL
+    /// (redis://[user:password@]host:port[/db]). Without it each process
+    /// keeps its own limits, which is right for a single node. While Redis
+    /// cannot be reached, each replica limits its own requests (logged).
+    #[arg(long, env = "FINEPORT_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of fineport's Redis keys (deployments sharing one Redis need
+    /// different ones; no '{' or '}').
+    #[arg(long, env = "FINEPORT_REDIS_KEY_PREFIX", default_value_t = RedisLimiterOptions::default().key_prefix)]
+    redis_key_prefix: String,
+    /// Milliseconds an export's concurrency slot outlives the last
+    /// heartbeat of the replica serving it (a replica killed mid-export
+    /// frees its slots within this); heartbeats come every third of it.
+    #[arg(long, env = "FINEPORT_REDIS_LEASE_MS",
+          default_value_t = RedisLimiterOptions::default().lease.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(300..))]
+    redis_lease_ms: u64,
     /// DuckDB worker threads (default: the machine's cores).
     #[arg(long, env = "FINEPORT_DUCKDB_THREADS")]
     duckdb_threads: Option<usize>,
@@ -125,7 +142,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let parts = Parts {
         store,
         clock: Arc::new(SystemClock),
-        limiter: Arc::new(MemoryLimiter::default()),
+        limiter: open_limiter(&args).await?,
         config: Config {
             import_body_limit: args.import_body_limit,
             write_timeout: std::time::Duration::from_secs(args.write_timeout_secs),
@@ -192,6 +209,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("the server failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Limits in Redis when `--redis-url` is given, else in this process.
+async fn open_limiter(args: &ServeArgs) -> anyhow::Result<Arc<dyn Limiter>> {
+    let Some(url) = &args.redis_url else {
+        return Ok(Arc::new(MemoryLimiter::default()));
+    };
+    let options = RedisLimiterOptions {
+        url: url.clone(),
+        key_prefix: args.redis_key_prefix.clone(),
+        lease: std::time::Duration::from_millis(args.redis_lease_ms),
+        ..RedisLimiterOptions::default()
+    };
+    let limiter = RedisLimiter::connect(options).await.context("--redis-url")?;
+    Ok(Arc::new(limiter))
 }
 
 /// The cluster when `--clickhouse-url` is given, else the DuckDB file in

@@ -5,7 +5,8 @@
 //! Tests that need the cluster find it by URL: `FINEPORT_TEST_CLICKHOUSE_URL`
 //! (the HTTP URL of every shard, comma-separated) and
 //! `FINEPORT_TEST_POSTGRES_URL` (a PostgreSQL URL whose user may create
-//! databases). `scripts/cluster start` prints both. Unset, a test says it was
+//! databases); `FINEPORT_TEST_REDIS_URL` for the shared limits.
+//! `scripts/cluster start` prints all three. Unset, a test says it was
 //! skipped; unset under `CI=true`, it fails, so CI cannot go green without
 //! the cluster.
 
@@ -16,6 +17,8 @@ use crate::cluster::ClusterOptions;
 pub const CLICKHOUSE_VAR: &str = "FINEPORT_TEST_CLICKHOUSE_URL";
 /// A PostgreSQL URL whose user may create databases.
 pub const POSTGRES_VAR: &str = "FINEPORT_TEST_POSTGRES_URL";
+/// A Redis URL (`redis://127.0.0.1:56379`); each test uses keys of its own.
+pub const REDIS_VAR: &str = "FINEPORT_TEST_REDIS_URL";
 
 /// The value of `var`, the URL of a service `test` needs. Unset or empty:
 /// `None` after printing that `test` was skipped, or a panic when

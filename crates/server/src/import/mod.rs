@@ -314,9 +314,16 @@ async fn import(
         Work::Profiles(batch) => Some(&batch.registrations),
         _ => None,
     };
+    let units = work.units();
     if let Some(doc) = registrations.filter(|d| !d.is_empty()) {
         if let Err(e) = state.catalog.register(&service_id, doc).await {
-            let mut answer = match e {
+            // Refused or failed: the request uses no quota.
+            state
+                .limiter
+                .give_back(&service_id, endpoint.counter(), units, &rate)
+                .await;
+            // No rate here: `handle` reports the window as it is after the give-back.
+            return match e {
                 CatalogError::Conflict(why) | CatalogError::Invalid(why) => {
                     ImportAnswer::new(ImportCode::ValidationFailure, why)
                 }
@@ -325,8 +332,6 @@ async fn import(
                     ImportAnswer::new(ImportCode::InternalServerError, "the taxonomy could not be updated")
                 }
             };
-            answer.rate = Some(rate);
-            return answer;
         }
     }
     let stored = match work {
@@ -343,21 +348,23 @@ async fn import(
         Work::Delete(external_id) => state.store.delete_profile(&service_id, &external_id).await.map(drop),
         Work::Profiles(batch) => state.store.update_profiles(&service_id, batch.updates).await,
     };
-    let mut answer = match stored {
+    match stored {
         Ok(()) => ImportAnswer {
             code: ImportCode::Ok,
             problems: Vec::new(),
-            rate: None,
+            rate: Some(rate),
             retry_after_secs: None,
         },
         Err(e) => {
             tracing::error!(error = %e, endpoint = endpoint.path(), "import failed");
+            state
+                .limiter
+                .give_back(&service_id, endpoint.counter(), units, &rate)
+                .await;
             ImportAnswer::new(
                 ImportCode::InternalServerError,
                 "the request could not be stored; nothing was stored",
             )
         }
-    };
-    answer.rate = Some(rate);
-    answer
+    }
 }
