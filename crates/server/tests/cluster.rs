@@ -338,3 +338,75 @@ async fn a_clickhouse_query_killed_mid_export_breaks_the_transfer() {
     let failed = wait_for_log(&server, &svc, "query_error", 1).await;
     assert_eq!(failed[0]["status"], 200, "logged with what the client got");
 }
+
+/// PostgreSQL unreachable (cut between fineport and a real server): the
+/// catalog is in memory, so requests are still authenticated, and event
+/// exports, which read ClickHouse only, go on; whatever needs PostgreSQL
+/// fails cleanly — imports answer 50000 with nothing stored, profile
+/// exports 500, admin changes 500 — and the request log waits in memory.
+/// Once it is back, the pool reconnects by itself and nothing was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_keeps_event_exports_and_fails_the_rest_cleanly() {
+    let Some(cluster) = TestCluster::from_env("postgres_unreachable_keeps_event_exports_and_fails_the_rest_cleanly")
+    else {
+        return;
+    };
+    let mut options = cluster.fresh_databases().await;
+    let relay = common::relay::Relay::start(common::relay::Relay::host_port(&options.postgres_url)).await;
+    options.postgres_url = relay.url_through(&options.postgres_url);
+    let server = TestServer::start_on_cluster(cluster, options).await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let day = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let batch = |from: u128| -> Value {
+        let events = (from..from + 10)
+            .map(|i| event(i, "df_login", "2026-11-25T01:00:00Z", json!({})))
+            .collect();
+        events_body("u1", events)
+    };
+    assert_eq!(server.import(&svc, batch(0)).await["code"], "20000");
+
+    relay.cut();
+    let resp = server.export(&svc, day.clone()).await;
+    assert_eq!(resp.status(), 200, "event exports need ClickHouse only");
+    let (_, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(rows.len(), 10);
+    let answer = server.import(&svc, batch(100)).await;
+    assert_eq!(answer["code"], "50000", "{answer}");
+    let profiles = server
+        .export_raw(
+            &format!("/api/v1/export/userprofile?service_id={}", svc.id),
+            Some(&svc.export_token),
+            json!({"properties_condition_type": "all", "properties": []}).to_string(),
+        )
+        .await;
+    assert_eq!(profiles.status(), 500);
+    assert_eq!(profiles.json::<Value>().await.unwrap()["result"], "fail");
+    let (status, _) = server
+        .admin(
+            reqwest::Method::POST,
+            "/admin/v1/services",
+            Some(json!({"service_id": "other"})),
+        )
+        .await;
+    assert_eq!(status, 500);
+
+    relay.restore();
+    let mut answer = Value::Null;
+    for _ in 0..100 {
+        answer = server.import(&svc, batch(100)).await;
+        if answer["code"] == "20000" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(answer["code"], "20000", "PostgreSQL is back: {answer}");
+    let resp = server.export(&svc, day).await;
+    let (_, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(
+        rows.len(),
+        20,
+        "the failed import stored nothing; its retry stored each event once"
+    );
+    // The request log kept what happened during the outage.
+    wait_for_log(&server, &svc, "50000", 1).await;
+}

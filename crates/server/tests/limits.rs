@@ -7,16 +7,17 @@
 //! Windows are real (Redis decides by its own clock), so a test that needs
 //! two calls in one window first waits until it is clear of the window's end.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::relay::Relay;
 use fineport_server::limits::{
     Counter, ExportPermit, Limiter, MemoryLimiter, RateStatus, RedisLimiter, RedisLimiterOptions, Window,
 };
 use fineport_store::testing::{service_url, REDIS_VAR};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
 
 #[derive(Clone, Copy)]
@@ -367,57 +368,6 @@ async fn redis_unreachable_decides_on_this_replica_alone() {
     assert!(limiter.take("shop", Counter::Events, 4, 10, Utc::now()).await.is_err());
 }
 
-/// A loopback TCP relay to Redis that can be cut (every connection closed,
-/// new ones closed at once) and restored: Redis going away and coming back,
-/// as replicas see it, without stopping the Redis other tests use.
-struct Relay {
-    addr: std::net::SocketAddr,
-    cut: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Relay {
-    async fn start(upstream: String) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let cut = Arc::new(AtomicBool::new(false));
-        let (generation, _) = tokio::sync::watch::channel(0u64);
-        let generation = Arc::new(generation);
-        let (c, g) = (cut.clone(), generation.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    return;
-                };
-                if c.load(Ordering::SeqCst) {
-                    continue; // dropped: closed at once
-                }
-                let upstream = upstream.clone();
-                let mut cut_signal = g.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut_signal.changed() => {}
-                    }
-                });
-            }
-        });
-        Relay { addr, cut, generation }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
-
 /// Redis lost while replicas run, then back: while it is gone each replica
 /// decides alone; once it is back they share one window again, without a
 /// restart.
@@ -427,13 +377,7 @@ async fn redis_lost_and_back_while_replicas_run() {
     let Some(url) = service_url(REDIS_VAR, test) else {
         return;
     };
-    let upstream = url
-        .trim_start_matches("redis://")
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    let relay = Relay::start(upstream).await;
+    let relay = Relay::start(Relay::host_port(&url)).await;
     let prefix = fresh_prefix();
     let through_relay = RedisLimiterOptions {
         timeout: Duration::from_millis(300),

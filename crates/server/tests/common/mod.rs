@@ -9,6 +9,8 @@
 //! [`backend_suite!`] runs a file's behaviour tests once per backend.
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
