@@ -387,7 +387,7 @@ async fn redis_lost_and_back_while_replicas_run() {
     let b = RedisLimiter::connect(redis_options(&url, &prefix))
         .await
         .expect("limiter");
-    clear_of_window_end(Window::Minute, Duration::from_secs(40)).await;
+    clear_of_window_end(Window::Minute, Duration::from_secs(15)).await;
     a.take("shop", Counter::Profiles, 3, 10, Utc::now())
         .await
         .expect("shared");
