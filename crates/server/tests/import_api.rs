@@ -173,15 +173,23 @@ async fn a_store_failure_is_50000_and_stores_nothing() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
     server.faults.inject_write_failure(true);
-    let answer = server.import(&svc, events_body("u1", vec![login(1)])).await;
-    assert_code(&answer, "50000", "INTERNAL_SERVER_ERROR");
+    let failed = server
+        .import_endpoint(&svc, "/api/v1/events", &events_body("u1", vec![login(1), login(2)]))
+        .await;
+    // A failed request uses none of the minute's events.
+    assert_eq!(failed.headers()["x-rate-limit-remaining"], "1000000");
+    assert_code(&failed.json().await.unwrap(), "50000", "INTERNAL_SERVER_ERROR");
     let profile = json!({"identity": {"external_id": "u1"}, "user_properties": {"df_name": "x"},
                          "request_datetime": "2026-11-25T00:00:00Z"});
     let r = server.import_endpoint(&svc, "/api/v1/user-profile", &profile).await;
     assert_code(&r.json().await.unwrap(), "50000", "INTERNAL_SERVER_ERROR");
     server.faults.inject_write_failure(false);
     assert!(exported_ids(&server, &svc).await.is_empty());
-    assert_eq!(server.import(&svc, events_body("u1", vec![login(1)])).await, ok());
+    let stored = server
+        .import_endpoint(&svc, "/api/v1/events", &events_body("u1", vec![login(1)]))
+        .await;
+    assert_eq!(stored.headers()["x-rate-limit-remaining"], "999999");
+    assert_eq!(stored.json::<Value>().await.unwrap(), ok());
     assert_eq!(exported_ids(&server, &svc).await, vec![event_id(1)]);
 }
 
