@@ -1,10 +1,24 @@
-//! The catalog: services, token hashes and taxonomies, kept in memory and
-//! written through to the store.
+//! The catalog: services (settings and limits), token hashes, taxonomies
+//! and audiences, kept in memory and written through to the store.
 //!
 //! Every request reads it (authentication, taxonomy checks) and none of
-//! those reads touch the store. Changes are serialised by one async lock and
-//! reach memory only after the store has them, so memory never shows what a
-//! restart would lose.
+//! those reads touch the store. Changes are serialised by one async lock
+//! (`changes`) and reach memory only after the store has them, so memory
+//! never shows what a restart would lose.
+//!
+//! Several processes (replicas) may share one store (cluster mode). Then:
+//! - a change takes the store's lock on its service
+//!   ([`Store::lock_catalog`]) and, under it, first reads the service again
+//!   from the store, so its checks (a reissue's cool-down, a name's type,
+//!   an audience id taken) see every change any replica committed, and two
+//!   replicas never both pass a check only one should;
+//! - changes other replicas commit reach this memory through
+//!   [`crate::sync`]: [`Catalog::reload_services`] on each announced
+//!   change, [`Catalog::reload`] when the announcements may have been
+//!   missed and periodically. Reloads hold `changes` too, so a reload
+//!   never puts back a state older than a change this replica committed,
+//!   and they read only committed state, so the invariant above holds;
+//!   a failed reload leaves memory as it was.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -13,7 +27,9 @@ use chrono::{DateTime, Duration, Utc};
 use fineport_contract::profile::Audience;
 use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc, TaxonomyError};
 use fineport_contract::{ServiceId, Tz};
-use fineport_store::{Service, Store, StoreError, StoreErrorKind, TokenKind, TokenRecord};
+use fineport_store::{
+    CatalogLock, CatalogSnapshot, Service, Store, StoreError, StoreErrorKind, TokenKind, TokenRecord,
+};
 use rand::Rng;
 
 use crate::tokens;
@@ -97,60 +113,144 @@ pub struct Reissued {
     pub previous_valid_until: Option<DateTime<Utc>>,
 }
 
+/// The catalog in memory (see the module docs): reads never wait on the
+/// store; changes write through it, one at a time per process and, on a
+/// shared store, one at a time per service across processes.
 pub struct Catalog {
     store: Arc<dyn Store>,
     entries: RwLock<HashMap<ServiceId, Entry>>,
+    /// Held by every change and every reload, from reading the store to
+    /// updating memory.
     changes: tokio::sync::Mutex<()>,
     policy: TokenPolicy,
 }
 
-impl Catalog {
-    pub async fn load(store: Arc<dyn Store>, policy: TokenPolicy) -> Result<Catalog, StoreError> {
-        let mut snapshot = store.load_catalog().await?;
-        let mut entries = HashMap::new();
-        for service in snapshot.services {
-            let taxonomy = snapshot.taxonomies.remove(&service.service_id).unwrap_or_default();
-            let tokens = snapshot
-                .tokens
-                .iter()
-                .filter(|t| t.service_id == service.service_id)
-                .cloned()
-                .collect();
-            // A stored timezone that does not parse is corrupt data: stop
-            // rather than export this service's days in another zone.
-            let timezone = fineport_contract::time::parse_timezone(&service.timezone).ok_or_else(|| {
-                StoreError::internal(format!(
-                    "corrupt stored data: service {} has the unknown timezone {:?}",
-                    service.service_id, service.timezone
-                ))
-            })?;
-            let id = service.service_id.clone();
-            let audiences = snapshot
-                .audiences
-                .iter()
-                .filter(|(s, _)| *s == id)
-                .map(|(_, a)| (a.id.clone(), a.clone()))
-                .collect();
-            let view = ServiceView {
-                service,
-                timezone,
-                taxonomy: Arc::new(taxonomy),
-            };
-            entries.insert(
-                id,
-                Entry {
-                    view,
-                    tokens,
-                    audiences,
-                },
-            );
+/// The entries of a snapshot. Errors on corrupt stored data.
+fn entries_from(mut snapshot: CatalogSnapshot) -> Result<HashMap<ServiceId, Entry>, StoreError> {
+    let mut entries = HashMap::new();
+    for service in snapshot.services {
+        let taxonomy = snapshot.taxonomies.remove(&service.service_id).unwrap_or_default();
+        let tokens = snapshot
+            .tokens
+            .iter()
+            .filter(|t| t.service_id == service.service_id)
+            .cloned()
+            .collect();
+        // A stored timezone that does not parse is corrupt data: stop
+        // rather than export this service's days in another zone.
+        let timezone = fineport_contract::time::parse_timezone(&service.timezone).ok_or_else(|| {
+            StoreError::internal(format!(
+                "corrupt stored data: service {} has the unknown timezone {:?}",
+                service.service_id, service.timezone
+            ))
+        })?;
+        let id = service.service_id.clone();
+        let audiences = snapshot
+            .audiences
+            .iter()
+            .filter(|(s, _)| *s == id)
+            .map(|(_, a)| (a.id.clone(), a.clone()))
+            .collect();
+        let view = ServiceView {
+            service,
+            timezone,
+            taxonomy: Arc::new(taxonomy),
+        };
+        entries.insert(
+            id,
+            Entry {
+                view,
+                tokens,
+                audiences,
+            },
+        );
+    }
+    Ok(entries)
+}
+
+/// A catalog change in progress: this process's `changes` guard and, on a
+/// store other processes share, the store's lock on the service.
+struct Changing<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<CatalogLock>,
+}
+
+impl Changing<'_> {
+    /// Ends the change: gives the store's lock back, then this process's.
+    async fn end(self) {
+        if let Some(lock) = self.shared {
+            lock.release().await;
         }
+    }
+}
+
+impl Catalog {
+    /// The catalog as the store holds it. Errors: the store's, or
+    /// `Internal` for corrupt stored data (an unknown timezone).
+    pub async fn load(store: Arc<dyn Store>, policy: TokenPolicy) -> Result<Catalog, StoreError> {
+        let entries = entries_from(store.load_catalog().await?)?;
         Ok(Catalog {
             store,
             entries: RwLock::new(entries),
             changes: tokio::sync::Mutex::new(()),
             policy,
         })
+    }
+
+    /// Reads the whole catalog from the store again and replaces memory
+    /// with it (services gone from the store are gone from memory). On an
+    /// error (the store's, or corrupt stored data) memory stays as it was.
+    /// Waits for a change of this process in progress, and holds the next
+    /// one back until memory is replaced.
+    pub async fn reload(&self) -> Result<(), StoreError> {
+        let _guard = self.changes.lock().await;
+        let entries = entries_from(self.store.load_catalog().await?)?;
+        *self.write() = entries;
+        Ok(())
+    }
+
+    /// Reads these services from the store again, one after the other,
+    /// and replaces each in memory (or removes it when the store no longer
+    /// has it). On an error, the services before it are replaced, the
+    /// others stay as they were. Serialised with changes as
+    /// [`Catalog::reload`] is.
+    pub async fn reload_services<'a>(
+        &self,
+        service_ids: impl IntoIterator<Item = &'a ServiceId>,
+    ) -> Result<(), StoreError> {
+        let _guard = self.changes.lock().await;
+        for service_id in service_ids {
+            self.refresh(service_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces one service in memory with what the store holds. The
+    /// caller holds `changes`.
+    async fn refresh(&self, service_id: &ServiceId) -> Result<(), StoreError> {
+        let mut loaded = entries_from(self.store.load_service(service_id).await?)?;
+        let mut entries = self.write();
+        match loaded.remove(service_id) {
+            Some(entry) => entries.insert(service_id.clone(), entry),
+            None => entries.remove(service_id),
+        };
+        Ok(())
+    }
+
+    /// Starts a change of `service_id`: waits for this process's previous
+    /// change, takes the store's lock on the service when other processes
+    /// share the store, and then brings the service up to date from it.
+    async fn begin(&self, service_id: &ServiceId) -> Result<Changing<'_>, CatalogError> {
+        let local = self.changes.lock().await;
+        let shared = self.store.lock_catalog(service_id).await?;
+        let changing = Changing { _local: local, shared };
+        if changing.shared.is_some() {
+            if let Err(e) = self.refresh(service_id).await {
+                changing.end().await;
+                return Err(e.into());
+            }
+        }
+        Ok(changing)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ServiceId, Entry>> {
@@ -212,9 +312,16 @@ impl Catalog {
     }
 
     /// Creates a service with fresh tokens and the standard taxonomy.
-    /// Returns the import and export tokens, shown once.
+    /// Returns the import and export tokens, shown once. `Conflict` when
+    /// the id exists (created through any replica).
     pub async fn create_service(&self, service: Service) -> Result<(String, String), CatalogError> {
-        let _guard = self.changes.lock().await;
+        let changing = self.begin(&service.service_id).await?;
+        let done = self.create_service_now(service).await;
+        changing.end().await;
+        done
+    }
+
+    async fn create_service_now(&self, service: Service) -> Result<(String, String), CatalogError> {
         if self.read().contains_key(&service.service_id) {
             return Err(CatalogError::Conflict(format!(
                 "service {:?} exists",
@@ -245,13 +352,25 @@ impl Catalog {
         Ok((import_token, export_token))
     }
 
-    /// Applies `change` to a service's settings.
+    /// Applies `change` to a service's settings, as the store holds them
+    /// when the change starts. `NotFound`, or `Invalid` with what `change`
+    /// refused or an unknown timezone.
     pub async fn update_service(
         &self,
         service_id: &ServiceId,
         change: impl FnOnce(&mut Service) -> Result<(), String>,
     ) -> Result<Service, CatalogError> {
-        let _guard = self.changes.lock().await;
+        let changing = self.begin(service_id).await?;
+        let done = self.update_service_now(service_id, change).await;
+        changing.end().await;
+        done
+    }
+
+    async fn update_service_now(
+        &self,
+        service_id: &ServiceId,
+        change: impl FnOnce(&mut Service) -> Result<(), String>,
+    ) -> Result<Service, CatalogError> {
         let mut service = self
             .service(service_id)
             .ok_or_else(|| CatalogError::no_service(service_id))?
@@ -268,14 +387,26 @@ impl Catalog {
     }
 
     /// Issues a new token of `kind`; the current one keeps working for the
-    /// grace period. Refused within the cool-down of the previous reissue.
+    /// grace period. Refused (`Conflict`) within the cool-down of the
+    /// previous reissue, made through any replica.
     pub async fn reissue(
         &self,
         service_id: &ServiceId,
         kind: TokenKind,
         now: DateTime<Utc>,
     ) -> Result<Reissued, CatalogError> {
-        let _guard = self.changes.lock().await;
+        let changing = self.begin(service_id).await?;
+        let done = self.reissue_now(service_id, kind, now).await;
+        changing.end().await;
+        done
+    }
+
+    async fn reissue_now(
+        &self,
+        service_id: &ServiceId,
+        kind: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<Reissued, CatalogError> {
         let current: Vec<TokenRecord> = {
             let entries = self.read();
             let entry = entries
@@ -317,14 +448,26 @@ impl Catalog {
         })
     }
 
-    /// Revokes every token of `kind` at once. Returns how many were valid.
+    /// Revokes every token of `kind` at once (those issued through other
+    /// replicas too). Returns how many were valid.
     pub async fn revoke(
         &self,
         service_id: &ServiceId,
         kind: TokenKind,
         now: DateTime<Utc>,
     ) -> Result<usize, CatalogError> {
-        let _guard = self.changes.lock().await;
+        let changing = self.begin(service_id).await?;
+        let done = self.revoke_now(service_id, kind, now).await;
+        changing.end().await;
+        done
+    }
+
+    async fn revoke_now(
+        &self,
+        service_id: &ServiceId,
+        kind: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<usize, CatalogError> {
         let changed: Vec<TokenRecord> = {
             let entries = self.read();
             let entry = entries
@@ -358,9 +501,28 @@ impl Catalog {
         }
     }
 
-    /// Adds names to a service's taxonomy (idempotent). Returns what was new.
+    /// Adds names to a service's taxonomy (idempotent). Returns what was
+    /// new. `Conflict` for a name registered (through any replica) with
+    /// another type or whose export column another name has.
     pub async fn register(&self, service_id: &ServiceId, doc: &TaxonomyDoc) -> Result<TaxonomyDoc, CatalogError> {
-        let _guard = self.changes.lock().await;
+        // Names are never removed nor retyped, so what memory already has
+        // with the same types is in the store too: no change to make (the
+        // usual case of an import with auto-registration), and a conflict
+        // here is one in the store too. A service memory does not know yet
+        // may have been created through another replica: the change finds
+        // out.
+        if let Some(view) = self.service(service_id) {
+            if view.taxonomy.additions(doc)?.is_empty() {
+                return Ok(TaxonomyDoc::default());
+            }
+        }
+        let changing = self.begin(service_id).await?;
+        let done = self.register_now(service_id, doc).await;
+        changing.end().await;
+        done
+    }
+
+    async fn register_now(&self, service_id: &ServiceId, doc: &TaxonomyDoc) -> Result<TaxonomyDoc, CatalogError> {
         let view = self
             .service(service_id)
             .ok_or_else(|| CatalogError::no_service(service_id))?;
@@ -390,13 +552,19 @@ impl Catalog {
     }
 
     /// Checks and saves an audience, generating its id when absent. `Conflict`
-    /// when the id is taken.
-    pub async fn create_audience(
+    /// when the id is taken (through any replica).
+    pub async fn create_audience(&self, service_id: &ServiceId, audience: Audience) -> Result<Audience, CatalogError> {
+        let changing = self.begin(service_id).await?;
+        let done = self.create_audience_now(service_id, audience).await;
+        changing.end().await;
+        done
+    }
+
+    async fn create_audience_now(
         &self,
         service_id: &ServiceId,
         mut audience: Audience,
     ) -> Result<Audience, CatalogError> {
-        let _guard = self.changes.lock().await;
         let view = self
             .service(service_id)
             .ok_or_else(|| CatalogError::no_service(service_id))?;
@@ -428,8 +596,16 @@ impl Catalog {
         Ok(audience)
     }
 
+    /// Deletes an audience. `NotFound` when the service or the audience
+    /// does not exist.
     pub async fn delete_audience(&self, service_id: &ServiceId, audience_id: &str) -> Result<(), CatalogError> {
-        let _guard = self.changes.lock().await;
+        let changing = self.begin(service_id).await?;
+        let done = self.delete_audience_now(service_id, audience_id).await;
+        changing.end().await;
+        done
+    }
+
+    async fn delete_audience_now(&self, service_id: &ServiceId, audience_id: &str) -> Result<(), CatalogError> {
         if self.service(service_id).is_none() {
             return Err(CatalogError::no_service(service_id));
         }

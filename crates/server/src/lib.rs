@@ -16,6 +16,7 @@ pub mod import;
 pub mod limits;
 pub mod request_log;
 pub mod state;
+pub mod sync;
 pub mod tokens;
 
 use std::future::Future;
@@ -128,6 +129,8 @@ pub fn router(state: SharedState) -> Router {
 /// Serves `state` on `listener` until `shutdown` resolves, then gives the
 /// requests in flight [`Config::shutdown_timeout`](state::Config::shutdown_timeout)
 /// to finish, closes what is left, writes the request log and returns.
+/// Meanwhile a task keeps the catalog in step with other replicas sharing
+/// the store ([`sync`]).
 ///
 /// The accept loop is ours rather than `axum::serve`'s so that every
 /// resource a client can hold is bounded:
@@ -149,6 +152,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let flusher = state.log.spawn_flusher(state.config.log_flush_every);
+    // Other replicas' catalog changes, while this one serves; aborted when
+    // `serve` returns or is dropped.
+    let syncer = sync::spawn(state.clone());
     let app = router(state.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -216,6 +222,7 @@ pub async fn serve(
     // Aborts what is left and waits until each task is dropped: their
     // response bodies record their outcome in the request log first.
     connections.shutdown().await;
+    drop(syncer);
     flusher.abort();
     state.log.flush().await;
     Ok(())

@@ -43,6 +43,11 @@ pub struct Config {
     pub token_policy: TokenPolicy,
     /// How often the request log is written to the store.
     pub log_flush_every: Duration,
+    /// How often the whole catalog is read again from a store that other
+    /// replicas share ([`crate::sync`]): the safety net behind the store's
+    /// change announcements, which bring each change within a second. Not
+    /// used on a store only this process opens (DuckDB).
+    pub catalog_refresh_every: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +62,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(30),
             token_policy: TokenPolicy::default(),
             log_flush_every: Duration::from_millis(500),
+            catalog_refresh_every: Duration::from_secs(10),
         }
     }
 }

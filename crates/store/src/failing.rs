@@ -24,7 +24,8 @@ use fineport_contract::{ServiceId, Tz};
 use futures::{stream, StreamExt};
 
 use crate::{
-    CatalogSnapshot, ExportPart, ExportStream, InsertSummary, RequestLogEntry, Service, Store, StoreError, TokenRecord,
+    CatalogLock, CatalogSnapshot, CatalogWatch, ExportPart, ExportStream, InsertSummary, RequestLogEntry, Service,
+    Store, StoreError, TokenRecord,
 };
 
 /// Where an export fails (event and user-profile exports alike).
@@ -149,6 +150,18 @@ fn fail_after(inner: ExportStream, limit: u64) -> ExportStream {
 impl<S: Store + ?Sized> Store for FailingStore<S> {
     async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError> {
         self.inner.load_catalog().await
+    }
+
+    async fn load_service(&self, service_id: &ServiceId) -> Result<CatalogSnapshot, StoreError> {
+        self.inner.load_service(service_id).await
+    }
+
+    async fn watch_catalog(&self) -> Result<Option<CatalogWatch>, StoreError> {
+        self.inner.watch_catalog().await
+    }
+
+    async fn lock_catalog(&self, service_id: &ServiceId) -> Result<Option<CatalogLock>, StoreError> {
+        self.inner.lock_catalog(service_id).await
     }
 
     async fn create_service(

@@ -3,8 +3,10 @@
 //!
 //! A store holds everything durable: services and their settings, token
 //! hashes, taxonomies, events, profiles and identifiers, and the request log.
-//! The server keeps the small, hot part (services, tokens, taxonomies) in
-//! memory and writes it through; events go in through [`Store::insert_events`]
+//! The server keeps the small, hot part (services, tokens, taxonomies,
+//! audiences: the catalog) in memory and writes it through; when several
+//! processes share the store, [`sync`] keeps their copies in step. Events go
+//! in through [`Store::insert_events`]
 //! and come out, already encoded as CSV, as the [`ExportStream`] of
 //! [`Store::export_events`].
 //!
@@ -23,10 +25,12 @@ pub mod failing;
 pub mod identity;
 pub mod profile_export;
 mod records;
+pub mod sync;
 pub mod testing;
 
 pub use error::{StoreError, StoreErrorKind};
 pub use records::*;
+pub use sync::{CatalogChange, CatalogLock, CatalogLockGuard, CatalogWatch};
 
 use std::pin::Pin;
 
@@ -66,8 +70,44 @@ pub const CHUNK_BYTES: usize = 64 * 1024;
 /// Storage operations. Every method documents what must hold when it returns.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Everything the server keeps in memory: services, tokens, taxonomies.
+    /// Everything the server keeps in memory: services, tokens, taxonomies,
+    /// audiences; one consistent snapshot.
     async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError>;
+
+    /// One service's part of [`Store::load_catalog`] (its settings, tokens,
+    /// taxonomy and audiences; nothing of other services), one consistent
+    /// snapshot; an empty snapshot when the service does not exist. The
+    /// default filters the whole catalog; a store shared by several
+    /// processes reads only that service.
+    async fn load_service(&self, service_id: &ServiceId) -> Result<CatalogSnapshot, StoreError> {
+        let mut snapshot = self.load_catalog().await?;
+        snapshot.services.retain(|s| &s.service_id == service_id);
+        snapshot.tokens.retain(|t| &t.service_id == service_id);
+        snapshot.taxonomies.retain(|id, _| id == service_id);
+        snapshot.audiences.retain(|(id, _)| id == service_id);
+        Ok(snapshot)
+    }
+
+    /// Starts watching the catalog changes that processes sharing this
+    /// store commit ([`CatalogWatch`]: which services changed, and
+    /// [`CatalogChange::Resync`] when the watch was (re-)established).
+    /// `None` (the default) for a store only one process opens, whose
+    /// catalog changes only through that process. An error when the watch
+    /// cannot be started; a watch that breaks later reconnects by itself.
+    async fn watch_catalog(&self) -> Result<Option<CatalogWatch>, StoreError> {
+        Ok(None)
+    }
+
+    /// Takes the cross-process lock on catalog changes of `service_id`
+    /// (which need not exist yet), waiting while another process holds it
+    /// ([`CatalogLock`]). `None` (the default) for a store only one
+    /// process opens, where that process's own serialisation suffices.
+    /// Errors: `Internal` when the store cannot be reached, `Query` when
+    /// the lock was not granted in time (a holder that hangs).
+    async fn lock_catalog(&self, service_id: &ServiceId) -> Result<Option<CatalogLock>, StoreError> {
+        let _ = service_id;
+        Ok(None)
+    }
 
     /// Creates a service with its tokens and taxonomy, atomically.
     /// `Conflict` if the id exists.

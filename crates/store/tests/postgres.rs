@@ -24,8 +24,8 @@ use fineport_store::cluster::postgres::Postgres;
 use fineport_store::duckdb::DuckDbStore;
 use fineport_store::profile_export::SortedIds;
 use fineport_store::{
-    ExportPart, ExportStream, Limits, RequestLogEntry, Service, Store, StoreError, StoreErrorKind, TokenKind,
-    TokenRecord,
+    CatalogChange, CatalogWatch, ExportPart, ExportStream, Limits, RequestLogEntry, Service, Store, StoreError,
+    StoreErrorKind, TokenKind, TokenRecord,
 };
 use futures::StreamExt;
 use tokio_postgres::NoTls;
@@ -227,8 +227,135 @@ async fn catalog_round_trip_and_conflicts() {
     assert_eq!(other.setting("admin_token_hash").await.unwrap().as_deref(), Some("def"));
     assert_eq!(other.setting("nothing").await.unwrap(), None);
 
+    // One service's part: the same records (the only service here).
+    let one = other.load_service(&service_id()).await.unwrap();
+    assert_eq!(
+        (one.services, one.tokens, one.taxonomies, one.audiences),
+        (catalog.services, catalog.tokens, catalog.taxonomies, catalog.audiences)
+    );
+    let none = other.load_service(&ServiceId::parse("nowhere").unwrap()).await.unwrap();
+    assert!(none.services.is_empty() && none.tokens.is_empty() && none.taxonomies.is_empty());
+
     assert!(pg.delete_audience(&service_id(), "vip001").await.unwrap());
     assert!(!pg.delete_audience(&service_id(), "vip001").await.unwrap());
+}
+
+/// The next change of `watch`, within a generous bound (a missing one
+/// fails rather than hangs).
+async fn next_change(watch: &mut CatalogWatch) -> CatalogChange {
+    tokio::time::timeout(std::time::Duration::from_secs(10), watch.next())
+        .await
+        .expect("a catalog change within 10 s")
+        .expect("the watch does not end")
+}
+
+fn other_service(id: &str) -> Service {
+    Service {
+        service_id: ServiceId::parse(id).unwrap(),
+        ..service(id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_watch_hears_each_committed_change_of_every_process() {
+    let Some(db) = TestDb::create().await else { return };
+    let (watcher, writer) = (db.open().await, db.open().await);
+    let mut watch = watcher.watch_catalog().await.unwrap();
+    assert_eq!(
+        next_change(&mut watch).await,
+        CatalogChange::Resync,
+        "first, once listening"
+    );
+    let shop = CatalogChange::Service(service_id());
+
+    writer.create_service(&service("a"), &[], &taxonomy()).await.unwrap();
+    assert_eq!(next_change(&mut watch).await, shop);
+    writer.update_service(&service("b")).await.unwrap();
+    assert_eq!(next_change(&mut watch).await, shop);
+    writer
+        .save_tokens(&[token("t1", TokenKind::Import, 1_000)])
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut watch).await, shop);
+    let mut additions = fineport_contract::taxonomy::TaxonomyDoc::default();
+    additions.events.push("refund".into());
+    writer.register(&service_id(), &additions).await.unwrap();
+    assert_eq!(next_change(&mut watch).await, shop);
+    let audience = fineport_contract::profile::Audience {
+        id: "vip001".into(),
+        name: "VIPs".into(),
+        external_ids: Some(vec!["kim".into()]),
+        rule: None,
+    };
+    writer.save_audience(&service_id(), &audience).await.unwrap();
+    assert_eq!(next_change(&mut watch).await, shop);
+    assert!(writer.delete_audience(&service_id(), "vip001").await.unwrap());
+    assert_eq!(next_change(&mut watch).await, shop);
+
+    // What changed nothing or was rolled back is never announced: the next
+    // change heard is the one of another service made after them.
+    assert!(!writer.delete_audience(&service_id(), "vip001").await.unwrap());
+    writer
+        .create_service(&service("again"), &[], &taxonomy())
+        .await
+        .unwrap_err();
+    writer.update_service(&other_service("nowhere")).await.unwrap_err();
+    // The watcher's own writes are announced to it as well.
+    watcher
+        .create_service(&other_service("mall"), &[], &taxonomy())
+        .await
+        .unwrap();
+    assert_eq!(
+        next_change(&mut watch).await,
+        CatalogChange::Service(ServiceId::parse("mall").unwrap())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_connection_is_killed_listens_again_and_resyncs() {
+    let Some(db) = TestDb::create().await else { return };
+    let pg = db.open().await;
+    let mut watch = pg.watch_catalog().await.unwrap();
+    assert_eq!(next_change(&mut watch).await, CatalogChange::Resync);
+    admin(
+        &db.url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query ILIKE 'LISTEN%' AND datname = current_database()",
+    )
+    .await;
+    assert_eq!(next_change(&mut watch).await, CatalogChange::Resync, "listening again");
+    pg.create_service(&service("a"), &[], &taxonomy()).await.unwrap();
+    assert_eq!(next_change(&mut watch).await, CatalogChange::Service(service_id()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_lock_of_a_service_is_held_by_one_process_at_a_time() {
+    let Some(db) = TestDb::create().await else { return };
+    let (a, b) = (db.open().await, db.open().await);
+    let shop = service_id();
+    let held = a.lock_catalog(&shop).await.unwrap();
+    let waiting = {
+        let (b, shop) = (b.clone(), shop.clone());
+        tokio::spawn(async move { b.lock_catalog(&shop).await })
+    };
+    // Another service's lock is free meanwhile.
+    b.lock_catalog(&ServiceId::parse("mall").unwrap())
+        .await
+        .unwrap()
+        .release()
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!waiting.is_finished(), "granted while another process holds it");
+    held.release().await;
+    let second = waiting.await.unwrap().unwrap();
+    // A lock dropped without being given back (a cancelled change) is
+    // given back by closing its connection.
+    drop(second);
+    let third = tokio::time::timeout(std::time::Duration::from_secs(10), a.lock_catalog(&shop))
+        .await
+        .expect("a dropped lock is given back")
+        .unwrap();
+    third.release().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -104,6 +104,10 @@ enum Data {
     /// The databases made for this server on the test cluster, dropped
     /// with the server (unless a restart takes them over).
     Cluster(TestCluster, fineport_store::cluster::ClusterOptions),
+    /// Another server's cluster databases, shared by a replica
+    /// ([`TestServer::replica`]) and never dropped by it: their owner drops
+    /// them, once.
+    Replica(fineport_store::cluster::ClusterOptions),
 }
 
 pub struct TestServer {
@@ -186,16 +190,36 @@ impl TestServer {
     pub fn dir(&self) -> &std::path::Path {
         match &self.data {
             Data::DuckDb(dir) => dir.path(),
-            Data::Cluster(..) => panic!("a DuckDB test server"),
+            Data::Cluster(..) | Data::Replica(_) => panic!("a DuckDB test server"),
         }
     }
 
     /// The cluster store's options (its databases); `None` on DuckDB.
     pub fn cluster_options(&self) -> Option<&fineport_store::cluster::ClusterOptions> {
         match &self.data {
-            Data::Cluster(_, options) => Some(options),
+            Data::Cluster(_, options) | Data::Replica(options) => Some(options),
             Data::DuckDb(_) => None,
         }
+    }
+
+    /// Another replica of this cluster server: a second server, with a
+    /// store of its own, on the same ClickHouse and PostgreSQL databases,
+    /// with the same [`Config`] and its own clock at this one's time. It
+    /// never drops the databases; this server does when it is dropped, so
+    /// drop the replica first (declare it after this one). Panics on
+    /// DuckDB, which one process opens.
+    pub async fn replica(&self) -> TestServer {
+        let options = self
+            .cluster_options()
+            .expect("replicas share a cluster test server's databases")
+            .clone();
+        Self::start_in(
+            Data::Replica(options),
+            self.state.config.clone(),
+            self.clock.now(),
+            store_options(1),
+        )
+        .await
     }
 
     /// The DuckDB store; panics on the cluster.
@@ -238,7 +262,7 @@ impl TestServer {
                     Arc::new(DuckDbStore::open(&dir.path().join("fineport.duckdb"), &options).expect("open store"));
                 (store.clone(), Some(store))
             }
-            Data::Cluster(_, options) => {
+            Data::Cluster(_, options) | Data::Replica(options) => {
                 let store = fineport_store::cluster::ClusterStore::open(options)
                     .await
                     .expect("open cluster store");

@@ -37,7 +37,10 @@ use fineport_contract::{ServiceId, Tz};
 
 use self::clickhouse::{ClickHouse, ClickHouseOptions, EventRow};
 use self::postgres::Postgres;
-use crate::{CatalogSnapshot, ExportStream, InsertSummary, RequestLogEntry, Service, Store, StoreError, TokenRecord};
+use crate::{
+    CatalogLock, CatalogSnapshot, CatalogWatch, ExportStream, InsertSummary, RequestLogEntry, Service, Store,
+    StoreError, TokenRecord,
+};
 
 /// Where the cluster is.
 #[derive(Debug, Clone)]
@@ -48,13 +51,17 @@ pub struct ClusterOptions {
 }
 
 /// The cluster backend: [`ClickHouse`] for events, [`Postgres`] for the rest.
+/// Several processes (replicas) may open the same databases: catalog
+/// changes are announced and locked through PostgreSQL
+/// ([`Store::watch_catalog`], [`Store::lock_catalog`]).
 pub struct ClusterStore {
     events: ClickHouse,
     meta: Postgres,
     /// The registered item properties of each service, in name order: an
     /// event's `df_items_<p>` cells are rendered at import for exactly
     /// these, as the DuckDB backend stores a list per registered item
-    /// property. Kept from the catalog and every registration.
+    /// property. Kept from every catalog load (whole or of one service, so
+    /// also from other replicas' registrations) and every registration.
     item_properties: RwLock<HashMap<ServiceId, Vec<String>>>,
 }
 
@@ -105,6 +112,24 @@ impl Store for ClusterStore {
             self.remember_items(service_id, taxonomy);
         }
         Ok(snapshot)
+    }
+
+    async fn load_service(&self, service_id: &ServiceId) -> Result<CatalogSnapshot, StoreError> {
+        let snapshot = self.meta.load_service(service_id).await?;
+        if let Some(taxonomy) = snapshot.taxonomies.get(service_id) {
+            self.remember_items(service_id, taxonomy);
+        }
+        Ok(snapshot)
+    }
+
+    /// PostgreSQL's `LISTEN`/`NOTIFY` ([`Postgres::watch_catalog`]).
+    async fn watch_catalog(&self) -> Result<Option<CatalogWatch>, StoreError> {
+        self.meta.watch_catalog().await.map(Some)
+    }
+
+    /// PostgreSQL's advisory lock ([`Postgres::lock_catalog`]).
+    async fn lock_catalog(&self, service_id: &ServiceId) -> Result<Option<CatalogLock>, StoreError> {
+        self.meta.lock_catalog(service_id).await.map(Some)
     }
 
     async fn create_service(

@@ -25,6 +25,14 @@
 //! CONFLICT DO UPDATE SET correction_ms = first_corrections.correction_ms
 //! RETURNING`, which answers every caller the value that won.
 //!
+//! # Processes that share the catalog
+//!
+//! Every catalog write (services, tokens, taxonomies, audiences) announces
+//! its service with `NOTIFY` inside its transaction, and
+//! [`Postgres::watch_catalog`] `LISTEN`s for them on a connection of its own;
+//! [`Postgres::lock_catalog`] is a per-service session-level advisory lock
+//! that serialises catalog changes across processes (`watch.rs`).
+//!
 //! # Errors
 //!
 //! An error PostgreSQL answered with a SQLSTATE is `Query`; a connection
@@ -34,6 +42,7 @@
 mod corrections;
 mod profiles;
 mod schema;
+mod watch;
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -62,6 +71,8 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Postgres {
     pool: Pool,
+    /// Where the database is, for the connection of the catalog watch.
+    config: tokio_postgres::Config,
     /// When expired correction memos were last deleted (UTC ms).
     last_purge_ms: Arc<AtomicI64>,
 }
@@ -148,7 +159,7 @@ impl Postgres {
             .parse()
             .map_err(|e| StoreError::internal(format!("PostgreSQL URL: {e}")))?;
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -163,6 +174,7 @@ impl Postgres {
             .map_err(|e| StoreError::internal(format!("PostgreSQL pool: {e}")))?;
         let store = Postgres {
             pool,
+            config,
             last_purge_ms: Arc::default(),
         };
         let mut client = store.client().await?;
@@ -184,10 +196,32 @@ impl Postgres {
     }
 
     /// Everything the server keeps in memory: services (by id), tokens (by
-    /// creation), taxonomies, audiences (by service, then id).
+    /// creation), taxonomies, audiences (by service, then id); one snapshot.
     pub async fn load_catalog(&self) -> Result<CatalogSnapshot, StoreError> {
+        self.load(None).await
+    }
+
+    /// [`Postgres::load_catalog`] of one service (an empty snapshot when it
+    /// does not exist); one snapshot.
+    pub async fn load_service(&self, service_id: &ServiceId) -> Result<CatalogSnapshot, StoreError> {
+        self.load(Some(service_id)).await
+    }
+
+    /// The catalog, or the part of one service, in one read-only
+    /// repeatable-read transaction (one snapshot).
+    async fn load(&self, only: Option<&ServiceId>) -> Result<CatalogSnapshot, StoreError> {
+        // The same statements with and without the filter, so that the
+        // filtered ones use the tables' service_id indexes.
+        let filter = match only {
+            Some(_) => " WHERE service_id = $1",
+            None => "",
+        };
+        let only = only.map(ServiceId::as_str);
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &only {
+            Some(id) => vec![id],
+            None => Vec::new(),
+        };
         let mut client = self.client().await?;
-        // One snapshot for the whole catalog.
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
@@ -196,14 +230,17 @@ impl Postgres {
             .await
             .map_err(pg_error)?;
         let mut snapshot = CatalogSnapshot::default();
-        for row in query(&tx, "SELECT doc FROM services ORDER BY service_id", &[]).await? {
+        let sql = format!("SELECT doc FROM services{filter} ORDER BY service_id");
+        for row in query(&tx, &sql, &params).await? {
             snapshot
                 .services
                 .push(serde_json::from_str(row.try_get(0).map_err(pg_error)?).map_err(json_error)?);
         }
-        let sql = "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked \
-                   FROM tokens ORDER BY created_ms, token_id";
-        for row in query(&tx, sql, &[]).await? {
+        let sql = format!(
+            "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked \
+             FROM tokens{filter} ORDER BY created_ms, token_id"
+        );
+        for row in query(&tx, &sql, &params).await? {
             let kind: &str = row.try_get(2).map_err(pg_error)?;
             let kind =
                 TokenKind::parse(kind).ok_or_else(|| StoreError::internal(format!("unknown token kind {kind:?}")))?;
@@ -222,18 +259,14 @@ impl Postgres {
                 revoked: row.try_get(7).map_err(pg_error)?,
             });
         }
-        for row in query(&tx, "SELECT service_id, name FROM taxonomy_events", &[]).await? {
+        let sql = format!("SELECT service_id, name FROM taxonomy_events{filter}");
+        for row in query(&tx, &sql, &params).await? {
             let service_id = stored_service_id(row.try_get(0).map_err(pg_error)?)?;
             let name: String = row.try_get(1).map_err(pg_error)?;
             snapshot.taxonomies.entry(service_id).or_default().events.insert(name);
         }
-        for row in query(
-            &tx,
-            "SELECT service_id, scope, name, type FROM taxonomy_properties",
-            &[],
-        )
-        .await?
-        {
+        let sql = format!("SELECT service_id, scope, name, type FROM taxonomy_properties{filter}");
+        for row in query(&tx, &sql, &params).await? {
             let service_id = stored_service_id(row.try_get(0).map_err(pg_error)?)?;
             let scope = parse_scope(row.try_get(1).map_err(pg_error)?)?;
             let name: String = row.try_get(2).map_err(pg_error)?;
@@ -247,8 +280,8 @@ impl Postgres {
                 PropertyScope::User => taxonomy.user_properties.insert(name, ty),
             };
         }
-        let sql = "SELECT service_id, doc FROM audiences ORDER BY service_id, audience_id";
-        for row in query(&tx, sql, &[]).await? {
+        let sql = format!("SELECT service_id, doc FROM audiences{filter} ORDER BY service_id, audience_id");
+        for row in query(&tx, &sql, &params).await? {
             let service_id = stored_service_id(row.try_get(0).map_err(pg_error)?)?;
             let audience: Audience = serde_json::from_str(row.try_get(1).map_err(pg_error)?).map_err(json_error)?;
             snapshot.audiences.push((service_id, audience));
@@ -284,14 +317,16 @@ impl Postgres {
         }
         save_tokens_in(&tx, tokens).await?;
         register_in(&tx, &service.service_id, &taxonomy.to_doc()).await?;
+        announce(&tx, &service.service_id).await?;
         tx.commit().await.map_err(pg_error)
     }
 
     /// Replaces a service's settings. `NotFound` if it does not exist.
     pub async fn update_service(&self, service: &Service) -> Result<(), StoreError> {
         let doc = serde_json::to_string(service).map_err(json_error)?;
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let n = tx
             .execute(
                 "UPDATE services SET doc = $2 WHERE service_id = $1",
                 &[&service.service_id.as_str(), &doc],
@@ -304,7 +339,8 @@ impl Postgres {
                 format!("no service {}", service.service_id),
             ));
         }
-        Ok(())
+        announce(&tx, &service.service_id).await?;
+        tx.commit().await.map_err(pg_error)
     }
 
     /// Inserts new tokens and updates changed ones (matched by
@@ -313,6 +349,10 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         save_tokens_in(&tx, tokens).await?;
+        let services: std::collections::BTreeSet<&ServiceId> = tokens.iter().map(|t| &t.service_id).collect();
+        for service_id in services {
+            announce(&tx, service_id).await?;
+        }
         tx.commit().await.map_err(pg_error)
     }
 
@@ -328,34 +368,41 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
         register_in(&tx, service_id, additions).await?;
+        announce(&tx, service_id).await?;
         tx.commit().await.map_err(pg_error)
     }
 
     /// Saves (creates or replaces) an audience definition.
     pub async fn save_audience(&self, service_id: &ServiceId, audience: &Audience) -> Result<(), StoreError> {
         let doc = serde_json::to_string(audience).map_err(json_error)?;
-        let client = self.client().await?;
-        client
-            .execute(
-                "INSERT INTO audiences (service_id, audience_id, doc) VALUES ($1, $2, $3) \
-                 ON CONFLICT (service_id, audience_id) DO UPDATE SET doc = excluded.doc",
-                &[&service_id.as_str(), &audience.id, &doc],
-            )
-            .await
-            .map_err(pg_error)?;
-        Ok(())
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.execute(
+            "INSERT INTO audiences (service_id, audience_id, doc) VALUES ($1, $2, $3) \
+             ON CONFLICT (service_id, audience_id) DO UPDATE SET doc = excluded.doc",
+            &[&service_id.as_str(), &audience.id, &doc],
+        )
+        .await
+        .map_err(pg_error)?;
+        announce(&tx, service_id).await?;
+        tx.commit().await.map_err(pg_error)
     }
 
     /// Deletes an audience. `false` if there was none.
     pub async fn delete_audience(&self, service_id: &ServiceId, audience_id: &str) -> Result<bool, StoreError> {
-        let client = self.client().await?;
-        let n = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let n = tx
             .execute(
                 "DELETE FROM audiences WHERE service_id = $1 AND audience_id = $2",
                 &[&service_id.as_str(), &audience_id],
             )
             .await
             .map_err(pg_error)?;
+        if n > 0 {
+            announce(&tx, service_id).await?;
+        }
+        tx.commit().await.map_err(pg_error)?;
         Ok(n > 0)
     }
 
@@ -503,6 +550,19 @@ impl<'a> RequestLogColumns<'a> {
         self.duration_ms.push(big(e.duration_ms)?);
         Ok(())
     }
+}
+
+/// Announces, inside the transaction `client` runs, that the catalog of
+/// `service_id` changed ([`watch::CHANNEL`]). PostgreSQL delivers a
+/// notification to the listening watches only when its transaction commits
+/// (and never when it rolls back), so no watch hears of a change before a
+/// read can see it, and none can miss a committed one while listening.
+async fn announce(client: &impl GenericClient, service_id: &ServiceId) -> Result<(), StoreError> {
+    client
+        .execute("SELECT pg_notify($1, $2)", &[&watch::CHANNEL, &service_id.as_str()])
+        .await
+        .map_err(pg_error)?;
+    Ok(())
 }
 
 async fn save_tokens_in(client: &impl GenericClient, tokens: &[TokenRecord]) -> Result<(), StoreError> {

@@ -13,6 +13,11 @@ pub(crate) const LOCK_NAMESPACE: i32 = 0x6670_6f72; // "fpor"
 /// Second advisory-lock key of the migrations.
 pub(crate) const MIGRATION_LOCK: i32 = 0;
 
+/// Advisory-lock namespace of catalog changes (the second key is the
+/// service id's `hashtext`): apart from [`LOCK_NAMESPACE`], so that a
+/// catalog change never waits for a service's identity resolutions.
+pub(crate) const CATALOG_LOCK_NAMESPACE: i32 = 0x6670_6f63; // "fpoc"
+
 pub(crate) const MIGRATIONS: &str = r#"
 CREATE TABLE IF NOT EXISTS settings (
     key text COLLATE "C" PRIMARY KEY,
@@ -29,6 +34,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     by_reissue boolean NOT NULL,
     valid_until_ms bigint,
     revoked boolean NOT NULL);
+CREATE INDEX IF NOT EXISTS tokens_by_service ON tokens (service_id);
 CREATE TABLE IF NOT EXISTS taxonomy_events (
     service_id text COLLATE "C" NOT NULL,
     name text COLLATE "C" NOT NULL,
