@@ -82,6 +82,14 @@ pub struct ServeArgs {
           default_value_t = RedisLimiterOptions::default().lease.as_millis() as u64,
           value_parser = clap::value_parser!(u64).range(300..))]
     redis_lease_ms: u64,
+    /// Cluster mode: seconds between full re-reads of the catalog
+    /// (services, tokens, taxonomies, audiences) from PostgreSQL, the safety
+    /// net behind the change notifications that bring each change made
+    /// through another replica within a second.
+    #[arg(long, env = "FINEPORT_CATALOG_REFRESH_SECS",
+          default_value_t = Config::default().catalog_refresh_every.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    catalog_refresh_secs: u64,
     /// DuckDB worker threads (default: the machine's cores).
     #[arg(long, env = "FINEPORT_DUCKDB_THREADS")]
     duckdb_threads: Option<usize>,
@@ -148,6 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             write_timeout: std::time::Duration::from_secs(args.write_timeout_secs),
             max_connections: args.max_connections,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+            catalog_refresh_every: std::time::Duration::from_secs(args.catalog_refresh_secs),
             token_policy: fineport_server::catalog::TokenPolicy {
                 cooldown: chrono::Duration::hours(i64::from(args.token_reissue_cooldown_hours)),
                 ..Default::default()
