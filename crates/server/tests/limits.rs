@@ -420,3 +420,34 @@ async fn redis_lost_and_back_while_replicas_run() {
         .expect("shared again");
     assert_eq!(b.peek("shop", Counter::Profiles, 10, Utc::now()).await.remaining, 5);
 }
+
+/// The API with Redis unreachable: exports and imports are answered as
+/// usual, with this replica's own counts in their headers, and none waits
+/// on Redis longer than the limiter's timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_stays_up_while_redis_is_unreachable() {
+    let options = RedisLimiterOptions {
+        url: "redis://127.0.0.1:1".into(),
+        timeout: Duration::from_millis(200),
+        ..RedisLimiterOptions::default()
+    };
+    let limiter = RedisLimiter::connect(options)
+        .await
+        .expect("a limiter even without Redis");
+    let server = common::TestServer::start_with_limiter(Arc::new(limiter)).await;
+    let svc = server.service(serde_json::json!({"service_id": "shop"})).await;
+    let login = common::event(1, "df_login", "2026-11-25T01:00:00Z", serde_json::json!({}));
+    let imported = server
+        .import_endpoint(&svc, "/api/v1/events", &common::events_body("u1", vec![login]))
+        .await;
+    assert_eq!(imported.headers()["x-rate-limit-remaining"], "999999");
+    assert_eq!(imported.json::<serde_json::Value>().await.unwrap()["code"], "20000");
+    let day = serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    for remaining in ["99", "98"] {
+        let resp = server.export(&svc, day.clone()).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-rate-limit-remaining"], remaining);
+        let (_, rows) = common::parse_csv(&resp.text().await.unwrap());
+        assert_eq!(rows.len(), 1);
+    }
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fineport_server::clock::{Clock, ManualClock};
-use fineport_server::limits::MemoryLimiter;
+use fineport_server::limits::{Limiter, MemoryLimiter};
 use fineport_server::{build_state, Config, Parts, SharedState};
 use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
 use fineport_store::failing::FailingStore;
@@ -255,7 +255,23 @@ impl TestServer {
         Some(joined.expect("server task"))
     }
 
+    /// A DuckDB server whose limits are `limiter`'s (e.g. a `RedisLimiter`).
+    pub async fn start_with_limiter(limiter: Arc<dyn Limiter>) -> TestServer {
+        let data = Data::DuckDb(tempfile::tempdir().expect("temp dir"));
+        Self::start_in_with(data, Config::default(), default_now(), store_options(1), limiter).await
+    }
+
     async fn start_in(data: Data, config: Config, now: DateTime<Utc>, options: DuckDbOptions) -> TestServer {
+        Self::start_in_with(data, config, now, options, Arc::new(MemoryLimiter::default())).await
+    }
+
+    async fn start_in_with(
+        data: Data,
+        config: Config,
+        now: DateTime<Utc>,
+        options: DuckDbOptions,
+        limiter: Arc<dyn Limiter>,
+    ) -> TestServer {
         let (store, duckdb): (Arc<dyn Store>, _) = match &data {
             Data::DuckDb(dir) => {
                 let store =
@@ -274,7 +290,7 @@ impl TestServer {
         let parts = Parts {
             store: faults.clone(),
             clock: clock.clone(),
-            limiter: Arc::new(MemoryLimiter::default()),
+            limiter,
             config,
             admin_token: Some(ADMIN_TOKEN.into()),
         };
