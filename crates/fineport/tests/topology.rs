@@ -277,6 +277,15 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Exports admitted (200), by the hour they were counted in
+/// (`X-Rate-Limit-Reset`).
+type Admitted = Arc<Mutex<HashMap<String, usize>>>;
+
+fn count_admitted(admitted: &Admitted, resp: &reqwest::Response) {
+    let hour = header(resp, "x-rate-limit-reset").unwrap_or_default();
+    *admitted.lock().expect("admitted").entry(hour).or_default() += 1;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_behind_haproxy_behave_as_one() {
     let test = "two_replicas_behind_haproxy_behave_as_one";
@@ -352,8 +361,8 @@ async fn two_replicas_behind_haproxy_behave_as_one() {
     let lb_url = format!("http://127.0.0.1:{}", balancer.port);
     wait_healthy(&lb_url).await;
 
-    // Every export's 200, by the hour it was counted in (X-Rate-Limit-Reset).
-    let admitted: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    // Every export's 200, by the hour it was counted in.
+    let admitted: Admitted = Arc::default();
 
     // ---- 1. imports through every door, replica A killed in the middle.
     let blob = "x".repeat(1000);
@@ -461,11 +470,7 @@ async fn two_replicas_behind_haproxy_behave_as_one() {
         .await
         .expect("export");
     assert_eq!(export.status(), 200);
-    *admitted
-        .lock()
-        .expect("admitted")
-        .entry(header(&export, "x-rate-limit-reset").unwrap_or_default())
-        .or_default() += 1;
+    count_admitted(&admitted, &export);
     let csv = export.text().await.expect("the whole export");
     let mut reader = csv::Reader::from_reader(csv.as_bytes());
     let column = reader
@@ -519,11 +524,7 @@ async fn two_replicas_behind_haproxy_behave_as_one() {
             let status = resp.status().as_u16();
             let retry_after = header(&resp, "retry-after");
             if status == 200 {
-                *admitted
-                    .lock()
-                    .expect("admitted")
-                    .entry(header(&resp, "x-rate-limit-reset").unwrap_or_default())
-                    .or_default() += 1;
+                count_admitted(&admitted, &resp);
             }
             let released = release.notified();
             decided.wait().await;
@@ -556,11 +557,7 @@ async fn two_replicas_behind_haproxy_behave_as_one() {
             assert_eq!(resp.status(), 429);
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        *admitted
-            .lock()
-            .expect("admitted")
-            .entry(header(&resp, "x-rate-limit-reset").unwrap_or_default())
-            .or_default() += 1;
+        count_admitted(&admitted, &resp);
         held.push(resp);
     }
     let refused = send_export(&http(), &b_url, &tokens, &big).await.expect("an answer");
@@ -583,11 +580,7 @@ async fn two_replicas_behind_haproxy_behave_as_one() {
     let waited = killed.elapsed();
     println!("a slot held by a replica killed mid-export was free again {waited:?} later (lease {LEASE:?})");
     assert!(waited <= LEASE + Duration::from_millis(1500), "freed after {waited:?}");
-    *admitted
-        .lock()
-        .expect("admitted")
-        .entry(header(&freed, "x-rate-limit-reset").unwrap_or_default())
-        .or_default() += 1;
+    count_admitted(&admitted, &freed);
     drop(freed);
     drop(held);
     replicas[0].start();
@@ -618,20 +611,19 @@ async fn two_replicas_behind_haproxy_behave_as_one() {
                 let resp = send_export(&client, &door, &tokens, &small).await.expect("an answer");
                 let status = resp.status().as_u16();
                 tally.add(status);
-                let reset = header(&resp, "x-rate-limit-reset").unwrap_or_default();
                 match status {
                     200 => {
+                        count_admitted(&admitted, &resp);
                         let body = resp.text().await.expect("a complete small export");
                         // A day with no events: the header line alone.
                         assert!(body.contains("df_event_log_id") && body.lines().count() == 1, "{body}");
-                        *admitted.lock().expect("admitted").entry(reset).or_default() += 1;
                     }
                     429 if header(&resp, "retry-after").as_deref() == Some("1") => {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     429 => {
                         assert_eq!(header(&resp, "x-rate-limit-remaining").as_deref(), Some("0"));
-                        *quota_reset.lock().expect("reset") = Some(reset);
+                        *quota_reset.lock().expect("reset") = header(&resp, "x-rate-limit-reset");
                         return;
                     }
                     other => panic!("an export answered {other}"),

@@ -149,26 +149,45 @@ async fn concurrency_slots_are_shared_and_free_on_drop(kind: Kind, test: &str) {
     let _third = acquire_soon(&*b, "shop", 100, 2).await;
 }
 
+/// `n` calls released at once by a barrier, alternately through replica
+/// `a` and `b`; their results in order.
+async fn race<T, F, Fut>(a: &Arc<dyn Limiter>, b: &Arc<dyn Limiter>, n: usize, call: F) -> Vec<T>
+where
+    F: Fn(Arc<dyn Limiter>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    let barrier = Arc::new(Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (barrier, call) = (barrier.clone(), call.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            call(limiter).await
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("task"));
+    }
+    results
+}
+
 /// 40 requests at once, half through each replica, for 5 slots.
 async fn racing_replicas_get_exactly_the_free_slots(kind: Kind, test: &str) {
     let Some((a, b)) = replicas(kind, test).await else {
         return;
     };
     clear_of_window_end(Window::Hour, Duration::from_secs(30)).await;
-    let barrier = Arc::new(Barrier::new(40));
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            limiter.acquire_export("shop", 100, 5, Utc::now()).await
-        }));
-    }
+    let results = race(&a, &b, 40, |l| async move {
+        l.acquire_export("shop", 100, 5, Utc::now()).await
+    })
+    .await;
     let mut granted = Vec::new();
     let mut concurrency = 0;
-    for t in tasks {
-        match t.await.expect("task") {
+    for result in results {
+        match result {
             Ok(p) => granted.push(p),
             Err(r) if r.retry_after_secs == 1 => concurrency += 1,
             Err(r) => panic!("refused for quota: {r:?}"),
@@ -183,19 +202,13 @@ async fn racing_replicas_get_exactly_the_last_quota(kind: Kind, test: &str) {
         return;
     };
     clear_of_window_end(Window::Hour, Duration::from_secs(30)).await;
-    let barrier = Arc::new(Barrier::new(40));
-    let mut tasks = Vec::new();
-    for i in 0..40 {
-        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            limiter.acquire_export("shop", 3, 100, Utc::now()).await
-        }));
-    }
+    let results = race(&a, &b, 40, |l| async move {
+        l.acquire_export("shop", 3, 100, Utc::now()).await
+    })
+    .await;
     let mut granted = Vec::new();
-    for t in tasks {
-        match t.await.expect("task") {
+    for result in results {
+        match result {
             Ok(p) => granted.push(p),
             Err(r) => assert!(r.retry_after_secs >= 1 && r.status.remaining == 0, "{r:?}"),
         }
@@ -238,23 +251,11 @@ async fn racing_replicas_fill_a_window_exactly(kind: Kind, test: &str) {
         return;
     };
     clear_of_window_end(Window::Minute, Duration::from_secs(15)).await;
-    let barrier = Arc::new(Barrier::new(20));
-    let mut tasks = Vec::new();
-    for i in 0..20 {
-        let limiter = if i % 2 == 0 { a.clone() } else { b.clone() };
-        let barrier = barrier.clone();
-        tasks.push(tokio::spawn(async move {
-            barrier.wait().await;
-            limiter.take("shop", Counter::Events, 10, 100, Utc::now()).await
-        }));
-    }
-    let mut granted = 0;
-    for t in tasks {
-        if t.await.expect("task").is_ok() {
-            granted += 1;
-        }
-    }
-    assert_eq!(granted, 10);
+    let results = race(&a, &b, 20, |l| async move {
+        l.take("shop", Counter::Events, 10, 100, Utc::now()).await
+    })
+    .await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 10);
     assert_eq!(a.peek("shop", Counter::Events, 100, Utc::now()).await.remaining, 0);
 }
 
