@@ -55,7 +55,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
-            init_logging("info");
+            // PostgreSQL's notices (e.g. "relation … already exists,
+            // skipping" from the idempotent migrations) are not news.
+            init_logging("info,tokio_postgres=warn");
             match serve::run(args).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
