@@ -2,7 +2,8 @@
 //! `fineport admin …` against it, as a user would run them; and a server
 //! killed with acknowledged imports still in its import log.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Child, Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fineport");
@@ -38,11 +39,7 @@ fn serve_command(data: &std::path::Path, listen: &str) -> Command {
 
 /// Starts `fineport serve --demo` on a free port and waits for "listening on".
 fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let mut child = serve_command(data, &format!("127.0.0.1:{port}"))
         .arg("--demo")
         .args(extra)
@@ -50,23 +47,12 @@ fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn fineport serve");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let mut printed = String::new();
-    for line in lines.by_ref() {
-        let line = line.expect("a line");
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.starts_with("listening on") {
-            break;
-        }
-    }
+    let printed = common::wait_until_listening(&mut child)
+        .unwrap_or_else(|printed| panic!("serve stopped before listening: {printed}"));
     assert!(
         printed.contains("curl -sS -X POST"),
         "serve --demo prints a curl: {printed}"
     );
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
     Server {
         child,
         base: format!("http://127.0.0.1:{port}"),

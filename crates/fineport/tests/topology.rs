@@ -21,14 +21,16 @@
 //! FINEPORT_TEST_REDIS_URL and FINEPORT_TEST_HAPROXY (the haproxy binary);
 //! `scripts/cluster start` prints them.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use common::{free_port, wait_until_listening};
 use fineport_store::cluster::ClusterOptions;
 use fineport_store::testing::{service_url, TestCluster, REDIS_VAR};
 use serde_json::{json, Value};
@@ -44,13 +46,6 @@ const CLIENTS: usize = 50;
 /// Import phase: each client sends this many batches of this many events.
 const BATCHES: usize = 6;
 const BATCH: usize = 100;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// One `fineport serve` process on a fixed port, so that it can be killed
 /// and started again where the balancer expects it.
@@ -86,27 +81,13 @@ impl Replica {
             command.env_remove(var);
         }
         let mut child = command.spawn().expect("spawn fineport serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let mut printed = String::new();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) => {
-                    printed.push_str(&line);
-                    printed.push('\n');
-                    if line.starts_with("listening on") {
-                        break;
-                    }
-                }
-                _ => panic!(
-                    "replica {} stopped before listening:\n{printed}\n(log: {})",
-                    self.name,
-                    self.data.display()
-                ),
-            }
+        if let Err(printed) = wait_until_listening(&mut child) {
+            panic!(
+                "replica {} stopped before listening:\n{printed}\n(log: {})",
+                self.name,
+                self.data.display()
+            );
         }
-        // Keep draining what it prints, so that it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         self.child = Some(child);
     }
 
