@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod http;
+pub mod import;
 pub mod progress;
 pub mod rate;
 pub mod retry;

@@ -99,6 +99,14 @@ impl Progress {
         }
     }
 
+    /// Sets how many units are done (for progress measured rather than
+    /// counted, such as input bytes read).
+    pub fn set_position(&self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
     /// Rows and bytes so far.
     pub fn totals(&self) -> (u64, u64) {
         (self.rows.load(Ordering::Relaxed), self.bytes.load(Ordering::Relaxed))
