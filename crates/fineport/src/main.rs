@@ -1,10 +1,12 @@
 //! `fineport`: the one binary. `fineport serve` runs the server (SPEC §5.1);
 //! `fineport admin …` is a thin client of the admin API (SPEC §5.2/5.3);
+//! `fineport import` backfills through the Import API;
 //! `fineport bench` measures export and import speed (docs/benchmarks.md).
 //! Every flag can also be given as a `FINEPORT_*` environment variable.
 
 mod admin;
 mod bench;
+mod import;
 mod serve;
 
 use std::io::IsTerminal;
@@ -38,6 +40,8 @@ enum Command {
     Admin(admin::AdminArgs),
     /// Measure export and import speed beside DuckDB's own CSV export.
     Bench(bench::BenchArgs),
+    /// Send CSV exports or JSON Lines of events or profiles to the Import API.
+    Import(import::ImportArgs),
 }
 
 fn init_logging(default: &str) {
@@ -69,6 +73,10 @@ async fn main() -> ExitCode {
         Command::Admin(args) => {
             init_logging("warn");
             admin::run(args).await
+        }
+        Command::Import(args) => {
+            init_logging("warn");
+            import::run(args).await
         }
         Command::Bench(args) => {
             init_logging("warn");
