@@ -1,10 +1,12 @@
 //! `fineport`: the one binary. `fineport serve` runs the server (SPEC §5.1);
 //! `fineport admin …` is a thin client of the admin API (SPEC §5.2/5.3);
+//! `fineport export` is the client that makes big exports safe (SPEC §5.3);
 //! `fineport bench` measures export and import speed (docs/benchmarks.md).
 //! Every flag can also be given as a `FINEPORT_*` environment variable.
 
 mod admin;
 mod bench;
+mod export;
 mod serve;
 
 use std::io::IsTerminal;
@@ -36,6 +38,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage services, tokens and taxonomies of a running server.
     Admin(admin::AdminArgs),
+    /// Export events or profiles to CSV: split into days, 429s waited out,
+    /// retried, resumable, verified (fineport or DFINERY).
+    Export(export::ExportArgs),
     /// Measure export and import speed beside DuckDB's own CSV export.
     Bench(bench::BenchArgs),
 }
@@ -69,6 +74,10 @@ async fn main() -> ExitCode {
         Command::Admin(args) => {
             init_logging("warn");
             admin::run(args).await
+        }
+        Command::Export(args) => {
+            init_logging("warn");
+            export::run(args).await
         }
         Command::Bench(args) => {
             init_logging("warn");
