@@ -12,6 +12,7 @@
 //!   headers, backoff with jitter, and progress on a terminal or in a log.
 
 pub mod admin;
+pub mod export;
 pub mod http;
 pub mod import;
 pub mod progress;

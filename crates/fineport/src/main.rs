@@ -1,11 +1,13 @@
 //! `fineport`: the one binary. `fineport serve` runs the server (SPEC §5.1);
 //! `fineport admin …` is a thin client of the admin API (SPEC §5.2/5.3);
-//! `fineport import` backfills through the Import API;
+//! `fineport export` is the client that makes big exports safe (SPEC §5.3);
+//! `fineport import` backfills through the Import API (SPEC §4, §5.3);
 //! `fineport bench` measures export and import speed (docs/benchmarks.md).
 //! Every flag can also be given as a `FINEPORT_*` environment variable.
 
 mod admin;
 mod bench;
+mod export;
 mod import;
 mod serve;
 
@@ -38,6 +40,9 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Manage services, tokens and taxonomies of a running server.
     Admin(admin::AdminArgs),
+    /// Export events or profiles to CSV: split into days, 429s waited out,
+    /// retried, resumable, verified (fineport or DFINERY).
+    Export(export::ExportArgs),
     /// Measure export and import speed beside DuckDB's own CSV export.
     Bench(bench::BenchArgs),
     /// Send CSV exports or JSON Lines of events or profiles to the Import API.
@@ -73,6 +78,10 @@ async fn main() -> ExitCode {
         Command::Admin(args) => {
             init_logging("warn");
             admin::run(args).await
+        }
+        Command::Export(args) => {
+            init_logging("warn");
+            export::run(args).await
         }
         Command::Import(args) => {
             init_logging("warn");

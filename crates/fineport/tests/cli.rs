@@ -4,73 +4,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fineport");
-const ADMIN_TOKEN: &str = "cli-test-admin-token";
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `fineport serve` on `listen` over the data directory `data`, with the
-/// test's admin token.
-fn serve_command(data: &std::path::Path, listen: &str) -> Command {
-    let mut command = Command::new(BIN);
-    command
-        .args(["serve", "--listen", listen])
-        .arg("--data")
-        .arg(data)
-        .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN);
-    // The embedded store, whatever the caller's environment says.
-    for var in ["FINEPORT_CLICKHOUSE_URL", "FINEPORT_POSTGRES_URL"] {
-        command.env_remove(var);
-    }
-    command
-}
-
-/// Starts `fineport serve --demo` on a free port and waits for "listening on".
-fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
-    let port = common::free_port();
-    let mut child = serve_command(data, &format!("127.0.0.1:{port}"))
-        .arg("--demo")
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fineport serve");
-    let printed = common::wait_until_listening(&mut child)
-        .unwrap_or_else(|printed| panic!("serve stopped before listening: {printed}"));
-    assert!(
-        printed.contains("curl -sS -X POST"),
-        "serve --demo prints a curl: {printed}"
-    );
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-fn admin(server: &Server, args: &[&str]) -> (bool, serde_json::Value) {
-    let out = Command::new(BIN)
-        .args(["admin", "--url", &server.base, "--admin-token", ADMIN_TOKEN])
-        .args(args)
-        .output()
-        .expect("run fineport admin");
-    let text = if out.status.success() { out.stdout } else { out.stderr };
-    (
-        out.status.success(),
-        serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null),
-    )
-}
+use common::{admin, serve, serve_command, Server};
 
 #[test]
 fn serve_demo_then_administer_it_from_the_cli() {

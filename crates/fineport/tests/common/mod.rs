@@ -1,9 +1,12 @@
-//! What the binary's end-to-end tests share: a free loopback port, and
-//! waiting for a `fineport serve` child to listen.
+//! What the binary's end-to-end tests share: a free loopback port, a
+//! `fineport serve --demo` child on it, `fineport admin` against it, and
+//! (in `fault_proxy`) a proxy that breaks answers on purpose.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+
 use std::io::{BufRead, BufReader};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 /// A loopback port free right now (the kernel's pick for port 0).
 pub fn free_port() -> u16 {
@@ -31,4 +34,86 @@ pub fn wait_until_listening(child: &mut Child) -> Result<String, String> {
         }
     }
     Err(printed)
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_fineport");
+pub const ADMIN_TOKEN: &str = "cli-test-admin-token";
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    /// What `serve` printed up to "listening on" (tokens, the demo's curl).
+    pub printed: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `fineport serve` on `listen` over the data directory `data`, with the
+/// test's admin token.
+pub fn serve_command(data: &std::path::Path, listen: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", listen])
+        .arg("--data")
+        .arg(data)
+        .env("FINEPORT_ADMIN_TOKEN", ADMIN_TOKEN);
+    // The embedded store, whatever the caller's environment says.
+    for var in ["FINEPORT_CLICKHOUSE_URL", "FINEPORT_POSTGRES_URL"] {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Starts `fineport serve --demo` on a free port and waits for "listening on".
+pub fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
+    let port = free_port();
+    let mut child = serve_command(data, &format!("127.0.0.1:{port}"))
+        .arg("--demo")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fineport serve");
+    let printed =
+        wait_until_listening(&mut child).unwrap_or_else(|printed| panic!("serve stopped before listening: {printed}"));
+    assert!(
+        printed.contains("curl -sS -X POST"),
+        "serve --demo prints a curl: {printed}"
+    );
+    Server {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        printed,
+    }
+}
+
+pub fn admin(server: &Server, args: &[&str]) -> (bool, serde_json::Value) {
+    let out = Command::new(BIN)
+        .args(["admin", "--url", &server.base, "--admin-token", ADMIN_TOKEN])
+        .args(args)
+        .output()
+        .expect("run fineport admin");
+    let text = if out.status.success() { out.stdout } else { out.stderr };
+    (
+        out.status.success(),
+        serde_json::from_slice(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+impl Server {
+    /// The demo service's export token, as `serve --demo` printed it.
+    pub fn demo_token(&self, kind: &str) -> String {
+        let prefix = format!("{kind} token");
+        self.printed
+            .lines()
+            .find(|l| l.trim_start().starts_with(&prefix))
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_else(|| panic!("no {kind} token in: {}", self.printed))
+            .to_owned()
+    }
 }
