@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{admin, serve, serve_command, Server};
+use common::{admin, post, serve, serve_command, Server};
 
 #[test]
 fn serve_demo_then_administer_it_from_the_cli() {
@@ -67,26 +67,6 @@ fn serve_demo_then_administer_it_from_the_cli() {
     assert!(!ok, "the cool-down refuses a second reissue");
     let (ok, log) = admin(&server, &["requests", "demo", "--limit", "5"]);
     assert!(ok && log["requests"].is_array());
-}
-
-/// POSTs `body` to `url` with `token` in `header` (the Import API reads
-/// `access_token`, the Export API `Authorization: Bearer`); returns
-/// (status, body).
-fn post(url: String, (header, token): (&str, &str), body: serde_json::Value) -> (u16, String) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let resp = reqwest::Client::new()
-            .post(url)
-            .header(header, token)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        (resp.status().as_u16(), resp.text().await.expect("body"))
-    })
 }
 
 #[test]

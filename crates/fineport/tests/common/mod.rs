@@ -117,3 +117,23 @@ impl Server {
             .to_owned()
     }
 }
+
+/// POSTs `body` to `url` with `token` in `header` (the Import API reads
+/// `access_token`, the Export API `Authorization: Bearer`); returns
+/// (status, body).
+pub fn post(url: String, (header, token): (&str, &str), body: serde_json::Value) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header(header, token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        (resp.status().as_u16(), resp.text().await.expect("body"))
+    })
+}
