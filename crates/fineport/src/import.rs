@@ -70,8 +70,9 @@ pub struct ImportArgs {
     #[arg(long, value_enum)]
     format: Option<FormatArg>,
     /// The target's taxonomy as `fineport admin taxonomy show` prints it
-    /// (GET /admin/v1/services/{id}/taxonomy); CSV needs it for the cell types.
-    #[arg(long, value_name = "FILE", conflicts_with = "admin_token")]
+    /// (GET /admin/v1/services/{id}/taxonomy); CSV needs it for the cell
+    /// types. Used instead of --admin-token when both are given.
+    #[arg(long, value_name = "FILE")]
     taxonomy: Option<PathBuf>,
     /// Admin token, to read the target's taxonomy from the server (for CSV).
     #[arg(long, env = "FINEPORT_ADMIN_TOKEN", hide_env_values = true)]
