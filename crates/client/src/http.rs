@@ -31,7 +31,11 @@ pub fn client(total: Option<Duration>) -> anyhow::Result<reqwest::Client> {
 /// network compression saves more than it costs; over loopback it only
 /// costs both sides CPU (measured: 10 % of a 72 MB export on 2 cores).
 pub fn export_client(base: &Url) -> anyhow::Result<reqwest::Client> {
-    let host = base.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']');
+    let host = base
+        .host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
     let loopback =
         host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     let mut builder = builder();
@@ -98,7 +102,12 @@ mod tests {
     fn https_clients_build() {
         client(None).unwrap();
         client(Some(Duration::from_secs(1))).unwrap();
-        for url in ["http://127.0.0.1:1", "http://[::1]:1", "http://localhost", "https://openapi.dfinery.ai"] {
+        for url in [
+            "http://127.0.0.1:1",
+            "http://[::1]:1",
+            "http://localhost",
+            "https://openapi.dfinery.ai",
+        ] {
             export_client(&base_url(url).unwrap()).unwrap();
         }
     }

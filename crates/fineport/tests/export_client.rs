@@ -249,7 +249,10 @@ fn days_whose_columns_differ_cannot_share_one_header() {
     let result = run(&mut export(&proxy.url(), &token, &args));
     let stderr = text(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("differ") && stderr.contains("--split daily"), "{stderr}");
+    assert!(
+        stderr.contains("differ") && stderr.contains("--split daily"),
+        "{stderr}"
+    );
     assert!(!file.exists());
 }
 

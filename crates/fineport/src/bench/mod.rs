@@ -404,7 +404,10 @@ async fn raw_days(spec: &fineport_client::export::ExportSpec) -> anyhow::Result<
             anyhow::Ok(())
         }
     });
-    let results: Vec<anyhow::Result<()>> = futures::stream::iter(days).buffer_unordered(spec.concurrency).collect().await;
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(days)
+        .buffer_unordered(spec.concurrency)
+        .collect()
+        .await;
     results.into_iter().collect::<anyhow::Result<()>>()?;
     Ok(started.elapsed())
 }

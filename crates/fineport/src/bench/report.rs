@@ -163,7 +163,9 @@ impl Report {
     }
 
     fn render_client(&self, s: &mut String) {
-        let (Some(client), Some(one)) = (self.client, self.cases.get(1)) else { return };
+        let (Some(client), Some(one)) = (self.client, self.cases.get(1)) else {
+            return;
+        };
         let (c, o, r) = (secs(client.total), secs(one.run.total), secs(client.raw_days));
         let _ = writeln!(
             s,
