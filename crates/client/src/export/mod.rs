@@ -505,7 +505,9 @@ impl Run<'_> {
                 .and_then(|j| j.get("message"))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            if status.is_client_error() {
+            // 408 is a proxy's timeout: worth another try, unlike the
+            // Export API's own 400 and 401.
+            if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
                 let message = message.unwrap_or_else(|| text.trim().chars().take(300).collect());
                 return Err(ExportError::Refused {
                     label: label.to_owned(),
