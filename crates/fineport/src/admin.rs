@@ -312,7 +312,10 @@ async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Val
                     Some(path) => {
                         let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
                         serde_json::from_slice::<TaxonomyDoc>(&text).with_context(|| {
-                            format!("{} is not a taxonomy (the JSON of `fineport admin taxonomy show`)", path.display())
+                            format!(
+                                "{} is not a taxonomy (the JSON of `fineport admin taxonomy show`)",
+                                path.display()
+                            )
                         })?
                     }
                     None => TaxonomyDoc::default(),

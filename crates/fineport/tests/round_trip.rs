@@ -36,7 +36,13 @@ fn rows(path: &Path, drop: &str) -> (Vec<String>, Vec<Vec<String>>) {
             let r = r.unwrap();
             r.iter()
                 .enumerate()
-                .map(|(i, cell)| if Some(i) == skip { String::new() } else { cell.to_owned() })
+                .map(|(i, cell)| {
+                    if Some(i) == skip {
+                        String::new()
+                    } else {
+                        cell.to_owned()
+                    }
+                })
                 .collect()
         })
         .collect();
@@ -62,24 +68,54 @@ fn export_import_export_gives_the_same_rows_but_the_receipt_time() {
     let (ok, shown) = admin(&server, &["taxonomy", "show", "demo"]);
     assert!(ok);
     std::fs::write(&taxonomy, shown.to_string()).unwrap();
-    let (ok, added) = admin(&server, &["taxonomy", "add", "copy", "--from-file", taxonomy.to_str().unwrap()]);
+    let (ok, added) = admin(
+        &server,
+        &["taxonomy", "add", "copy", "--from-file", taxonomy.to_str().unwrap()],
+    );
     assert!(ok, "{added}");
 
     // Events: the demo's 30 days out, into the copy, out again.
     let first = dir.path().join("demo.csv");
     let again = dir.path().join("copy.csv");
-    let from_demo = ["export", "--service", "demo", "--last", "30d", "-o", first.to_str().unwrap()];
+    let from_demo = [
+        "export",
+        "--service",
+        "demo",
+        "--last",
+        "30d",
+        "-o",
+        first.to_str().unwrap(),
+    ];
     let said = fineport(&server, &from_demo, ("FINEPORT_EXPORT_TOKEN", &demo_export));
     let (header, original) = rows(&first, "df_server_datetime");
     assert!(original.len() > 10_000, "the demo's month: {said}");
-    let range: Vec<&str> = said.lines().filter_map(|l| l.split(':').next()).filter(|d| d.len() == 10 && d.starts_with("20")).collect();
-    let (from, to) = (range.iter().min().unwrap().to_string(), range.iter().max().unwrap().to_string());
+    // The days, from the summary's rows.
+    let range: Vec<&str> = said
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|d| fineport_contract::time::parse_date(d).is_some())
+        .collect();
+    assert_eq!(range.len(), 30, "{said}");
+    let (from, to) = (
+        range.iter().min().unwrap().to_string(),
+        range.iter().max().unwrap().to_string(),
+    );
     let said = fineport(
         &server,
         &["import", "--service", "copy", first.to_str().unwrap()],
         ("FINEPORT_IMPORT_TOKEN", &copy_import),
     );
-    let from_copy = ["export", "--service", "copy", "--from", &from, "--to", &to, "-o", again.to_str().unwrap()];
+    let from_copy = [
+        "export",
+        "--service",
+        "copy",
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "-o",
+        again.to_str().unwrap(),
+    ];
     fineport(&server, &from_copy, ("FINEPORT_EXPORT_TOKEN", &copy_export));
     let (header_again, copied) = rows(&again, "df_server_datetime");
     assert_eq!(header_again, header);
@@ -92,7 +128,15 @@ fn export_import_export_gives_the_same_rows_but_the_receipt_time() {
     let profiles = dir.path().join("profiles.csv");
     let profiles_again = dir.path().join("profiles-copy.csv");
     let export_profiles = |service: &str, token: &str, out: &Path| {
-        let args = ["export", "--service", service, "--profiles", "--external-id", "-o", out.to_str().unwrap()];
+        let args = [
+            "export",
+            "--service",
+            service,
+            "--profiles",
+            "--external-id",
+            "-o",
+            out.to_str().unwrap(),
+        ];
         fineport(&server, &args, ("FINEPORT_EXPORT_TOKEN", token));
     };
     export_profiles("demo", &demo_export, &profiles);
@@ -102,6 +146,14 @@ fn export_import_export_gives_the_same_rows_but_the_receipt_time() {
         ("FINEPORT_IMPORT_TOKEN", &copy_import),
     );
     export_profiles("copy", &copy_export, &profiles_again);
-    let (a, b) = (std::fs::read(&profiles).unwrap(), std::fs::read(&profiles_again).unwrap());
-    assert!(a.len() > 1000 && a == b, "profiles differ:\n{}\n---\n{}", String::from_utf8_lossy(&a[..a.len().min(400)]), String::from_utf8_lossy(&b[..b.len().min(400)]));
+    let (a, b) = (
+        std::fs::read(&profiles).unwrap(),
+        std::fs::read(&profiles_again).unwrap(),
+    );
+    assert!(
+        a.len() > 1000 && a == b,
+        "profiles differ:\n{}\n---\n{}",
+        String::from_utf8_lossy(&a[..a.len().min(400)]),
+        String::from_utf8_lossy(&b[..b.len().min(400)])
+    );
 }
