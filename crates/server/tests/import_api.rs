@@ -344,7 +344,10 @@ async fn events_name_their_profile_by_df_unified_id() {
 
     // Alone, in upper case: the profile is created with exactly that id.
     let answer = server
-        .import(&svc, body(json!({"df_unified_id": U.to_uppercase()}), vec![login(1), login(2)]))
+        .import(
+            &svc,
+            body(json!({"df_unified_id": U.to_uppercase()}), vec![login(1), login(2)]),
+        )
         .await;
     assert_eq!(answer, ok());
     // With a free external_id: the anonymous U takes it; the external_id
@@ -359,8 +362,14 @@ async fn events_name_their_profile_by_df_unified_id() {
 
     // Conflicts: 40001 with the reason, nothing stored.
     for (identity, why) in [
-        (json!({"df_unified_id": V, "external_id": "kim"}), "belongs to another profile"),
-        (json!({"df_unified_id": U, "external_id": "lee"}), "holds another external_id"),
+        (
+            json!({"df_unified_id": V, "external_id": "kim"}),
+            "belongs to another profile",
+        ),
+        (
+            json!({"df_unified_id": U, "external_id": "lee"}),
+            "holds another external_id",
+        ),
     ] {
         let answer = server.import(&svc, body(identity.clone(), vec![login(5)])).await;
         assert_code(&answer, "40001", "VALIDATION_FAILURE");
@@ -379,7 +388,10 @@ async fn events_name_their_profile_by_df_unified_id() {
         let answer = server.import(&svc, body(identity.clone(), vec![login(6)])).await;
         assert_code(&answer, "40001", "VALIDATION_FAILURE");
         let reason = answer["data"][0]["reason"].as_str().unwrap();
-        assert!(reason.contains(why) && reason.contains("df_unified_id"), "{identity}: {answer}");
+        assert!(
+            reason.contains(why) && reason.contains("df_unified_id"),
+            "{identity}: {answer}"
+        );
     }
 
     let (header, rows) = export_today(&server, &svc).await;
@@ -397,7 +409,10 @@ async fn events_name_their_profile_by_df_unified_id() {
     // Another service: the same U is another, unrelated profile.
     let other = server.service(json!({"service_id": "mall"})).await;
     let answer = server
-        .import(&other, body(json!({"df_unified_id": U, "external_id": "lee"}), vec![login(7)]))
+        .import(
+            &other,
+            body(json!({"df_unified_id": U, "external_id": "lee"}), vec![login(7)]),
+        )
         .await;
     assert_eq!(answer, ok());
     let (header, rows) = export_today(&server, &other).await;

@@ -486,7 +486,19 @@ async fn unified_ids_name_profiles_the_same_on_both_storages() {
     let ok = |uid: &str| Ok(uid.to_owned());
     assert_eq!(
         on_duck,
-        [ok(U), ok(U), ok(U), ok(U), ok(U), ok(V), Err(()), Err(()), Err(()), ok(U), ok(U)]
+        [
+            ok(U),
+            ok(U),
+            ok(U),
+            ok(U),
+            ok(U),
+            ok(V),
+            Err(()),
+            Err(()),
+            Err(()),
+            ok(U),
+            ok(U)
+        ]
     );
     assert_eq!(on_pg, on_duck);
 
@@ -496,12 +508,18 @@ async fn unified_ids_name_profiles_the_same_on_both_storages() {
         properties: vec![("grade".into(), grade.into())],
         request_ms: 10,
     };
-    let batch = vec![update(by_uid(W, Some("park")), "gold"), update(by_uid(W, Some("kim")), "gold")];
+    let batch = vec![
+        update(by_uid(W, Some("park")), "gold"),
+        update(by_uid(W, Some("kim")), "gold"),
+    ];
     let err = duck.update_profiles(&sid("shop"), batch.clone()).await.unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Invalid, "{err}");
     let err = pg.update_profiles(&sid("shop"), batch).await.unwrap_err();
     assert_eq!(err.kind, StoreErrorKind::Invalid, "{err}");
-    let batch = vec![update(by_uid(U, None), "gold"), update(by_uid(V, Some("lee")), "silver")];
+    let batch = vec![
+        update(by_uid(U, None), "gold"),
+        update(by_uid(V, Some("lee")), "silver"),
+    ];
     duck.update_profiles(&sid("shop"), batch.clone()).await.unwrap();
     pg.update_profiles(&sid("shop"), batch).await.unwrap();
 
