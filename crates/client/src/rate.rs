@@ -65,11 +65,12 @@ pub fn clock_utc(at: SystemTime) -> String {
     format!("{:02}:{:02}:{:02} UTC", secs / 3600 % 24, secs / 60 % 60, secs % 60)
 }
 
-/// A duration in words a person reads at a glance: `45s`, `12m 5s`, `3h 20m`.
+/// A duration in words a person reads at a glance: `1.2s`, `45s`, `12m 5s`, `3h 20m`.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
     match s {
-        0..60 => format!("{s}s"),
+        0..10 => format!("{:.1}s", d.as_secs_f64()),
+        10..60 => format!("{s}s"),
         60..3600 => format!("{}m {}s", s / 60, s % 60),
         _ => format!("{}h {}m", s / 3600, s / 60 % 60),
     }
@@ -130,6 +131,7 @@ mod tests {
     #[test]
     fn durations_and_clocks_read_plainly() {
         assert_eq!(human_duration(Duration::from_secs(45)), "45s");
+        assert_eq!(human_duration(Duration::from_millis(1250)), "1.2s");
         assert_eq!(human_duration(Duration::from_secs(725)), "12m 5s");
         assert_eq!(human_duration(Duration::from_secs(12_000)), "3h 20m");
         assert_eq!(

@@ -141,9 +141,17 @@ pub fn response_body(code: ImportCode, problems: &[ImportProblem]) -> Json {
     Json::Object(body)
 }
 
-/// The identifiers of a user (SPEC §1 "Unified profile").
+/// The identifiers of a user (SPEC §1 "Unified profile"), and optionally
+/// the `df_unified_id` of the profile itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct Identity {
+    /// The profile's own id, given by the client (fineport decision: how an
+    /// export, which names users only by `df_unified_id`, is imported again
+    /// into the same profiles). Alone, or with [`Identity::external_id`]
+    /// only ([`Identity::from_json`] enforces that). Serialized in canonical
+    /// form (lowercase, hyphenated).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "canonical_uuid")]
+    pub df_unified_id: Option<Uuid>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,6 +163,17 @@ pub struct Identity {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub line_user_id: Option<String>,
 }
+
+fn canonical_uuid<S: serde::Serializer>(uuid: &Option<Uuid>, serializer: S) -> Result<S::Ok, S::Error> {
+    match uuid {
+        Some(uuid) => serializer.serialize_str(&uuid.to_string()),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// The identity key naming a profile by its `df_unified_id` (a fineport
+/// decision, not one of SPEC §1's identifiers).
+pub const UNIFIED_ID_KEY: &str = "df_unified_id";
 
 /// Identifier kinds in resolution order (external_id first, then lookups).
 pub const IDENTIFIER_KINDS: [&str; 5] = ["external_id", "email", "phone_no", "kakao_user_id", "line_user_id"];
@@ -174,7 +193,23 @@ impl Identity {
         .filter_map(|(v, k)| v.as_deref().map(|v| (k, v)))
     }
 
-    /// Parses `{"external_id":…,…}`; at least one identifier is required.
+    /// The profile [`Identity::df_unified_id`] names, in the canonical form
+    /// every store keeps and every export writes (lowercase, hyphenated).
+    pub fn unified_id(&self) -> Option<String> {
+        self.df_unified_id.map(|u| u.to_string())
+    }
+
+    /// Parses an identity object of the Import API (SPEC §4: `/events`
+    /// `common.identity`, `/identities`, `/identities/delete`,
+    /// `/user-profile`): `{"external_id"?,"email"?,"phone_no"?,
+    /// "kakao_user_id"?,"line_user_id"?,"df_unified_id"?}`, `null` meaning
+    /// absent. Identifiers are strings of 1 to [`MAX_IDENTIFIER_LEN`] bytes
+    /// without NUL. `df_unified_id` is a UUID in any form [`Uuid::try_parse`]
+    /// takes (hyphenated, simple, braced, URN; any letter case), and may be
+    /// given alone or with `external_id` only (fineport decision "D").
+    /// At least one key is required (`df_unified_id` counts).
+    ///
+    /// The error is the reason for the endpoint's 40001.
     pub fn from_json(json: &Json) -> Result<Identity, String> {
         let obj = json
             .as_object()
@@ -182,6 +217,14 @@ impl Identity {
         let mut id = Identity::default();
         for (key, value) in obj {
             if value.is_null() {
+                continue;
+            }
+            if key == UNIFIED_ID_KEY {
+                let s = value
+                    .as_str()
+                    .ok_or_else(|| format!("identity.{key} must be a string, not {}", json_kind(value)))?;
+                let uuid = Uuid::try_parse(s).map_err(|_| format!("identity.{key} must be a UUID, got {s:?}"))?;
+                id.df_unified_id = Some(uuid);
                 continue;
             }
             let slot = match key.as_str() {
@@ -200,7 +243,12 @@ impl Identity {
             }
             *slot = Some(crate::types::text(s).map_err(|e| format!("identity.{key} {e}"))?);
         }
-        if id.identifiers().next().is_none() {
+        if id.df_unified_id.is_some() && id.identifiers().any(|(kind, _)| kind != "external_id") {
+            return Err(format!(
+                "identity.{UNIFIED_ID_KEY} may be combined only with external_id"
+            ));
+        }
+        if id.df_unified_id.is_none() && id.identifiers().next().is_none() {
             return Err("identity needs at least one identifier".into());
         }
         Ok(id)
@@ -588,6 +636,55 @@ mod tests {
             let mut e = event(ID);
             e[field] = value;
             assert!(validate_events(&body(vec![e]), &taxonomy(), false).is_err(), "{field}");
+        }
+    }
+
+    #[test]
+    fn df_unified_id_is_a_uuid_alone_or_with_external_id_only() {
+        const CANONICAL: &str = "0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f";
+        for form in [
+            CANONICAL,
+            "0B4E6F0C-1F3A-4C33-9A53-5C8F1B2D3E4F",
+            "0b4e6f0c1f3a4c339a535c8f1b2d3e4f",
+            "{0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f}",
+            "urn:uuid:0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f",
+        ] {
+            let alone = Identity::from_json(&json!({"df_unified_id": form})).unwrap();
+            assert_eq!(alone.unified_id().as_deref(), Some(CANONICAL), "{form}");
+            assert_eq!(alone.identifiers().count(), 0, "it is not an identifier");
+            assert_eq!(
+                serde_json::to_value(&alone).unwrap(),
+                json!({"df_unified_id": CANONICAL}),
+                "serialized in canonical form"
+            );
+        }
+        let with_ext = Identity::from_json(&json!({"df_unified_id": CANONICAL, "external_id": "kim"})).unwrap();
+        assert_eq!(
+            (with_ext.unified_id().as_deref(), with_ext.external_id.as_deref()),
+            (Some(CANONICAL), Some("kim"))
+        );
+        // null means absent, as for every key.
+        let null = Identity::from_json(&json!({"df_unified_id": null, "email": "a@x"})).unwrap();
+        assert_eq!(null.df_unified_id, None);
+
+        for (identity, why) in [
+            (json!({"df_unified_id": "not-a-uuid"}), "must be a UUID"),
+            (json!({"df_unified_id": ""}), "must be a UUID"),
+            (json!({"df_unified_id": 5}), "must be a string"),
+            (
+                json!({"df_unified_id": CANONICAL, "email": "a@x"}),
+                "may be combined only with external_id",
+            ),
+            (
+                json!({"df_unified_id": CANONICAL, "external_id": "kim", "line_user_id": "l"}),
+                "may be combined only with external_id",
+            ),
+        ] {
+            let reason = Identity::from_json(&identity).unwrap_err();
+            assert!(reason.contains(why), "{identity}: {reason}");
+            let body = json!({"common": {"identity": identity}, "events": [event(ID)]});
+            let err = validate_events(&body, &taxonomy(), false).unwrap_err();
+            assert_eq!(err.code, ImportCode::ValidationFailure, "{identity}");
         }
     }
 

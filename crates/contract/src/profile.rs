@@ -88,12 +88,22 @@ pub fn validate_identity(body: &Json) -> Result<IdentityRequest, ImportRejection
     })
 }
 
-/// `/api/v1/identities/delete`: the external_id whose profile goes.
+/// `/api/v1/identities/delete` (SPEC §4): the external_id whose profile
+/// goes. `identity.external_id` is required (else 40001); a
+/// `df_unified_id` is refused with 40001 (fineport decision: a profile is
+/// deleted by its external_id only, never by an id that might name
+/// another profile than the external_id's).
 pub fn validate_delete(body: &Json) -> Result<String, ImportRejection> {
     let obj = object(body)?;
     check_fields(obj, &["identity", "request_datetime"])?;
     let id = identity(obj)?;
     request_datetime(obj)?;
+    if id.df_unified_id.is_some() {
+        return Err(invalid(format!(
+            "identity.{} is not accepted here: a profile is deleted by its external_id",
+            crate::import::UNIFIED_ID_KEY
+        )));
+    }
     id.external_id
         .ok_or_else(|| invalid("identity.external_id is required to delete a profile"))
 }
@@ -534,6 +544,17 @@ mod tests {
             validate_delete(&no_ext).unwrap_err().code,
             ImportCode::ValidationFailure
         );
+        // df_unified_id: accepted by /identities, refused by the delete.
+        let by_uid = json!({"identity": {"external_id": "u1", "df_unified_id": "0B4E6F0C1F3A4C339A535C8F1B2D3E4F"},
+                            "request_datetime": "2026-11-25T00:00:00Z"});
+        let request = validate_identity(&by_uid).unwrap();
+        assert_eq!(
+            request.identity.unified_id().as_deref(),
+            Some("0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f")
+        );
+        let err = validate_delete(&by_uid).unwrap_err();
+        assert_eq!(err.code, ImportCode::ValidationFailure);
+        assert!(err.problems[0].reason.contains("df_unified_id"), "{err:?}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use fineport_client::{AdminClient, ApiError, LimitSettings, ServiceSettings, TokenKind};
 use fineport_contract::taxonomy::{PropertyDef, TaxonomyDoc};
@@ -202,7 +203,10 @@ enum TaxonomyCommand {
     #[command(after_help = "TYPE is one of: String, Long, Double, Boolean, Datetime, Date, \
 \"Array of String\", \"Array of Long\", \"Array of Double\" (case-insensitive).\n\
 Example: fineport admin taxonomy add shop --event view_banner --event-property banner_id:String \
---event-property 'tags:Array of String' --item-property color:String")]
+--event-property 'tags:Array of String' --item-property color:String\n\
+Copy a service's taxonomy (e.g. before `fineport import` of its export into another service):\n\
+  fineport admin taxonomy show shop > taxonomy.json\n\
+  fineport admin taxonomy add shop_copy --from-file taxonomy.json")]
     Add {
         /// Service id.
         id: String,
@@ -218,6 +222,10 @@ Example: fineport admin taxonomy add shop --event view_banner --event-property b
         /// A user property (repeatable).
         #[arg(long = "user-property", value_name = "NAME:TYPE", value_parser = parse_property)]
         user_properties: Vec<PropertyDef>,
+        /// A taxonomy as `taxonomy show` prints it (the admin API's JSON),
+        /// added together with the flags.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -298,15 +306,28 @@ async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Val
                 event_properties,
                 item_properties,
                 user_properties,
+                from_file,
             } => {
-                let doc = TaxonomyDoc {
-                    events,
-                    event_properties,
-                    item_properties,
-                    user_properties,
+                let mut doc = match &from_file {
+                    Some(path) => {
+                        let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+                        serde_json::from_slice::<TaxonomyDoc>(&text).with_context(|| {
+                            format!(
+                                "{} is not a taxonomy (the JSON of `fineport admin taxonomy show`)",
+                                path.display()
+                            )
+                        })?
+                    }
+                    None => TaxonomyDoc::default(),
                 };
+                doc.events.extend(events);
+                doc.event_properties.extend(event_properties);
+                doc.item_properties.extend(item_properties);
+                doc.user_properties.extend(user_properties);
                 if doc.is_empty() {
-                    anyhow::bail!("nothing to add: give --event, --event-property, --item-property or --user-property");
+                    anyhow::bail!(
+                        "nothing to add: give --event, --event-property, --item-property, --user-property or --from-file"
+                    );
                 }
                 client.add_taxonomy(&id, &doc).await
             }

@@ -34,7 +34,7 @@ Examples:
 Interrupted or failed? Run the same command again: finished days are kept beside the
 output (<output>.parts/) and only the missing ones are fetched. The output is written
 under a temporary name and renamed, so it is never half-written.
-Exit codes: 0 done, 1 failed (days done so far are kept), 130 interrupted.";
+Exit codes: 0 done, 1 failed (days done so far are kept), 2 bad arguments, 130 interrupted.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -287,7 +287,11 @@ pub async fn run(args: ExportArgs) -> ExitCode {
             }
         },
         _ = tokio::signal::ctrl_c() => {
-            eprintln!("\ninterrupted: the days finished so far are kept; run the same command again to resume (no output was written)");
+            if spec.output == Output::Stdout {
+                eprintln!("\ninterrupted: nothing was written to stdout (a run to stdout does not resume)");
+            } else {
+                eprintln!("\ninterrupted: the days finished so far are kept; run the same command again to resume (no output was written)");
+            }
             ExitCode::from(130)
         }
     }

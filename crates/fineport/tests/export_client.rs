@@ -218,6 +218,42 @@ fn refusals_stop_at_once_with_the_servers_detail_and_a_hint() {
         "{stderr}"
     );
     assert!(!file.exists(), "no output after a refusal");
+    assert!(!out.path().join("x.csv.parts").exists(), "nor an empty parts directory");
+}
+
+#[test]
+fn days_whose_columns_differ_cannot_share_one_header() {
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(data.path(), &[]);
+    let token = server.demo_token("export");
+    let (from, to) = last_days(&server, 3);
+    let base = server.base.clone();
+    let last = to.to_string();
+    // A property is registered while the export runs, before its last day.
+    let proxy = FaultProxy::start(upstream(&server), move |request| {
+        if day_of(&request.body) == last {
+            let out = Command::new(BIN)
+                .args(["admin", "--url", &base, "--admin-token", ADMIN_TOKEN])
+                .args(["taxonomy", "add", "demo", "--event-property", "zz_new_column:String"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", text(&out.stderr));
+        }
+        Fault::Pass
+    });
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("x.csv");
+    let args = range_args(from, to);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.extend(["--concurrency", "1", "-o", file.to_str().unwrap()]);
+    let result = run(&mut export(&proxy.url(), &token, &args));
+    let stderr = text(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("differ") && stderr.contains("--split daily"),
+        "{stderr}"
+    );
+    assert!(!file.exists());
 }
 
 /// Starts an export whose stderr is read by a thread; the lines so far.

@@ -330,6 +330,97 @@ async fn identities_resolve_to_one_profile_per_user() {
     assert_ne!(uids[2], uids[3]);
 }
 
+/// fineport's decision "D": `common.identity` may name the profile by
+/// `df_unified_id` (any UUID form; exported lowercase, hyphenated), alone
+/// or with an external_id only, so that an event export is imported again
+/// into the same profiles. A pair that contradicts the stored identities is
+/// 40001 and stores nothing; unified ids are per service.
+async fn events_name_their_profile_by_df_unified_id() {
+    const U: &str = "0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f";
+    const V: &str = "7d1c2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let body = |identity: Value, events: Vec<Value>| json!({"common": {"identity": identity}, "events": events});
+
+    // Alone, in upper case: the profile is created with exactly that id.
+    let answer = server
+        .import(
+            &svc,
+            body(json!({"df_unified_id": U.to_uppercase()}), vec![login(1), login(2)]),
+        )
+        .await;
+    assert_eq!(answer, ok());
+    // With a free external_id: the anonymous U takes it; the external_id
+    // alone then leads to U.
+    let with_kim = body(json!({"df_unified_id": U, "external_id": "kim"}), vec![login(3)]);
+    assert_eq!(server.import(&svc, with_kim.clone()).await, ok());
+    assert_eq!(server.import(&svc, events_body("kim", vec![login(4)])).await, ok());
+    // Resent (through either path): acknowledged, stored once.
+    assert_eq!(server.import(&svc, with_kim).await, ok());
+    let resend = body(json!({"df_unified_id": U, "external_id": "kim"}), vec![login(1)]);
+    assert_eq!(server.import(&svc, resend).await, ok());
+
+    // Conflicts: 40001 with the reason, nothing stored.
+    for (identity, why) in [
+        (
+            json!({"df_unified_id": V, "external_id": "kim"}),
+            "belongs to another profile",
+        ),
+        (
+            json!({"df_unified_id": U, "external_id": "lee"}),
+            "holds another external_id",
+        ),
+    ] {
+        let answer = server.import(&svc, body(identity.clone(), vec![login(5)])).await;
+        assert_code(&answer, "40001", "VALIDATION_FAILURE");
+        let reason = answer["data"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{identity}: {answer}");
+    }
+    // Invalid identities: 40001, nothing stored.
+    for (identity, why) in [
+        (json!({"df_unified_id": "not-a-uuid"}), "must be a UUID"),
+        (json!({"df_unified_id": 7}), "must be a string"),
+        (
+            json!({"df_unified_id": U, "email": "a@x"}),
+            "may be combined only with external_id",
+        ),
+    ] {
+        let answer = server.import(&svc, body(identity.clone(), vec![login(6)])).await;
+        assert_code(&answer, "40001", "VALIDATION_FAILURE");
+        let reason = answer["data"][0]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains(why) && reason.contains("df_unified_id"),
+            "{identity}: {answer}"
+        );
+    }
+
+    let (header, rows) = export_today(&server, &svc).await;
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (cell(&header, r, "df_event_log_id"), cell(&header, r, "df_unified_id")))
+        .collect();
+    let expected: Vec<String> = (1..=4).map(event_id).collect();
+    assert_eq!(
+        got,
+        expected.iter().map(|id| (id.as_str(), U)).collect::<Vec<_>>(),
+        "events 5 and 6 were refused"
+    );
+
+    // Another service: the same U is another, unrelated profile.
+    let other = server.service(json!({"service_id": "mall"})).await;
+    let answer = server
+        .import(
+            &other,
+            body(json!({"df_unified_id": U, "external_id": "lee"}), vec![login(7)]),
+        )
+        .await;
+    assert_eq!(answer, ok());
+    let (header, rows) = export_today(&server, &other).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(cell(&header, &rows[0], "df_unified_id"), U);
+    assert_eq!(exported_ids(&server, &svc).await.len(), 4);
+}
+
 /// DFINERY requires `Content-Type: application/json`; fineport refuses a
 /// missing or other media type on both DFINERY APIs (40000 on the Import
 /// API, 400 `invalid_parameter` on the Export API), with a detail that says
@@ -514,4 +605,5 @@ backend_suite!(
     a_body_must_be_sent_as_application_json,
     a_resend_with_other_content_keeps_the_first_version,
     nul_is_refused_and_other_control_characters_are_kept,
+    events_name_their_profile_by_df_unified_id,
 );

@@ -177,6 +177,145 @@ async fn every_result_code_of_the_user_endpoints() {
     );
 }
 
+/// The profile export (`df_unified_id`, `df_external_id`, `df_name`) of
+/// any service, rows in export order.
+async fn profile_rows(server: &TestServer, svc: &Svc) -> Vec<(String, String, String)> {
+    let body = json!({"properties_condition_type": "include", "properties": ["df_name"],
+                      "identities_condition_type": "all"});
+    let resp = server
+        .export_raw(
+            &format!("/api/v1/export/userprofile?service_id={}", svc.id),
+            Some(&svc.export_token),
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    rows.iter()
+        .map(|r| {
+            let c = |name| cell(&header, r, name).to_owned();
+            (c("df_unified_id"), c("df_external_id"), c("df_name"))
+        })
+        .collect()
+}
+
+/// fineport's decision "D": `/user-profile` and `/identities` may name the
+/// profile by `df_unified_id`, alone or with an external_id only. The
+/// profile export gives the same ids back; a contradiction is 40001 and
+/// the request (all of its profiles) stores nothing; `/identities/delete`
+/// refuses it; the same id in two services is two profiles.
+async fn profiles_named_by_df_unified_id_round_trip() {
+    const U: &str = "0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f";
+    const V: &str = "7d1c2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
+    const W: &str = "11111111-2222-4333-8444-555555555555";
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let code = |v: &Value| v["code"].as_str().unwrap_or_default().to_owned();
+    let reason = |v: &Value| v["data"][0]["reason"].as_str().unwrap_or_default().to_owned();
+
+    let answer = profile(
+        &server,
+        &svc,
+        json!({"df_unified_id": U, "external_id": "x"}),
+        json!({"df_name": "Kim"}),
+        T0,
+    )
+    .await;
+    assert_eq!(answer, ok());
+    // Braced upper case names the same profile; V alone is a new anonymous one.
+    let braced = format!("{{{}}}", V.to_uppercase());
+    assert_eq!(identities(&server, &svc, json!({"df_unified_id": braced})).await, ok());
+    let expected = vec![
+        (U.to_owned(), "x".to_owned(), "Kim".to_owned()),
+        (V.to_owned(), String::new(), String::new()),
+    ];
+    assert_eq!(profile_rows(&server, &svc).await, expected);
+
+    // Conflicts: V with U's external_id, U with another external_id, and a
+    // list whose second profile conflicts (the first, new W, is not stored).
+    let conflicts = [
+        json!({"identity": {"df_unified_id": V, "external_id": "x"}, "user_properties": {"df_name": "Lee"}, "request_datetime": T0}),
+        json!({"identity": {"df_unified_id": U, "external_id": "y"}, "user_properties": {"df_name": "Lee"}, "request_datetime": T0}),
+        json!([
+            {"identity": {"df_unified_id": W, "external_id": "z"}, "user_properties": {"df_name": "Park"}, "request_datetime": T0},
+            {"identity": {"df_unified_id": W, "external_id": "x"}, "user_properties": {"df_name": "Park"}, "request_datetime": T0},
+        ]),
+    ];
+    for body in conflicts {
+        let answer = post(&server, &svc, "/api/v1/user-profile", body.clone()).await.1;
+        assert_eq!(code(&answer), "40001", "{body}: {answer}");
+        assert!(reason(&answer).contains("external_id"), "{answer}");
+    }
+    let answer = identities(&server, &svc, json!({"df_unified_id": U, "external_id": "y"})).await;
+    assert_eq!(code(&answer), "40001", "{answer}");
+    // Invalid: not a UUID, combined with another identifier, and on delete.
+    for identity in [
+        json!({"df_unified_id": "0b4e6f0c-1f3a"}),
+        json!({"df_unified_id": U, "phone_no": "010"}),
+    ] {
+        let answer = identities(&server, &svc, identity.clone()).await;
+        assert_eq!(code(&answer), "40001", "{identity}: {answer}");
+        assert!(reason(&answer).contains("df_unified_id"), "{answer}");
+        let answer = profile(&server, &svc, identity.clone(), json!({"df_name": "Choi"}), T0).await;
+        assert_eq!(code(&answer), "40001", "{identity}: {answer}");
+    }
+    let delete = json!({"identity": {"external_id": "x", "df_unified_id": U}, "request_datetime": T0});
+    let answer = post(&server, &svc, "/api/v1/identities/delete", delete).await.1;
+    assert_eq!(code(&answer), "40001", "{answer}");
+    assert_eq!(profile_rows(&server, &svc).await, expected, "nothing was stored");
+
+    // An anonymous V takes a free external_id; its events follow it.
+    let answer = profile(
+        &server,
+        &svc,
+        json!({"df_unified_id": V, "external_id": "y"}),
+        json!({"df_name": "Lee"}),
+        T0,
+    )
+    .await;
+    assert_eq!(answer, ok());
+    assert_eq!(
+        server
+            .import(
+                &svc,
+                events_body("y", vec![event(1, "df_login", "2026-11-25T01:00:00Z", json!({}))])
+            )
+            .await,
+        ok()
+    );
+    let resp = server
+        .export(
+            &svc,
+            json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"}),
+        )
+        .await;
+    let (header, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(cell(&header, &rows[0], "df_unified_id"), V);
+
+    // Another service: U there is another profile, free to hold "y".
+    let mall = server.service(json!({"service_id": "mall"})).await;
+    let answer = profile(
+        &server,
+        &mall,
+        json!({"df_unified_id": U, "external_id": "y"}),
+        json!({"df_name": "Other"}),
+        T0,
+    )
+    .await;
+    assert_eq!(answer, ok());
+    assert_eq!(
+        profile_rows(&server, &mall).await,
+        vec![(U.to_owned(), "y".to_owned(), "Other".to_owned())]
+    );
+    assert_eq!(
+        profile_rows(&server, &svc).await,
+        vec![
+            (U.to_owned(), "x".to_owned(), "Kim".to_owned()),
+            (V.to_owned(), "y".to_owned(), "Lee".to_owned()),
+        ]
+    );
+}
+
 async fn identities_merge_move_and_delete() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -519,4 +658,5 @@ backend_suite!(
     profile_export_columns_and_cells,
     audiences_select_the_users_their_rules_describe,
     both_exports_share_the_hourly_quota,
+    profiles_named_by_df_unified_id_round_trip,
 );

@@ -15,6 +15,10 @@ pub enum StoreErrorKind {
     NotFound,
     /// The thing to create exists already.
     Conflict,
+    /// The request contradicts what is stored (an identity conflict,
+    /// `crate::identity::IdentityConflict`); nothing of it was stored.
+    /// The message is the reason for the Import API's 40001.
+    Invalid,
     /// Anything else: corrupt state, a bug, a backend that is gone.
     Internal,
 }

@@ -129,8 +129,11 @@ pub trait Store: Send + Sync + 'static {
     async fn register(&self, service_id: &ServiceId, additions: &TaxonomyDoc) -> Result<(), StoreError>;
 
     /// Stores a validated batch of events, resolving its identity to a
-    /// `df_unified_id`. Atomic; idempotent by `event_log_id` within the
-    /// service; returns only once the batch is durable.
+    /// `df_unified_id` ([`identity::Staged::resolve`], a given
+    /// `df_unified_id` included). Atomic; idempotent by `event_log_id`
+    /// within the service; returns only once the batch is durable. An
+    /// identity that contradicts the stored ones is an `Invalid` error
+    /// (the Import API's 40001) and nothing is stored.
     async fn insert_events(
         &self,
         service_id: &ServiceId,
@@ -158,7 +161,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<ExportStream, StoreError>;
 
     /// Creates or updates the profile of `identity` (resolution with merge
-    /// and moves, SPEC §1). Returns its `df_unified_id`. Durable on return.
+    /// and moves, SPEC §1; a given `df_unified_id` names the profile).
+    /// Returns its `df_unified_id`. Durable on return. `Invalid` (nothing
+    /// stored) for an identity conflict.
     async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError>;
 
     /// Deletes the profile with `external_id`, its identifiers and its
@@ -167,6 +172,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies profile updates atomically: a property older (by request
     /// time) than the stored one is not overwritten. Durable on return.
+    /// `Invalid` when any update's identity conflicts; then nothing of
+    /// the request is stored.
     async fn update_profiles(&self, service_id: &ServiceId, updates: Vec<ProfileUpdate>) -> Result<(), StoreError>;
 
     /// Starts a user-profile export (one row per profile, ordered by

@@ -421,6 +421,132 @@ async fn identity_resolution_is_the_same_on_both_storages() {
     assert_eq!(on_pg, on_duck);
 }
 
+type TryUpsert<'a> =
+    Box<dyn Fn(&'static str, Identity) -> Pin<Box<dyn Future<Output = Result<String, StoreError>> + Send + 'a>> + 'a>;
+
+const U: &str = "0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f";
+const V: &str = "7d1c2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f";
+const W: &str = "11111111-2222-4333-8444-555555555555";
+
+fn by_uid(uid: &str, external_id: Option<&str>) -> Identity {
+    Identity {
+        df_unified_id: Some(Uuid::try_parse(uid).unwrap()),
+        external_id: external_id.map(Into::into),
+        ..Identity::default()
+    }
+}
+
+/// fineport's decision "D" (`df_unified_id` on the Import API) run through
+/// `upsert` on services `shop` and `mall`: each case's unified id, or
+/// `Err` for a refusal (which must be an `Invalid` error).
+async fn unified_id_cases(upsert: TryUpsert<'_>) -> Vec<Result<String, ()>> {
+    let mut out = Vec::new();
+    let mut case = |answer: Result<String, StoreError>| {
+        out.push(answer.map_err(|e| assert_eq!(e.kind, StoreErrorKind::Invalid, "{e}")));
+    };
+    // Created with exactly that id; again: the same.
+    case(upsert("shop", by_uid(U, None)).await);
+    case(upsert("shop", by_uid(U, None)).await);
+    // The anonymous U takes a free external_id, which then leads to U.
+    case(upsert("shop", by_uid(U, Some("kim"))).await);
+    case(upsert("shop", identity(Some("kim"), None, None)).await);
+    case(upsert("shop", by_uid(U, Some("kim"))).await);
+    // A new V created holding a free external_id.
+    case(upsert("shop", by_uid(V, Some("lee"))).await);
+    // Conflicts: U holds kim; kim belongs to U (V existing, W not).
+    case(upsert("shop", by_uid(U, Some("lee"))).await);
+    case(upsert("shop", by_uid(V, Some("kim"))).await);
+    case(upsert("shop", by_uid(W, Some("kim"))).await);
+    // The same U in another service: another profile, free to hold lee.
+    case(upsert("mall", by_uid(U, Some("lee"))).await);
+    case(upsert("mall", identity(Some("lee"), None, None)).await);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unified_ids_name_profiles_the_same_on_both_storages() {
+    let Some(db) = TestDb::create().await else { return };
+    let pg = db.open().await;
+    let duck = DuckDbStore::open_in_memory().unwrap();
+    for svc in [service("d"), other_service("mall")] {
+        duck.create_service(&svc, &[], &taxonomy()).await.unwrap();
+        pg.create_service(&svc, &[], &taxonomy()).await.unwrap();
+    }
+    let sid = |s: &str| ServiceId::parse(s).unwrap();
+    let on_duck = unified_id_cases(Box::new(|s, i| {
+        let duck = &duck;
+        Box::pin(async move { duck.upsert_identity(&sid(s), i).await })
+    }))
+    .await;
+    let on_pg = unified_id_cases(Box::new(|s, i| {
+        let pg = &pg;
+        Box::pin(async move { pg.upsert_identity(&sid(s), i).await })
+    }))
+    .await;
+    let ok = |uid: &str| Ok(uid.to_owned());
+    assert_eq!(
+        on_duck,
+        [
+            ok(U),
+            ok(U),
+            ok(U),
+            ok(U),
+            ok(U),
+            ok(V),
+            Err(()),
+            Err(()),
+            Err(()),
+            ok(U),
+            ok(U)
+        ]
+    );
+    assert_eq!(on_pg, on_duck);
+
+    // A batch of profile updates whose second one conflicts stores nothing.
+    let update = |identity: Identity, grade: &str| ProfileUpdate {
+        identity,
+        properties: vec![("grade".into(), grade.into())],
+        request_ms: 10,
+    };
+    let batch = vec![
+        update(by_uid(W, Some("park")), "gold"),
+        update(by_uid(W, Some("kim")), "gold"),
+    ];
+    let err = duck.update_profiles(&sid("shop"), batch.clone()).await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Invalid, "{err}");
+    let err = pg.update_profiles(&sid("shop"), batch).await.unwrap_err();
+    assert_eq!(err.kind, StoreErrorKind::Invalid, "{err}");
+    let batch = vec![
+        update(by_uid(U, None), "gold"),
+        update(by_uid(V, Some("lee")), "silver"),
+    ];
+    duck.update_profiles(&sid("shop"), batch.clone()).await.unwrap();
+    pg.update_profiles(&sid("shop"), batch).await.unwrap();
+
+    // The profile exports: exactly these ids, the same bytes on both.
+    for (service, expected) in [
+        (
+            "shop",
+            format!("df_external_id,df_unified_id,grade\nkim,{U},gold\nlee,{V},silver\n"),
+        ),
+        ("mall", format!("df_external_id,df_unified_id,grade\nlee,{U},\n")),
+    ] {
+        let plan = plan(true, &["grade"]);
+        let d = collect(duck.export_profiles(&sid(service), Tz::UTC, &plan, None).await.unwrap())
+            .await
+            .unwrap();
+        let p = collect(
+            pg.export_profiles(&sid(service), Tz::UTC, &plan, None, Vec::new())
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(String::from_utf8_lossy(&d.0), expected, "{service}");
+        assert_eq!(String::from_utf8_lossy(&p.0), expected, "{service}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_upserts_from_two_processes_never_split_a_user() {
     let Some(db) = TestDb::create().await else { return };

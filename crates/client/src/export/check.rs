@@ -68,6 +68,11 @@ impl CsvCheck {
         }
     }
 
+    /// Records completed so far, the header included.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
     fn record(&mut self) -> Result<(), String> {
         let width = self.ends_len;
         self.out_len = 0;

@@ -395,9 +395,7 @@ impl Run<'_> {
             let compression = self.spec.compression;
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 parts::write_atomically(&target, |out| {
-                    let mut enc = compression.writer(&mut *out)?;
-                    parts::concatenate(std::slice::from_ref(&part), &mut enc)?;
-                    enc.finish().map(drop)
+                    parts::write_parts(std::slice::from_ref(&part), compression, &mut *out).map(drop)
                 })?;
                 std::fs::remove_file(&part).with_context(|| format!("cannot remove {}", part.display()))
             })
@@ -507,7 +505,9 @@ impl Run<'_> {
                 .and_then(|j| j.get("message"))
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            if status.is_client_error() {
+            // 408 is a proxy's timeout: worth another try, unlike the
+            // Export API's own 400 and 401.
+            if status.is_client_error() && status != StatusCode::REQUEST_TIMEOUT {
                 let message = message.unwrap_or_else(|| text.trim().chars().take(300).collect());
                 return Err(ExportError::Refused {
                     label: label.to_owned(),
@@ -535,7 +535,9 @@ impl Run<'_> {
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut check = CsvCheck::default();
         let mut body = response.bytes_stream().map_err(|e| error_chain(&e));
-        let (mut rows_seen, mut bytes) = (0u64, 0u64);
+        // Rows (records the checker completed, header included) and bytes
+        // shown so far, taken back if the attempt fails.
+        let (mut records, mut bytes) = (0u64, 0u64);
         let broken = loop {
             match body.next().await {
                 None => break None,
@@ -547,10 +549,10 @@ impl Run<'_> {
                     out.write_all(&chunk)
                         .await
                         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.display()))?;
-                    let rows = chunk.iter().filter(|b| **b == b'\n').count() as u64;
-                    rows_seen += rows;
+                    let new = check.records() - records;
+                    records += new;
                     bytes += chunk.len() as u64;
-                    self.progress.add(rows, chunk.len() as u64);
+                    self.progress.add(new, chunk.len() as u64);
                 }
             }
         };
@@ -561,14 +563,12 @@ impl Run<'_> {
         let (rows, header) = match checked {
             Ok(ok) => ok,
             Err(why) => {
-                self.progress.sub(rows_seen, bytes);
+                self.progress.sub(records, bytes);
                 return Ok(Attempt::Retry(why));
             }
         };
-        // The newline count above was an estimate (quoted line breaks); the
-        // parser's count is the truth.
-        self.progress.sub(rows_seen, 0);
-        self.progress.add(rows, 0);
+        // The header is not a row.
+        self.progress.sub(1, 0);
         out.flush()
             .await
             .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", partial.display()))?;
@@ -666,7 +666,7 @@ pub async fn run(spec: &ExportSpec) -> Result<Summary, ExportError> {
             progress.unit_done();
         }
     }
-    let http = crate::http::client(None)?;
+    let http = crate::http::export_client(&spec.base_url)?;
     let run = Run {
         spec,
         http,
@@ -693,7 +693,14 @@ pub async fn run(spec: &ExportSpec) -> Result<Summary, ExportError> {
     let mut fetches = futures::stream::iter(to_fetch.into_iter().map(|(label, day)| run.unit(label, day)))
         .buffer_unordered(spec.concurrency.max(1));
     while let Some(result) = fetches.next().await {
-        summaries.push(result?);
+        match result {
+            Ok(unit) => summaries.push(unit),
+            Err(e) => {
+                drop(fetches);
+                work.remove_if_empty();
+                return Err(e);
+            }
+        }
     }
     drop(fetches);
     summaries.sort_by(|a, b| a.label.cmp(&b.label));
@@ -730,9 +737,7 @@ async fn write_output(
             let dir = work.dir.clone();
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                 parts::write_atomically(&path, |out| {
-                    let mut enc = compression.writer(&mut *out)?;
-                    parts::concatenate(&parts, &mut enc)?;
-                    enc.finish().map(drop)
+                    parts::write_parts(&parts, compression, &mut *out).map(drop)
                 })?;
                 let bytes = std::fs::metadata(&path)?.len();
                 std::fs::remove_dir_all(&dir)?;
@@ -752,10 +757,7 @@ async fn write_output(
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                 let stdout = std::io::stdout();
                 let mut lock = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-                let mut enc = compression.writer(&mut lock)?;
-                let n = parts::concatenate(&parts, &mut enc)?;
-                enc.finish()?;
-                Ok(n)
+                Ok(parts::write_parts(&parts, compression, &mut lock)?)
             })
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))??;

@@ -190,6 +190,16 @@ impl WorkDir {
         self.dir.join(if self.split { SPLIT_STATE } else { STATE })
     }
 
+    /// Removes a `<output>.parts` directory that holds nothing worth
+    /// resuming (a run refused at its first request), so a failed run
+    /// leaves no clutter. An output directory (`--split daily`) stays.
+    pub fn remove_if_empty(&self) {
+        let empty = self.state.lock().map(|s| s.done.is_empty()).unwrap_or(false);
+        if empty && !self.split && self._temp.is_none() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+
     /// What an earlier run recorded of unit `label`.
     pub fn done(&self, label: &str) -> Option<DoneUnit> {
         self.state.lock().ok()?.done.get(label).cloned()
@@ -246,6 +256,22 @@ fn temp_name(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Writes `parts` as one CSV to `out` through `compression` (see
+/// [`concatenate`]). Uncompressed, the rows go file to file through
+/// `io::copy`, which on Linux lets the kernel copy them
+/// (`copy_file_range`) when `out` is a file.
+pub fn write_parts<W: Write>(parts: &[PathBuf], compression: Compression, mut out: W) -> io::Result<u64> {
+    if compression == Compression::None {
+        let n = concatenate(parts, &mut out)?;
+        out.flush()?;
+        return Ok(n);
+    }
+    let mut enc = compression.writer(out)?;
+    let n = concatenate(parts, &mut enc)?;
+    enc.finish()?;
+    Ok(n)
+}
+
 /// Writes the parts `labels` (in this order) as one CSV to `out`: the
 /// first part's header once, then every part's rows. Returns the CSV bytes
 /// written (before compression).
@@ -287,9 +313,7 @@ mod tests {
         for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
             let path = dir.path().join(format!("out{}", compression.suffix()));
             write_atomically(&path, |out| {
-                let mut enc = compression.writer(&mut *out)?;
-                concatenate(&[a.clone(), b.clone()], &mut enc)?;
-                enc.finish().map(drop)
+                write_parts(&[a.clone(), b.clone()], compression, &mut *out).map(drop)
             })
             .unwrap();
             let raw = fs::read(&path).unwrap();

@@ -212,6 +212,8 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         report.cases.push(Case::new(case.label, run));
         headers.push(header);
     }
+    eprintln!("exporting with the client: 30 days as 30 one-day requests…");
+    report.client = Some(best_client(args.runs, &server, &export, &dir, cases[1].rows).await?);
     report.rss_peak_lifetime = peak_rss(server.pid());
     server.stop()?;
 
@@ -325,6 +327,89 @@ async fn best_export(
     }
     let header = String::from_utf8(header).context("the CSV header is not UTF-8")?;
     Ok((best.context("no export run")?, header))
+}
+
+/// `fineport export`'s engine over the 30 days (30 one-day requests, 5 at
+/// a time, each checked, then one file): its best time of `runs`; fails
+/// when the row count is not the generator's.
+async fn best_client(
+    runs: usize,
+    server: &server::Server,
+    token: &str,
+    dir: &std::path::Path,
+    rows: u64,
+) -> anyhow::Result<report::ClientRun> {
+    use fineport_client::export::{self, ExportSpec, Output, What};
+    let day = |s: &str| fineport_contract::time::parse_date(s).context("a bench date");
+    let file = dir.join("client.csv");
+    let spec = ExportSpec {
+        base_url: fineport_client::http::base_url(&server.base)?,
+        service_id: http::SERVICE_ID.to_owned(),
+        token: token.to_owned(),
+        what: What::Events {
+            events: fineport_contract::export::Selection::All,
+            properties: fineport_contract::export::Selection::All,
+            from: day(data::FIRST_DAY)?,
+            to: day(data::LAST_DAY)?,
+        },
+        timezone: Some(chrono_tz::UTC),
+        concurrency: 5,
+        per_hour: 100_000,
+        retry: fineport_client::retry::RetryPolicy::default(),
+        output: Output::File(file.clone()),
+        compression: Default::default(),
+        force: true,
+        plain: true,
+    };
+    let mut best: Option<report::ClientRun> = None;
+    for _ in 0..runs.max(1) {
+        let summary = export::run(&spec).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let got: u64 = summary.units.iter().map(|u| u.rows).sum();
+        if got != rows {
+            bail!("the client exported {got} rows, {rows} expected");
+        }
+        let _ = std::fs::remove_file(&file);
+        let raw_days = raw_days(&spec).await?;
+        let run = report::ClientRun {
+            total: summary.elapsed,
+            bytes: summary.output_bytes,
+            raw_days,
+        };
+        best = Some(match best {
+            Some(b) => report::ClientRun {
+                total: b.total.min(run.total),
+                raw_days: b.raw_days.min(run.raw_days),
+                ..b
+            },
+            None => run,
+        });
+    }
+    best.context("no client run")
+}
+
+/// The same one-day requests as the client, 5 at a time, their bodies read
+/// and dropped: what the client's checks, files and retries cost on top.
+async fn raw_days(spec: &fineport_client::export::ExportSpec) -> anyhow::Result<Duration> {
+    use futures::StreamExt;
+    let http = fineport_client::http::export_client(&spec.base_url)?;
+    let url = fineport_client::http::api_url(&spec.base_url, &["api", "v1", "export", "event"], &spec.service_id);
+    let started = Instant::now();
+    let days = spec.units().into_iter().map(|(_, day)| {
+        let request = http.post(url.clone()).bearer_auth(&spec.token).json(&spec.body(day));
+        async move {
+            let mut body = request.send().await?.error_for_status()?.bytes_stream();
+            while let Some(chunk) = body.next().await {
+                chunk?;
+            }
+            anyhow::Ok(())
+        }
+    });
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(days)
+        .buffer_unordered(spec.concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<()>>()?;
+    Ok(started.elapsed())
 }
 
 fn best_native(runs: usize, native: &Native, q: &Query<'_>, out: &std::path::Path) -> anyhow::Result<NativeRun> {

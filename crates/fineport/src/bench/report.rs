@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::http::ExportRun;
 use super::native::NativeRun;
 use super::secs;
+use fineport_client::progress::thousands;
 
 pub struct Case {
     pub label: &'static str,
@@ -24,6 +25,16 @@ impl Case {
             native_unordered: None,
         }
     }
+}
+
+/// `fineport export` over the 30 days (see `best_client`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRun {
+    pub total: Duration,
+    /// The output file's bytes.
+    pub bytes: u64,
+    /// The same one-day requests, bodies dropped (see `raw_days`).
+    pub raw_days: Duration,
 }
 
 pub struct Report {
@@ -48,6 +59,7 @@ pub struct Report {
     pub rss_after_restart: u64,
     pub rss_peak_lifetime: u64,
     pub cases: Vec<Case>,
+    pub client: Option<ClientRun>,
 }
 
 impl Report {
@@ -70,6 +82,7 @@ impl Report {
             rss_after_restart: 0,
             rss_peak_lifetime: 0,
             cases: Vec::new(),
+            client: None,
         }
     }
 
@@ -85,6 +98,7 @@ impl Report {
             machine()
         );
         self.render_exports(&mut s);
+        self.render_client(&mut s);
         self.render_latency_memory(&mut s);
         self.render_import(&mut s);
         s
@@ -145,6 +159,24 @@ impl Report {
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
+        );
+    }
+
+    fn render_client(&self, s: &mut String) {
+        let (Some(client), Some(one)) = (self.client, self.cases.get(1)) else {
+            return;
+        };
+        let (c, o, r) = (secs(client.total), secs(one.run.total), secs(client.raw_days));
+        let _ = writeln!(
+            s,
+            "### The client (`fineport export`: 30 one-day requests, 5 at a time, each checked whole, then one file with one header)\n\n\
+             | export | client: time | MB/s | the same 30 requests, bodies dropped | ratio (raw / client) | one 30-day request | ratio (one / client) |\n\
+             |---|---:|---:|---:|---:|---:|---:|\n\
+             | {} | {c:.2} s | {:.1} | {r:.2} s | {:.2}× | {o:.2} s | {:.2}× |\n",
+            one.label,
+            client.bytes as f64 / 1e6 / c,
+            r / c,
+            o / c
         );
     }
 
@@ -212,19 +244,6 @@ fn mib(bytes: u64) -> u64 {
     bytes / (1024 * 1024)
 }
 
-/// `1234567` → `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// CPU model, cores and memory, from /proc.
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -245,17 +264,4 @@ fn machine() -> String {
         })
         .map_or(0.0, |kb| kb as f64 / 1024.0 / 1024.0);
     format!("{cpu}, {cores} cores, {mem_gib:.0} GiB RAM")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(thousands(4_000_000), "4,000,000");
-    }
 }

@@ -41,7 +41,9 @@ pub fn store_outcome(e: &StoreError) -> ExportOutcome {
     match e.kind {
         StoreErrorKind::Query => ExportOutcome::QueryError,
         StoreErrorKind::Cancelled => ExportOutcome::ClientConnectionClosed,
-        StoreErrorKind::NotFound | StoreErrorKind::Conflict | StoreErrorKind::Internal => ExportOutcome::UnknownError,
+        StoreErrorKind::NotFound | StoreErrorKind::Conflict | StoreErrorKind::Invalid | StoreErrorKind::Internal => {
+            ExportOutcome::UnknownError
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! (40000: unreadable, not sent as `Content-Type: application/json`, or not
 //! JSON) → contents (40402, 40001) → per-minute limit (40401) → store.
 //! Invalid requests use no quota. 20000 is answered only after the store
-//! has committed the batch. A request refused before its body was read
+//! has committed the batch. A request the store refuses because it
+//! contradicts stored state (an identity conflict: `StoreErrorKind::Invalid`)
+//! is 40001 with the store's reason, and stored nothing. A request refused before its body was read
 //! (40101, 40201) has the body read and discarded first, so that its
 //! keep-alive connection stays usable.
 
@@ -16,7 +18,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fineport_contract::import::{response_body, validate_events, ImportCode, ImportProblem, ImportRejection};
-use fineport_store::{Limits, RequestLogEntry, TokenKind};
+use fineport_store::{Limits, RequestLogEntry, StoreErrorKind, TokenKind};
 
 use crate::catalog::{CatalogError, ServiceView};
 use crate::export::error::rate_headers;
@@ -356,11 +358,17 @@ async fn import(
             retry_after_secs: None,
         },
         Err(e) => {
-            tracing::error!(error = %e, endpoint = endpoint.path(), "import failed");
+            // Refused or failed: the request uses no quota.
             state
                 .limiter
                 .give_back(&service_id, endpoint.counter(), units, &rate)
                 .await;
+            if e.kind == StoreErrorKind::Invalid {
+                // It contradicts what is stored (an identity conflict):
+                // a content rule, and nothing was stored.
+                return ImportAnswer::new(ImportCode::ValidationFailure, e.message);
+            }
+            tracing::error!(error = %e, endpoint = endpoint.path(), "import failed");
             ImportAnswer::new(
                 ImportCode::InternalServerError,
                 "the request could not be stored; nothing was stored",

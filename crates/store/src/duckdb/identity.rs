@@ -77,8 +77,13 @@ impl Identities {
 
     /// Resolves `identity` to a unified id (see
     /// [`identity::Staged::resolve`]), staging any profile or identifier it
-    /// creates or changes.
-    pub fn resolve(&self, staged: &mut Staged, service: &str, identity: &Identity) -> String {
+    /// creates or changes; a conflict stages nothing.
+    pub fn resolve(
+        &self,
+        staged: &mut Staged,
+        service: &str,
+        identity: &Identity,
+    ) -> Result<String, identity::IdentityConflict> {
         staged
             .services
             .entry(service.to_owned())

@@ -12,7 +12,10 @@
 //! twice.
 //!
 //! A record is `[length u32][crc32 u32][payload]`, little-endian; the
-//! payload is the validated batch in the compact encoding below. A record
+//! payload is the validated batch in the compact encoding below; an
+//! identity's `df_unified_id` follows the events as `[1][16 bytes]`, and
+//! is absent (no byte at all) when the identity has none, so records
+//! without one are the bytes earlier versions wrote and read. A record
 //! cut short by a crash fails its length or checksum, and it and anything
 //! after it are dropped: it was never acknowledged.
 
@@ -154,6 +157,10 @@ pub(crate) fn record(out: &mut Vec<u8>, service_id: &str, received_at_ms: i64, b
         for item in &event.items {
             w.map(item);
         }
+    }
+    if let Some(uid) = &id.df_unified_id {
+        w.0.push(1);
+        w.0.extend_from_slice(uid.as_bytes());
     }
     let payload_len = out.len() - start - 8;
     let crc = crc32fast::hash(&out[start + 8..]);
@@ -318,7 +325,8 @@ fn decode(payload: &[u8]) -> Option<LoggedBatch> {
     let mut r = Reader(payload);
     let service_id = ServiceId::parse(&r.str()?).ok()?;
     let received_at_ms = r.i64()?;
-    let identity = Identity {
+    let mut identity = Identity {
+        df_unified_id: None,
         external_id: r.opt_str()?,
         email: r.opt_str()?,
         phone_no: r.opt_str()?,
@@ -334,6 +342,12 @@ fn decode(payload: &[u8]) -> Option<LoggedBatch> {
             items: r.list(Reader::map)?,
         })
     })?;
+    if !r.0.is_empty() {
+        match r.u8()? {
+            1 => identity.df_unified_id = Some(Uuid::from_slice(r.take(16)?).ok()?),
+            _ => return None,
+        }
+    }
     if !r.0.is_empty() {
         return None;
     }
@@ -372,6 +386,7 @@ mod tests {
             received_at_ms: 1_764_000_000_000 + n as i64,
             batch: EventBatch {
                 identity: Identity {
+                    df_unified_id: None,
                     external_id: Some(format!("user{n}")),
                     email: None,
                     phone_no: Some("010".into()),
@@ -409,7 +424,12 @@ mod tests {
 
     #[test]
     fn every_value_type_survives_the_round_trip() {
-        let batches = vec![sample(1), sample(10)];
+        let mut by_uid = sample(20);
+        by_uid.batch.identity = Identity {
+            df_unified_id: Some(Uuid::from_u128(0x0b4e_6f0c_1f3a_4c33_9a53_5c8f_1b2d_3e4f)),
+            ..Identity::default()
+        };
+        let batches = vec![sample(1), sample(10), by_uid];
         let bytes = records(&batches);
         let (read, used) = read_records(&bytes).expect("read");
         assert_eq!(used, bytes.len());

@@ -500,6 +500,16 @@ impl Store for DuckDbStore {
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
+        if crate::identity::may_conflict(&batch.identity) {
+            // Checked and stored in one writer transaction, answered after
+            // its commit: a conflict must be refused, never acknowledged.
+            let batch = LoggedBatch {
+                service_id: service_id.to_owned(),
+                received_at_ms,
+                batch,
+            };
+            return self.write_with(move |state| writer::insert_now(state, &batch)).await;
+        }
         let mut record = Vec::new();
         import_log::record(&mut record, service_id, received_at_ms, &batch);
         let (reply, rx) = oneshot::channel();

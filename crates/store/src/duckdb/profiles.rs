@@ -34,10 +34,12 @@ fn resolve(
     identities: &[&Identity],
 ) -> Result<Vec<String>, StoreError> {
     let mut staged = state.pending.take().unwrap_or_default();
+    // A conflict fails the whole job: its transaction rolls back and the
+    // staged changes are dropped with `staged`.
     let uids = identities
         .iter()
         .map(|identity| state.identities.resolve(&mut staged, service_id, identity))
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     Identities::write(&state.conn, &mut staged, chrono::Utc::now().timestamp_millis())?;
     state.pending = Some(staged);
     Ok(uids)

@@ -105,6 +105,9 @@ pub(crate) struct WriterState {
     pub identities: Identities,
     /// Identity changes of the running `Exec` job, applied after its commit.
     pub pending: Option<Staged>,
+    /// Event ids the running `Exec` job inserted ([`insert_now`]), added
+    /// to [`WriterState::event_ids`] after its commit.
+    pending_event_ids: Vec<(ServiceId, Vec<u128>)>,
     /// The committed `event_log_id`s of each service that imported since
     /// the start (loaded on its first import).
     pub event_ids: HashMap<ServiceId, IdSet>,
@@ -205,6 +208,7 @@ impl WriterState {
             layouts,
             identities,
             pending: None,
+            pending_event_ids: Vec::new(),
             event_ids: HashMap::new(),
             unmoved: Vec::new(),
             unmoved_events: 0,
@@ -474,10 +478,13 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>) {
                     state.move_unmoved();
                 }
                 let result = state.transaction(work);
-                if let (Ok(()), Some(staged)) = (&result, state.pending.take()) {
-                    state.identities.apply(staged);
+                let changes = GroupChanges {
+                    identities: state.pending.take().unwrap_or_default(),
+                    event_ids: std::mem::take(&mut state.pending_event_ids),
+                };
+                if result.is_ok() {
+                    state.apply(changes);
                 }
-                state.pending = None;
                 if result.is_err() {
                     state.reload_layouts();
                 }
@@ -504,7 +511,32 @@ struct GroupChanges {
     event_ids: Vec<(ServiceId, Vec<u128>)>,
 }
 
-/// Inserts the events of `jobs` within the open transaction.
+/// Stores `batch` at once, within the open transaction of an `Exec` job,
+/// instead of through the import log: for a batch whose identity may
+/// conflict ([`crate::identity::may_conflict`]: a `df_unified_id` with an
+/// external_id), which must be refused with nothing stored rather than
+/// acknowledged and resolved later. The writer runs it after moving every
+/// batch acknowledged before it, so resolution sees them; durable once the
+/// job's transaction committed, as every `Exec` write. A conflict is an
+/// `Invalid` error and the job rolls back.
+pub(crate) fn insert_now(state: &mut WriterState, batch: &LoggedBatch) -> Result<InsertSummary, StoreError> {
+    let mut changes = GroupChanges {
+        identities: state.pending.take().unwrap_or_default(),
+        event_ids: Vec::new(),
+    };
+    let inserted = insert_batches(state, &mut changes, &[batch]);
+    state.pending = Some(changes.identities);
+    state.pending_event_ids.extend(changes.event_ids);
+    inserted?;
+    Ok(InsertSummary {
+        events: batch.batch.events.len(),
+    })
+}
+
+/// Inserts the events of `jobs` within the open transaction. Batches from
+/// the import log never conflict (they are acknowledged only when
+/// [`crate::identity::may_conflict`] is false); should one, the move fails
+/// and the batch stays in the log, never dropped.
 fn insert_batches(
     state: &mut WriterState,
     changes: &mut GroupChanges,
@@ -518,7 +550,7 @@ fn insert_batches(
                 .identities
                 .resolve(&mut changes.identities, &job.service_id, &job.batch.identity)
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut by_service: HashMap<&ServiceId, Vec<(&LoggedBatch, &str)>> = HashMap::new();
     for (job, uid) in jobs.iter().zip(&uids) {
         by_service.entry(&job.service_id).or_default().push((job, uid));

@@ -39,14 +39,18 @@ async fn lock_identities(client: &impl GenericClient, service_id: &ServiceId) ->
 
 /// Resolves `identities` (in order) within the open transaction and writes
 /// what they change: the lock, then the identifiers they name with their
-/// profiles, then the algorithm of [`crate::identity`], then its rows.
+/// profiles and the profiles they name by `df_unified_id`, then the
+/// algorithm of [`crate::identity`], then its rows. An identity conflict is
+/// an `Invalid` error, before anything is written (the caller's
+/// transaction rolls back on drop).
 async fn resolve(
     client: &impl GenericClient,
     service_id: &ServiceId,
     identities: &[&Identity],
 ) -> Result<Vec<String>, StoreError> {
     lock_identities(client, service_id).await?;
-    let (kinds, values): (Vec<&str>, Vec<&str>) = IdentityMap::needed(identities.iter().copied()).into_iter().unzip();
+    let needed = IdentityMap::needed(identities.iter().copied());
+    let (kinds, values): (Vec<&str>, Vec<&str>) = needed.identifiers.into_iter().unzip();
     let rows = client
         .query(
             "SELECT i.kind, i.value, i.unified_id, p.unified_id IS NOT NULL, p.external_id \
@@ -68,11 +72,23 @@ async fn resolve(
             return Err(StoreError::internal(format!("unknown identifier kind {kind:?}")));
         }
     }
+    if !needed.unified_ids.is_empty() {
+        let rows = client
+            .query(
+                "SELECT unified_id, external_id FROM profiles WHERE service_id = $1 AND unified_id = ANY($2::text[])",
+                &[&service_id.as_str(), &needed.unified_ids],
+            )
+            .await
+            .map_err(pg_error)?;
+        for row in rows {
+            committed.insert_profile(row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?);
+        }
+    }
     let mut staged = Staged::default();
     let uids = identities
         .iter()
         .map(|identity| staged.resolve(&committed, identity))
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     write_changes(client, service_id, staged.take_changes()).await?;
     Ok(uids)
 }
