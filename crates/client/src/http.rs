@@ -45,6 +45,19 @@ pub fn export_client(base: &Url) -> anyhow::Result<reqwest::Client> {
     builder.build().context("cannot build the HTTP client")
 }
 
+/// An error with its sources on one line (`reqwest` keeps the cause, e.g.
+/// "connection reset", in its source chain).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// What every client shares: the user agent, rustls with both root sets,
 /// a 10 s connect timeout, 120 s of silence at most, TCP keepalive.
 fn builder() -> reqwest::ClientBuilder {

@@ -128,10 +128,12 @@ async fn run_import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         (Some(path), _) => Some(read_taxonomy(path)?),
         (None, Some(token)) if needs_taxonomy => {
             let admin = AdminClient::new(&args.base_url, token)?;
-            let listing = admin
-                .taxonomy(&args.service)
-                .await
-                .with_context(|| format!("cannot read the taxonomy of service {:?} from the admin API", args.service))?;
+            let listing = admin.taxonomy(&args.service).await.with_context(|| {
+                format!(
+                    "cannot read the taxonomy of service {:?} from the admin API",
+                    args.service
+                )
+            })?;
             Some(serde_json::from_value(listing).context("the admin API's taxonomy is not in the expected shape")?)
         }
         _ => None,

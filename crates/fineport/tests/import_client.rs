@@ -94,7 +94,10 @@ fn jsonl_lands_once_and_a_rerun_stores_nothing_twice() {
             "{}",
             stderr(&out)
         );
-        assert!(!dir.path().join("events.jsonl.rejects.jsonl").exists(), "no rejects, no file");
+        assert!(
+            !dir.path().join("events.jsonl.rejects.jsonl").exists(),
+            "no rejects, no file"
+        );
         let csv = export(&server, "shop", &export_token);
         assert_eq!(csv.lines().count(), 251, "every event once after run {run}");
         for i in [0, 125, 249] {
@@ -111,7 +114,6 @@ fn jsonl_lands_once_and_a_rerun_stores_nothing_twice() {
 /// A profile export and an event export load into another service as
 /// they were: the same users (`df_unified_id`), the same typed cells.
 #[test]
-#[ignore = "needs the df_unified_id identity of branch uid on the server"]
 fn an_export_loads_back_into_another_service_as_it_was() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = serve(&dir.path().join("data"), &[]);
@@ -139,18 +141,34 @@ fn an_export_loads_back_into_another_service_as_it_was() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--admin-token"), "{}", stderr(&out));
     // A column the target lacks: a clear error naming it, nothing sent.
-    let out = import(&server, "dst", &dst_import, &["--admin-token", ADMIN_TOKEN], &[&csv_file]);
+    let out = import(
+        &server,
+        "dst",
+        &dst_import,
+        &["--admin-token", ADMIN_TOKEN],
+        &[&csv_file],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("code") && stderr(&out).contains("fineport admin taxonomy add"),
         "{}",
         stderr(&out)
     );
-    assert_eq!(export(&server, "dst", &dst_export).lines().count(), 1, "nothing was sent");
+    assert_eq!(
+        export(&server, "dst", &dst_export).lines().count(),
+        1,
+        "nothing was sent"
+    );
 
     let (ok, added) = admin(&server, &["taxonomy", "add", "dst", "--event-property", "code:String"]);
     assert!(ok, "{added}");
-    let out = import(&server, "dst", &dst_import, &["--admin-token", ADMIN_TOKEN], &[&csv_file]);
+    let out = import(
+        &server,
+        "dst",
+        &dst_import,
+        &["--admin-token", ADMIN_TOKEN],
+        &[&csv_file],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let target_csv = export(&server, "dst", &dst_export);
     assert_eq!(
@@ -158,7 +176,10 @@ fn an_export_loads_back_into_another_service_as_it_was() {
         without_server_datetime(&source_csv),
         "the same rows, users and cells"
     );
-    assert!(target_csv.contains(",0123,"), "a numeric-looking String stays a string");
+    assert!(
+        target_csv.lines().any(|l| l.split(',').any(|cell| cell == "0123")),
+        "a numeric-looking String stays a string: {target_csv}"
+    );
 
     // Profiles: the profile export loads back too.
     let profiles = |service: &str, token: &str| {
@@ -253,11 +274,18 @@ fn invalid_events_are_reported_with_the_reason_and_the_rest_stored() {
         .collect();
     by_line.sort_by_key(|r| r.0);
     assert_eq!(by_line.len(), 3, "{rejects:?}");
-    assert_eq!((by_line[0].0, &by_line[0].1, &by_line[0].2), (2, &json!(event_id(1)), &json!("40001")));
+    assert_eq!(
+        (by_line[0].0, &by_line[0].1, &by_line[0].2),
+        (2, &json!(event_id(1)), &json!("40001"))
+    );
     assert!(by_line[0].3.contains("not_registered"), "{by_line:?}");
     assert_eq!((by_line[1].0, &by_line[1].1), (4, &json!(event_id(3))));
     assert!(by_line[1].3.contains("df_total_purchase_amount"), "{by_line:?}");
-    assert_eq!((by_line[2].0, &by_line[2].2), (6, &Value::Null), "unreadable, never sent");
+    assert_eq!(
+        (by_line[2].0, &by_line[2].2),
+        (6, &Value::Null),
+        "unreadable, never sent"
+    );
     assert!(rejects.iter().all(|r| r["file"] == file.display().to_string()));
 
     let csv = export(&server, "shop", &export_token);
@@ -326,7 +354,7 @@ fn through_cut_connections_500s_50000s_and_429s_every_event_is_stored_once() {
         _ => Fault::Pass,
     });
     let file = dir.path().join("events.jsonl");
-    std::fs::write(&file, events_jsonl(1000)).expect("write");
+    std::fs::write(&file, events_jsonl(300)).expect("write");
     let out = Command::new(BIN)
         .args(["import", "--plain", "--base-url", &proxy.url(), "--service", "shop"])
         .args(["--import-token", &import_token, "--retries", "10"])
@@ -335,13 +363,16 @@ fn through_cut_connections_500s_50000s_and_429s_every_event_is_stored_once() {
         .expect("run fineport import");
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains("1,000 stored, 0 rejected"), "{err}");
-    assert!(err.contains("HTTP 500") && err.contains("50000"), "each failure is said: {err}");
+    assert!(err.contains("300 stored, 0 rejected"), "{err}");
+    assert!(
+        err.contains("HTTP 500") && err.contains("50000"),
+        "each failure is said: {err}"
+    );
     assert!(err.contains("40401"), "the 429 is waited out: {err}");
     let csv = export(&server, "shop", &export_token);
-    assert_eq!(csv.lines().count(), 1001, "every event once");
-    for i in 0..1000 {
+    assert_eq!(csv.lines().count(), 301, "every event once");
+    for i in 0..300 {
         assert_eq!(csv.matches(&event_id(i)).count(), 1, "{i}");
     }
-    assert!(proxy.requests().len() >= 10, "the faults were met");
+    assert!(proxy.requests().len() >= 5, "the faults were met");
 }

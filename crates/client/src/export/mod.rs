@@ -477,7 +477,12 @@ impl Run<'_> {
             .json(&self.spec.body(day));
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return Ok(Attempt::Retry(format!("request failed: {}", error_chain(&e)))),
+            Err(e) => {
+                return Ok(Attempt::Retry(format!(
+                    "request failed: {}",
+                    crate::http::error_chain(&e)
+                )))
+            }
         };
         let status = response.status();
         let rate = RateLimit::from_headers(response.headers());
@@ -534,7 +539,7 @@ impl Run<'_> {
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", partial.display()))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let mut check = CsvCheck::default();
-        let mut body = response.bytes_stream().map_err(|e| error_chain(&e));
+        let mut body = response.bytes_stream().map_err(|e| crate::http::error_chain(&e));
         // Rows (records the checker completed, header included) and bytes
         // shown so far, taken back if the attempt fails.
         let (mut records, mut bytes) = (0u64, 0u64);
@@ -595,18 +600,6 @@ impl Drop for RemoveOnDrop {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-/// An error with its sources, one line (`reqwest` hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Runs the export to its end: every unit fetched (or resumed), checked

@@ -91,9 +91,10 @@ impl Batcher {
         }
         let mut ready = Vec::new();
         let key = identity_key(&identity);
-        let full = self.groups.get(&key).is_some_and(|g| {
-            g.rows.len() >= MAX_EVENTS_PER_REQUEST || g.items + row.items > MAX_ITEMS_PER_REQUEST
-        });
+        let full = self
+            .groups
+            .get(&key)
+            .is_some_and(|g| g.rows.len() >= MAX_EVENTS_PER_REQUEST || g.items + row.items > MAX_ITEMS_PER_REQUEST);
         if full {
             ready.extend(self.take(&key));
         }
@@ -113,7 +114,9 @@ impl Batcher {
         self.buffered += 1;
         if self.buffered > self.bound {
             while self.buffered > self.bound / 2 {
-                let Some((seq, key)) = self.order.pop_front() else { break };
+                let Some((seq, key)) = self.order.pop_front() else {
+                    break;
+                };
                 if self.groups.get(&key).is_some_and(|g| g.seq == seq) {
                     ready.extend(self.take(&key));
                 }

@@ -31,6 +31,9 @@ use serde_json::{Map, Number, Value as Json};
 
 use super::{Kind, Origin, Parsed, Reject, Row, RowReader};
 
+/// Why a record is no row: its `event_log_id` (when it had one) and the reason.
+type Unreadable = (Option<String>, String);
+
 /// What a column becomes.
 #[derive(Debug, Clone, PartialEq)]
 enum Column {
@@ -65,7 +68,10 @@ impl<R: Read + Send> CsvReader<R> {
     /// lacks (all named, with the `fineport admin taxonomy add` that
     /// registers them).
     pub fn new(input: R, name: Arc<str>, kind: Kind, taxonomy: &TaxonomyDoc) -> anyhow::Result<CsvReader<R>> {
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(input);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .flexible(false)
+            .from_reader(input);
         let headers = reader
             .headers()
             .with_context(|| format!("{name}: cannot read the CSV header"))?
@@ -129,8 +135,10 @@ impl<R: Read + Send> CsvReader<R> {
             let flags: Vec<String> = unknown.iter().map(|(flag, n)| format!("{flag} '{n}:TYPE'")).collect();
             anyhow::bail!(
                 "{name}: {} column(s) not in the target service's taxonomy: {}. Nothing was sent.\n\
-                 hint: register them in the target with the types they have in the source \
-                 (`fineport admin taxonomy show <source service>` there), e.g.\n  \
+                 hint: register the source's taxonomy in the target:\n  \
+                 fineport admin taxonomy show <source service> > taxonomy.json   (against the source)\n  \
+                 fineport admin taxonomy add <service> --from-file taxonomy.json\n\
+                 or only these columns, with the types they have in the source:\n  \
                  fineport admin taxonomy add <service> {}",
                 names.len(),
                 names.join(", "),
@@ -155,7 +163,9 @@ impl<R: Read + Send> CsvReader<R> {
             }
             Kind::Profiles => {
                 if !has(&Column::UnifiedId) && !has(&Column::ExternalId) {
-                    anyhow::bail!("{name}: the CSV has neither df_unified_id nor df_external_id (is it a user-profile export?)");
+                    anyhow::bail!(
+                        "{name}: the CSV has neither df_unified_id nor df_external_id (is it a user-profile export?)"
+                    );
                 }
             }
         }
@@ -170,7 +180,7 @@ impl<R: Read + Send> CsvReader<R> {
     }
 
     /// One record → a row, or the reason it cannot be one.
-    fn row(&self, origin: &Origin) -> Result<(Map<String, Json>, Row), (Option<String>, String)> {
+    fn row(&self, origin: &Origin) -> Result<(Map<String, Json>, Row), Unreadable> {
         let mut unified_id = None;
         let mut external_id = None;
         let mut event_log_id = None;
@@ -247,7 +257,10 @@ impl<R: Read + Send> CsvReader<R> {
                             }
                         }
                     }
-                    body.insert("items".into(), Json::Array(items.into_iter().map(Json::Object).collect()));
+                    body.insert(
+                        "items".into(),
+                        Json::Array(items.into_iter().map(Json::Object).collect()),
+                    );
                 }
             }
             Kind::Profiles => {
@@ -275,12 +288,7 @@ fn typed(cell: &str, ty: PropertyType) -> Result<Json, String> {
     Ok(match ty {
         PropertyType::String | PropertyType::Datetime | PropertyType::Date => Json::String(cell.to_owned()),
         PropertyType::Long => Json::from(cell.parse::<i64>().map_err(|_| wrong())?),
-        PropertyType::Double => Json::Number(
-            cell.parse::<f64>()
-                .ok()
-                .and_then(Number::from_f64)
-                .ok_or_else(wrong)?,
-        ),
+        PropertyType::Double => Json::Number(cell.parse::<f64>().ok().and_then(Number::from_f64).ok_or_else(wrong)?),
         PropertyType::Boolean => match cell {
             "true" => Json::Bool(true),
             "false" => Json::Bool(false),
@@ -363,8 +371,13 @@ df_items_df_item_id,df_items_df_price,df_platform,df_server_datetime,df_total_pu
 ,v1,2026-01-01T00:00:00.000Z,2026-01-01T00:00:00.000Z,0b8f3c1e-0000-4000-8000-000000000002,,,HTTP_API,x,lots,6f1c2a4e-0b6d-4d3e-9a51-2c8e5f1b3a70,df_login,\n"
         );
         let rows = read(&csv, Kind::Events).unwrap();
-        let Parsed::Row { identity, row } = &rows[0] else { panic!("{rows:?}") };
-        assert_eq!(Json::Object(identity.clone()), json!({"df_unified_id": "6f1c2a4e-0b6d-4d3e-9a51-2c8e5f1b3a70"}));
+        let Parsed::Row { identity, row } = &rows[0] else {
+            panic!("{rows:?}")
+        };
+        assert_eq!(
+            Json::Object(identity.clone()),
+            json!({"df_unified_id": "6f1c2a4e-0b6d-4d3e-9a51-2c8e5f1b3a70"})
+        );
         assert_eq!(
             Json::Object(row.body.clone()),
             json!({"event_datetime": "2026-01-01T00:00:00.000Z", "event_log_id": "0b8f3c1e-0000-4000-8000-000000000001",
@@ -374,20 +387,33 @@ df_items_df_item_id,df_items_df_price,df_platform,df_server_datetime,df_total_pu
         );
         assert_eq!(row.items, 2);
         assert_eq!(row.origin.line, 2);
-        let Parsed::Unreadable(reject) = &rows[1] else { panic!("{rows:?}") };
+        let Parsed::Unreadable(reject) = &rows[1] else {
+            panic!("{rows:?}")
+        };
         assert!(reject.reason.contains("df_total_purchase_amount"), "{reject:?}");
-        assert_eq!(reject.event_log_id.as_deref(), Some("0b8f3c1e-0000-4000-8000-000000000002"));
+        assert_eq!(
+            reject.event_log_id.as_deref(),
+            Some("0b8f3c1e-0000-4000-8000-000000000002")
+        );
         assert_eq!(reject.line, 3);
     }
 
     #[test]
     fn unknown_columns_stop_before_anything_is_read() {
-        let err = read("df_unified_id,event_name,df_event_log_id,df_event_datetime,color,df_items_size\n", Kind::Events)
+        let err = read(
+            "df_unified_id,event_name,df_event_log_id,df_event_datetime,color,df_items_size\n",
+            Kind::Events,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("color, df_items_size"), "{err}");
+        assert!(
+            err.contains("--event-property 'color:TYPE' --item-property 'size:TYPE'"),
+            "{err}"
+        );
+        let err = read("df_unified_id,event_name\n", Kind::Events)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("color, df_items_size"), "{err}");
-        assert!(err.contains("--event-property 'color:TYPE' --item-property 'size:TYPE'"), "{err}");
-        let err = read("df_unified_id,event_name\n", Kind::Events).unwrap_err().to_string();
         assert!(err.contains("df_event_log_id"), "{err}");
     }
 
@@ -398,11 +424,16 @@ df_items_df_item_id,df_items_df_price,df_platform,df_server_datetime,df_total_pu
             Kind::Profiles,
         )
         .unwrap();
-        let Parsed::Row { row, .. } = &rows[0] else { panic!("{rows:?}") };
+        let Parsed::Row { row, .. } = &rows[0] else {
+            panic!("{rows:?}")
+        };
         assert_eq!(
             row.body["identity"],
             json!({"df_unified_id": "6f1c2a4e-0b6d-4d3e-9a51-2c8e5f1b3a70", "external_id": "kim"})
         );
-        assert_eq!(row.body["user_properties"], json!({"df_membership": "gold", "df_push_optin": true}));
+        assert_eq!(
+            row.body["user_properties"],
+            json!({"df_membership": "gold", "df_push_optin": true})
+        );
     }
 }

@@ -48,7 +48,11 @@ impl<R: BufRead> JsonlReader<R> {
         let identity = match (self.kind, object.get("identity")) {
             (_, Some(Json::Object(identity))) => identity.clone(),
             (_, other) => {
-                let what = if other.is_some() { "must be an object" } else { "is missing" };
+                let what = if other.is_some() {
+                    "must be an object"
+                } else {
+                    "is missing"
+                };
                 return Parsed::Unreadable(Reject::new(
                     &origin,
                     event_log_id,
@@ -88,7 +92,13 @@ impl<R: BufRead + Send> RowReader for JsonlReader<R> {
             match self.input.read_line(&mut self.buf) {
                 Ok(0) => return None,
                 Ok(_) => {}
-                Err(e) => return Some(Err(anyhow::anyhow!("reading {} after line {}: {e}", self.name, self.line))),
+                Err(e) => {
+                    return Some(Err(anyhow::anyhow!(
+                        "reading {} after line {}: {e}",
+                        self.name,
+                        self.line
+                    )))
+                }
             }
             self.line += 1;
             let text = self.buf.trim();
@@ -129,7 +139,9 @@ mod tests {
         let text = "{\"identity\":{\"external_id\":\"u1\"},\"event_log_id\":\"x\",\"event_name\":\"df_login\",\"items\":[{},{}]}\n\n[1]\n{\"event_name\":\"a\"}\nnot json\n";
         let rows = read(text, Kind::Events);
         assert_eq!(rows.len(), 4);
-        let Parsed::Row { identity, row } = &rows[0] else { panic!("{rows:?}") };
+        let Parsed::Row { identity, row } = &rows[0] else {
+            panic!("{rows:?}")
+        };
         assert_eq!(identity["external_id"], "u1");
         assert!(!row.body.contains_key("identity"));
         assert_eq!(row.items, 2);
@@ -146,7 +158,10 @@ mod tests {
 
     #[test]
     fn profiles_get_a_request_datetime() {
-        let rows = read("{\"identity\":{\"external_id\":\"u1\"},\"user_properties\":{}}\n", Kind::Profiles);
+        let rows = read(
+            "{\"identity\":{\"external_id\":\"u1\"},\"user_properties\":{}}\n",
+            Kind::Profiles,
+        );
         let Parsed::Row { row, .. } = &rows[0] else { panic!() };
         assert!(row.body["request_datetime"].as_str().is_some_and(|s| s.ends_with('Z')));
         assert!(row.body.contains_key("identity"), "a profile body keeps its identity");

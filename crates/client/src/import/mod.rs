@@ -280,7 +280,12 @@ impl<R: Read> Read for Counted<R> {
 /// Makes the reader of `input` (CSV readers check the header against the
 /// taxonomy here, so a column the target does not know stops the import
 /// before anything is sent).
-pub fn reader(input: &Input, kind: Kind, taxonomy: Option<&TaxonomyDoc>, counters: Arc<Counters>) -> anyhow::Result<Box<dyn RowReader>> {
+pub fn reader(
+    input: &Input,
+    kind: Kind,
+    taxonomy: Option<&TaxonomyDoc>,
+    counters: Arc<Counters>,
+) -> anyhow::Result<Box<dyn RowReader>> {
     let source = Counted {
         inner: open(input)?,
         counter: counters,
@@ -353,7 +358,14 @@ pub async fn run(options: ImportOptions) -> anyhow::Result<ImportReport> {
     drop(rx);
 
     let done = Arc::new(AtomicBool::new(false));
-    let ticker = tokio::spawn(tick(progress.clone(), counters.clone(), total_bytes, plain, options.kind, done.clone()));
+    let ticker = tokio::spawn(tick(
+        progress.clone(),
+        counters.clone(),
+        total_bytes,
+        plain,
+        options.kind,
+        done.clone(),
+    ));
 
     let mut failure = None;
     while let Some(joined) = workers.join_next().await {
@@ -428,7 +440,14 @@ fn read_all(
 }
 
 /// Moves the bar with the input read; in plain mode, a line every 10 s.
-async fn tick(progress: Arc<Progress>, counters: Arc<Counters>, total: u64, plain: bool, kind: Kind, done: Arc<AtomicBool>) {
+async fn tick(
+    progress: Arc<Progress>,
+    counters: Arc<Counters>,
+    total: u64,
+    plain: bool,
+    kind: Kind,
+    done: Arc<AtomicBool>,
+) {
     let mut last_line = Instant::now();
     while !done.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -437,7 +456,11 @@ async fn tick(progress: Arc<Progress>, counters: Arc<Counters>, total: u64, plai
         if plain && last_line.elapsed() >= Duration::from_secs(10) {
             last_line = Instant::now();
             let of = if total > 0 {
-                format!(" of {} ({:.0} %)", human_bytes(total), read as f64 * 100.0 / total as f64)
+                format!(
+                    " of {} ({:.0} %)",
+                    human_bytes(total),
+                    read as f64 * 100.0 / total as f64
+                )
             } else {
                 String::new()
             };

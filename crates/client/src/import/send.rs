@@ -222,13 +222,13 @@ impl Sender {
             .await;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return Answer::Retry(format!("request failed: {}", error_chain(&e))),
+            Err(e) => return Answer::Retry(format!("request failed: {}", crate::http::error_chain(&e))),
         };
         let status = response.status();
         let rate = RateLimit::from_headers(response.headers());
         let text = match response.text().await {
             Ok(t) => t,
-            Err(e) => return Answer::Retry(format!("reading the answer failed: {}", error_chain(&e))),
+            Err(e) => return Answer::Retry(format!("reading the answer failed: {}", crate::http::error_chain(&e))),
         };
         if status.as_u16() == 429 {
             return Answer::RateLimited(rate);
@@ -283,7 +283,10 @@ impl Sender {
                     .unwrap_or_default(),
                 detail()
             )),
-            other => Answer::Stop(format!("the server answered an unknown result code {other}: {}", detail())),
+            other => Answer::Stop(format!(
+                "the server answered an unknown result code {other}: {}",
+                detail()
+            )),
         }
     }
 }
@@ -306,18 +309,6 @@ fn problems(data: &Json) -> Vec<(Option<usize>, String)> {
         Json::String(s) => vec![(None, s.clone())],
         _ => Vec::new(),
     }
-}
-
-/// An error with its sources, `a: b: c` (reqwest's own Display hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
