@@ -55,6 +55,27 @@ fn export(base: &str, token: &str, args: &[&str]) -> Command {
     command
 }
 
+/// A fresh `serve --demo`: its data directory (kept alive by the caller),
+/// the server, the export token, and the last `days` whole days.
+fn demo(days: i64) -> (tempfile::TempDir, Server, String, (NaiveDate, NaiveDate)) {
+    let data = tempfile::tempdir().unwrap();
+    let server = serve(data.path(), &[]);
+    let token = server.demo_token("export");
+    let range = last_days(&server, days);
+    (data, server, token, range)
+}
+
+/// `fineport export` of `range` from `base` with `extra` flags: the
+/// outcome and what it said on stderr.
+fn export_range(base: &str, token: &str, (from, to): (NaiveDate, NaiveDate), extra: &[&str]) -> (Output, String) {
+    let range = range_args(from, to);
+    let mut args: Vec<&str> = range.iter().map(String::as_str).collect();
+    args.extend(extra);
+    let result = run(&mut export(base, token, &args));
+    let stderr = text(&result.stderr);
+    (result, stderr)
+}
+
 fn run(command: &mut Command) -> Output {
     command.output().expect("run fineport export")
 }
@@ -81,10 +102,7 @@ fn day_of(body: &str) -> String {
 
 #[test]
 fn an_export_through_every_fault_ends_with_the_bytes_of_one_clean_request() {
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path(), &[]);
-    let token = server.demo_token("export");
-    let (from, to) = last_days(&server, 8);
+    let (_data, server, token, (from, to)) = demo(8);
     let expected = reference(&server, &token, from, to);
     assert!(expected.len() > 100_000, "the demo has rows to cut");
 
@@ -108,11 +126,12 @@ fn an_export_through_every_fault_ends_with_the_bytes_of_one_clean_request() {
     });
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("range.csv");
-    let args = range_args(from, to);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--retries", "5", "-o", file.to_str().unwrap()]);
-    let result = run(&mut export(&proxy.url(), &token, &args));
-    let stderr = text(&result.stderr);
+    let (result, stderr) = export_range(
+        &proxy.url(),
+        &token,
+        (from, to),
+        &["--retries", "5", "-o", file.to_str().unwrap()],
+    );
     assert!(result.status.success(), "{stderr}");
     let got = std::fs::read(&file).unwrap();
     assert!(
@@ -132,10 +151,7 @@ fn an_export_through_every_fault_ends_with_the_bytes_of_one_clean_request() {
 
 #[test]
 fn a_used_up_hour_is_waited_out_without_asking_again_and_the_plan_is_said() {
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path(), &[]);
-    let token = server.demo_token("export");
-    let (from, to) = last_days(&server, 3);
+    let (_data, server, token, (from, to)) = demo(3);
     let proxy = FaultProxy::start(upstream(&server), |request| {
         if request.index == 0 {
             Fault::TooMany {
@@ -149,11 +165,12 @@ fn a_used_up_hour_is_waited_out_without_asking_again_and_the_plan_is_said() {
     });
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("x.csv");
-    let args = range_args(from, to);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--concurrency", "1", "-o", file.to_str().unwrap()]);
-    let result = run(&mut export(&proxy.url(), &token, &args));
-    let stderr = text(&result.stderr);
+    let (result, stderr) = export_range(
+        &proxy.url(),
+        &token,
+        (from, to),
+        &["--concurrency", "1", "-o", file.to_str().unwrap()],
+    );
     assert!(result.status.success(), "{stderr}");
     assert!(
         stderr.contains("3 days need 3 export calls; 0 left this hour"),
@@ -175,10 +192,7 @@ fn a_used_up_hour_is_waited_out_without_asking_again_and_the_plan_is_said() {
 
 #[test]
 fn refusals_stop_at_once_with_the_servers_detail_and_a_hint() {
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path(), &[]);
-    let token = server.demo_token("export");
-    let (from, to) = last_days(&server, 3);
+    let (_data, server, token, (from, to)) = demo(3);
     let proxy = FaultProxy::start(upstream(&server), |_| Fault::Pass);
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("x.csv");
@@ -223,10 +237,7 @@ fn refusals_stop_at_once_with_the_servers_detail_and_a_hint() {
 
 #[test]
 fn days_whose_columns_differ_cannot_share_one_header() {
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path(), &[]);
-    let token = server.demo_token("export");
-    let (from, to) = last_days(&server, 3);
+    let (_data, server, token, (from, to)) = demo(3);
     let base = server.base.clone();
     let last = to.to_string();
     // A property is registered while the export runs, before its last day.
@@ -243,11 +254,12 @@ fn days_whose_columns_differ_cannot_share_one_header() {
     });
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("x.csv");
-    let args = range_args(from, to);
-    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
-    args.extend(["--concurrency", "1", "-o", file.to_str().unwrap()]);
-    let result = run(&mut export(&proxy.url(), &token, &args));
-    let stderr = text(&result.stderr);
+    let (result, stderr) = export_range(
+        &proxy.url(),
+        &token,
+        (from, to),
+        &["--concurrency", "1", "-o", file.to_str().unwrap()],
+    );
     assert_eq!(result.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("differ") && stderr.contains("--split daily"),
@@ -292,10 +304,7 @@ fn done_days(state: &Path) -> usize {
 
 #[test]
 fn a_killed_or_interrupted_export_resumes_with_only_the_missing_days() {
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path(), &[]);
-    let token = server.demo_token("export");
-    let (from, to) = last_days(&server, 6);
+    let (_data, server, token, (from, to)) = demo(6);
     let expected = reference(&server, &token, from, to);
     let late = (from + Days::days(3)).to_string();
     // Days from the fourth on stall mid-stream: the run can only finish three.
@@ -370,10 +379,7 @@ fn gunzip(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn gzip_zstd_stdout_and_daily_files_hold_the_same_bytes_and_daily_runs_fetch_only_new_days() {
-    let data = tempfile::tempdir().unwrap();
-    let server = serve(data.path(), &[]);
-    let token = server.demo_token("export");
-    let (from, to) = last_days(&server, 4);
+    let (_data, server, token, (from, to)) = demo(4);
     let expected = reference(&server, &token, from, to);
     let out = tempfile::tempdir().unwrap();
     let range = range_args(from, to);
