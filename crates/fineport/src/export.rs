@@ -34,7 +34,8 @@ Examples:
 Interrupted or failed? Run the same command again: finished days are kept beside the
 output (<output>.parts/) and only the missing ones are fetched. The output is written
 under a temporary name and renamed, so it is never half-written.
-Exit codes: 0 done, 1 failed (days done so far are kept), 2 bad arguments, 130 interrupted.";
+Exit codes: 0 done; 1 failed or refused by the server, e.g. an unknown name (days done so far
+are kept); 2 bad arguments; 130 interrupted.";
 
 #[derive(Debug, Args)]
 #[command(after_help = EXAMPLES)]
@@ -92,7 +93,8 @@ pub struct ExportArgs {
     external_id: bool,
 
     /// Output file, `-` for stdout, or a directory with --split daily.
-    /// Default: <service>_events_<from>_<to>.csv (or _profiles.csv).
+    /// Default: <service>_events_<from>_<to>.csv, or
+    /// <service>_userprofile_<today>.csv, as the server names them.
     #[arg(short, long)]
     output: Option<String>,
     /// `daily`: one file per day in the --output directory.
@@ -142,10 +144,20 @@ async fn service_info(args: &ExportArgs) -> anyhow::Result<ServiceInfo> {
         return Ok(ServiceInfo::default());
     };
     let admin = AdminClient::new(&args.base_url, token)?;
-    let service = admin
-        .get_service(&args.service)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading service {} from the admin API failed: {e:#}", args.service))?;
+    // Best effort: the target may be DFINERY (no admin API), or the token
+    // may come from the environment for another server. The flags say the
+    // rest (--timezone; --last without a timezone is an error below).
+    let service = match admin.get_service(&args.service).await {
+        Ok(service) => service,
+        Err(e) => {
+            eprintln!(
+                "note: could not read service {} from fineport's admin API ({}); going on without its timezone, look-back and limits",
+                args.service,
+                format!("{e:#}").lines().next().unwrap_or_default()
+            );
+            return Ok(ServiceInfo::default());
+        }
+    };
     let limits = &service["limits"];
     Ok(ServiceInfo {
         timezone: service["timezone"].as_str().and_then(parse_timezone),
@@ -225,14 +237,31 @@ fn spec(args: &ExportArgs, info: ServiceInfo) -> anyhow::Result<ExportSpec> {
     };
     let default_name = || match &what {
         What::Events { from, to, .. } => format!("{}_events_{from}_{to}{}", args.service, compression.suffix()),
-        What::Profiles { .. } => format!("{}_profiles{}", args.service, compression.suffix()),
+        What::Profiles { .. } => {
+            // The server's own file name (Content-Disposition).
+            let today = today_in(timezone.unwrap_or(chrono_tz::UTC), Utc::now());
+            format!("{}_userprofile_{today}{}", args.service, compression.suffix())
+        }
     };
     let output = match (args.split, args.output.as_deref()) {
         (Split::Daily, Some("-")) => anyhow::bail!("--split daily writes files: give a directory as --output"),
         (Split::Daily, _) if args.profiles => anyhow::bail!("--split daily is for events"),
         (Split::Daily, dir) => Output::Daily(PathBuf::from(dir.unwrap_or("."))),
         (Split::None, Some("-")) => Output::Stdout,
-        (Split::None, Some(path)) => Output::File(PathBuf::from(path)),
+        (Split::None, Some(path)) => {
+            if compression != Compression::None && !path.ends_with(compression.suffix()) {
+                eprintln!(
+                    "note: {path} will hold {} data (its name does not end in {})",
+                    if compression == Compression::Gzip {
+                        "gzip"
+                    } else {
+                        "zstd"
+                    },
+                    compression.suffix()
+                );
+            }
+            Output::File(PathBuf::from(path))
+        }
         (Split::None, None) => Output::File(PathBuf::from(default_name())),
     };
     let limit = info.concurrency.unwrap_or(5);

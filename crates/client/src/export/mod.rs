@@ -154,7 +154,7 @@ impl Summary {
         ));
         if let Some(path) = &self.output {
             out.push_str(&format!(
-                "wrote {} ({})\n",
+                "wrote {} ({} on disk; the bytes above count each day with its header, uncompressed)\n",
                 path.display(),
                 human_bytes(self.output_bytes)
             ));
@@ -294,8 +294,18 @@ impl ExportSpec {
 
 /// The quota gate shared by all workers: closed until `until` when the
 /// hour is used up; `remaining` as the last answer said.
+/// The first request of a run (see [`Run::pass_gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Probe {
+    #[default]
+    NotSent,
+    InFlight,
+    Answered,
+}
+
 #[derive(Default)]
 struct Gate {
+    probe: Probe,
     until: Option<SystemTime>,
     remaining: Option<u64>,
     reset_at: Option<SystemTime>,
@@ -328,17 +338,35 @@ enum Attempt {
 
 impl Run<'_> {
     /// Waits while the gate is closed, showing why.
+    ///
+    /// The first request of a run goes alone: until it is answered, the
+    /// others wait (a few milliseconds), so a run that starts with the hour
+    /// used up learns it from one refusal instead of one per slot.
     async fn pass_gate(&self) {
         loop {
+            let probe = self.gate.lock().map(|mut g| {
+                let state = g.probe;
+                if state == Probe::NotSent {
+                    g.probe = Probe::InFlight;
+                }
+                state
+            });
+            match probe {
+                Ok(Probe::InFlight) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Ok(Probe::NotSent) => return,
+                _ => {}
+            }
             let until = self.gate.lock().ok().and_then(|g| g.until);
             let now = SystemTime::now();
             match until {
                 Some(at) if at > now => {
-                    self.progress.status(&format!(
-                        "hourly export quota used up: waiting until {} ({})",
-                        clock_utc(at),
-                        human_duration(at.duration_since(now).unwrap_or_default())
-                    ));
+                    // No countdown in the text: a plain log gets one line
+                    // per wait, not one per second.
+                    self.progress
+                        .status(&format!("hourly export quota used up: waiting until {}", clock_utc(at)));
                     tokio::time::sleep(at.duration_since(now).unwrap_or_default().min(Duration::from_secs(1))).await;
                 }
                 _ => {
@@ -346,6 +374,14 @@ impl Run<'_> {
                     return;
                 }
             }
+        }
+    }
+
+    /// The first request has its answer (after [`Run::observe`] read it):
+    /// the others may go.
+    fn answered(&self) {
+        if let Ok(mut gate) = self.gate.lock() {
+            gate.probe = Probe::Answered;
         }
     }
 
@@ -478,15 +514,17 @@ impl Run<'_> {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
+                self.answered();
                 return Ok(Attempt::Retry(format!(
                     "request failed: {}",
                     crate::http::error_chain(&e)
-                )))
+                )));
             }
         };
         let status = response.status();
         let rate = RateLimit::from_headers(response.headers());
         self.observe(&rate, status == StatusCode::TOO_MANY_REQUESTS);
+        self.answered();
         if status == StatusCode::TOO_MANY_REQUESTS {
             let now = SystemTime::now();
             let wait = rate.wait_after_refusal(now, Duration::from_secs(3700));
@@ -750,7 +788,11 @@ async fn write_output(
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                 let stdout = std::io::stdout();
                 let mut lock = std::io::BufWriter::with_capacity(1 << 20, stdout.lock());
-                Ok(parts::write_parts(&parts, compression, &mut lock)?)
+                match parts::write_parts(&parts, compression, &mut lock) {
+                    // The reader left (`| head`): what it read was whole; not an error.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(0),
+                    written => Ok(written?),
+                }
             })
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))??;
