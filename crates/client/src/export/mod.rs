@@ -333,7 +333,8 @@ enum Attempt {
     /// Transient: retry after backoff.
     Retry(String),
     /// Refused by the limits: wait this long, then try again (no retry used).
-    Wait(Duration),
+    /// `None`: the refusal said nothing about when (no rate-limit headers).
+    Wait(Option<Duration>),
 }
 
 impl Run<'_> {
@@ -479,11 +480,19 @@ impl Run<'_> {
     /// Fetches one unit into its part file, with retries.
     async fn fetch(&self, work: &WorkDir, label: &str, day: Option<NaiveDate>) -> Result<(DoneUnit, u32), ExportError> {
         let mut retries = 0;
+        // 429s in a row that did not say how long to wait grow their wait
+        // (as a retry's backoff), so a server that omits the headers is
+        // never asked once a second for an hour.
+        let mut blind_refusals = 0;
         loop {
             self.pass_gate().await;
             match self.attempt(work, label, day).await? {
                 Attempt::Done(unit) => return Ok((unit, retries)),
-                Attempt::Wait(wait) => tokio::time::sleep(wait).await,
+                Attempt::Wait(Some(wait)) => tokio::time::sleep(wait).await,
+                Attempt::Wait(None) => {
+                    blind_refusals += 1;
+                    tokio::time::sleep(self.spec.retry.backoff(blind_refusals)).await;
+                }
                 Attempt::Retry(why) => {
                     if retries >= self.spec.retry.max_retries {
                         return Err(ExportError::GaveUp {
@@ -535,9 +544,11 @@ impl Run<'_> {
                 ));
             }
             return Ok(Attempt::Wait(if rate.quota_used_up(now) {
-                Duration::ZERO
+                Some(Duration::ZERO)
+            } else if rate == RateLimit::default() {
+                None
             } else {
-                wait
+                Some(wait)
             }));
         }
         if !status.is_success() {

@@ -32,6 +32,8 @@ pub enum Fault {
         reset_in: Duration,
         retry_after: u64,
     },
+    /// 429 `too_many_api_requests` without any rate-limit header.
+    TooManyBare,
     /// 500 `unknown_error`.
     ServerError,
     /// 200 with an Import API `50000` body.
@@ -195,6 +197,14 @@ fn serve(
             let answer = canned(
                 "429 Too Many Requests",
                 headers,
+                r#"{"result":"fail","message":"too_many_api_requests"}"#,
+            );
+            conn.write_all(answer.as_bytes())?;
+        }
+        Fault::TooManyBare => {
+            let answer = canned(
+                "429 Too Many Requests",
+                String::new(),
                 r#"{"result":"fail","message":"too_many_api_requests"}"#,
             );
             conn.write_all(answer.as_bytes())?;
