@@ -774,8 +774,8 @@ async fn write_output(
                 .sum();
             Ok((Some(dir.clone()), bytes))
         }
-        Output::File(path) => {
-            let path = path.clone();
+        Output::File(output) => {
+            let path = output.clone();
             let dir = work.dir.clone();
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {
                 parts::write_atomically(&path, |out| {
@@ -787,13 +787,7 @@ async fn write_output(
             })
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))??;
-            Ok((
-                Some(match &spec.output {
-                    Output::File(p) => p.clone(),
-                    _ => PathBuf::new(),
-                }),
-                bytes,
-            ))
+            Ok((Some(output.clone()), bytes))
         }
         Output::Stdout => {
             let bytes = tokio::task::spawn_blocking(move || -> anyhow::Result<u64> {

@@ -181,7 +181,8 @@ fn serve(
             body.len()
         )
     };
-    match fault {
+    const TOO_MANY: &str = r#"{"result":"fail","message":"too_many_api_requests"}"#;
+    let answer = match fault {
         Fault::TooMany {
             remaining,
             reset_in,
@@ -194,38 +195,24 @@ fn serve(
             let headers = format!(
                 "X-Rate-Limit-Limit: 1H\r\nX-Rate-Limit-Remaining: {remaining}\r\nX-Rate-Limit-Reset: {reset}\r\nRetry-After: {retry_after}\r\n"
             );
-            let answer = canned(
-                "429 Too Many Requests",
-                headers,
-                r#"{"result":"fail","message":"too_many_api_requests"}"#,
-            );
-            conn.write_all(answer.as_bytes())?;
+            Some(canned("429 Too Many Requests", headers, TOO_MANY))
         }
-        Fault::TooManyBare => {
-            let answer = canned(
-                "429 Too Many Requests",
-                String::new(),
-                r#"{"result":"fail","message":"too_many_api_requests"}"#,
-            );
-            conn.write_all(answer.as_bytes())?;
-        }
-        Fault::ServerError => {
-            let answer = canned(
-                "500 Internal Server Error",
-                String::new(),
-                r#"{"result":"fail","message":"unknown_error"}"#,
-            );
-            conn.write_all(answer.as_bytes())?;
-        }
-        Fault::ImportInternalError => {
-            let answer = canned(
-                "200 OK",
-                String::new(),
-                r#"{"status":false,"code":"50000","message":"INTERNAL_SERVER_ERROR","data":null}"#,
-            );
-            conn.write_all(answer.as_bytes())?;
-        }
-        Fault::Pass | Fault::CutAfter(_) | Fault::DropFinalChunk | Fault::Delay(_) | Fault::Stall(..) => {
+        Fault::TooManyBare => Some(canned("429 Too Many Requests", String::new(), TOO_MANY)),
+        Fault::ServerError => Some(canned(
+            "500 Internal Server Error",
+            String::new(),
+            r#"{"result":"fail","message":"unknown_error"}"#,
+        )),
+        Fault::ImportInternalError => Some(canned(
+            "200 OK",
+            String::new(),
+            r#"{"status":false,"code":"50000","message":"INTERNAL_SERVER_ERROR","data":null}"#,
+        )),
+        _ => None,
+    };
+    match answer {
+        Some(answer) => conn.write_all(answer.as_bytes())?,
+        None => {
             if let Fault::Delay(d) = fault {
                 std::thread::sleep(d);
             }
