@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use crate::time;
 
 /// A taxonomy type, spelled on the wire exactly as DFINERY spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PropertyType {
     String,
     Long,
