@@ -204,7 +204,7 @@ struct LimitsPatch {
 }
 
 /// A service to create, or the settings to change (SPEC §5.2); every
-/// field optional. `export_lookback_days`: 0 (unlimited) to 3650.
+/// field optional. `export_lookback_days`: 0 (unlimited) to 36,500.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ServicePatch {
