@@ -376,26 +376,14 @@ fn check_export(csv: &str, batches: &[SentBatch]) -> Verdict {
 /// read to its proper end.
 fn export_all(base: &str, export_token: &str) -> String {
     let (from, to) = export_range();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let resp = reqwest::Client::new()
-            .post(format!("{base}/api/v1/export/event?service_id={SERVICE}"))
-            .bearer_auth(export_token)
-            .json(
-                &json!({"events_condition_type": "all", "properties_condition_type": "include",
-                          "properties": ["n"], "from_date": from, "to_date": to}),
-            )
-            .send()
-            .await
-            .expect("the export's answer");
-        let status = resp.status();
-        let text = resp.text().await.expect("the whole export, to its final chunk");
-        assert_eq!(status, 200, "{text}");
-        text
-    })
+    let (status, text) = common::post(
+        format!("{base}/api/v1/export/event?service_id={SERVICE}"),
+        ("authorization", &format!("Bearer {export_token}")),
+        json!({"events_condition_type": "all", "properties_condition_type": "include",
+               "properties": ["n"], "from_date": from, "to_date": to}),
+    );
+    assert_eq!(status, 200, "{text}");
+    text
 }
 
 /// The service the tests import into: Asia/Seoul, with the event
