@@ -114,6 +114,11 @@ impl AdminError {
     fn invalid(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
     }
+
+    /// 401 `unauthorized`.
+    pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
 }
 
 impl From<CatalogError> for AdminError {
