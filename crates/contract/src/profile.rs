@@ -326,7 +326,7 @@ pub fn plan_profile_export(raw: &Json, taxonomy: &Taxonomy) -> Result<ProfileExp
 }
 
 /// An audience (SPEC §1): a static list of external_ids or a rule.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Audience {
     #[serde(default)]
@@ -339,13 +339,13 @@ pub struct Audience {
 }
 
 /// Every condition must hold.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub all: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Condition {
     /// Performed `event` at least `min_count` times between the two
@@ -357,7 +357,25 @@ pub enum Condition {
         to_date: String,
     },
     /// User property `property` equals `equals`.
-    Property { property: String, equals: Json },
+    Property {
+        property: String,
+        #[schema(schema_with = property_value_schema)]
+        equals: Json,
+    },
+}
+
+/// In the OpenAPI document: a user property's value, as the Import API
+/// takes it (a string, number or boolean, or an array of them); the
+/// taxonomy's type of `property` decides which is valid.
+fn property_value_schema() -> utoipa::openapi::OneOfBuilder {
+    use utoipa::openapi::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let scalar = || {
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::String))
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+    };
+    scalar().item(ArrayBuilder::new().items(scalar()))
 }
 
 /// A condition checked against the taxonomy, ready for a store.

@@ -89,6 +89,21 @@ impl fmt::Display for ServiceId {
     }
 }
 
+/// In the OpenAPI document: the string [`ServiceId::parse`] accepts.
+impl utoipa::PartialSchema for ServiceId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_SERVICE_ID_LEN))
+            .pattern(Some("^[a-z0-9_]+$"))
+            .description(Some("1 to 64 lowercase ASCII letters, digits or `_`"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ServiceId {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,7 +92,7 @@ impl PropertyScope {
 }
 
 /// A named, typed property on the wire (`{"name":…,"type":…}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PropertyDef {
     pub name: String,
     #[serde(rename = "type")]
@@ -100,7 +100,7 @@ pub struct PropertyDef {
 }
 
 /// The taxonomy as the admin API shows and accepts it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaxonomyDoc {
     #[serde(default)]

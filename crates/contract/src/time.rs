@@ -45,7 +45,18 @@ fn digits(b: &[u8]) -> Option<u32> {
     })
 }
 
+/// The first and last instants a datetime may name, in UTC ms:
+/// 0001-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, the range of the
+/// canonical `yyyy-MM-ddTHH:mm:ss.SSSZ` that exports write.
+pub const FIRST_DATETIME_MS: i64 = -62_135_596_800_000;
+pub const LAST_DATETIME_MS: i64 = 253_402_300_799_999;
+
 /// Parses a wire datetime into UTC milliseconds since the epoch.
+///
+/// The instant must fall within [`FIRST_DATETIME_MS`]..=[`LAST_DATETIME_MS`]
+/// in UTC, whatever its offset: `0001-01-01T00:00:00+09:00` (in the year 0
+/// in UTC) and `9999-12-31T23:00:00-05:00` (in the year 10000) are refused,
+/// as an export could write them only as text no import reads back.
 pub fn parse_datetime(s: &str) -> Result<i64, &'static str> {
     const BAD: &str = "not a yyyy-MM-dd'T'HH:mm:ss(.SSS)Z datetime";
     let b = s.as_bytes();
@@ -88,7 +99,11 @@ pub fn parse_datetime(s: &str) -> Result<i64, &'static str> {
         _ => return Err(BAD),
     };
     let local = NaiveDateTime::new(date, time).and_utc().timestamp_millis() + millis;
-    Ok(local - offset_secs * 1000)
+    let utc = local - offset_secs * 1000;
+    if !(FIRST_DATETIME_MS..=LAST_DATETIME_MS).contains(&utc) {
+        return Err("outside 0001-01-01T00:00:00.000Z to 9999-12-31T23:59:59.999Z in UTC");
+    }
+    Ok(utc)
 }
 
 /// Today's date in `tz` at the instant `now`.
@@ -167,6 +182,26 @@ mod tests {
             "2026-11-25T00:00:00+9:00",
             "2026-11-31T00:00:00Z",
             "2026-11-25T00:00:00z",
+        ] {
+            assert!(parse_datetime(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by the property tests: an offset took the instant out of the
+    /// years 0001..9999 in UTC, and the export's canonical text of it
+    /// (`0000-12-31T00:01:00.000Z`, `10000-01-01T00:00:00.000Z`) was no
+    /// datetime the import accepts.
+    #[test]
+    fn refuses_instants_outside_the_years_1_to_9999_in_utc() {
+        assert_eq!(parse_datetime("0001-01-01T00:00:00Z"), Ok(FIRST_DATETIME_MS));
+        assert_eq!(parse_datetime("0001-01-01T09:00:00+09:00"), Ok(FIRST_DATETIME_MS));
+        assert_eq!(parse_datetime("9999-12-31T23:59:59.999Z"), Ok(LAST_DATETIME_MS));
+        assert_eq!(parse_datetime("9999-12-31T14:29:59.999-09:30"), Ok(LAST_DATETIME_MS));
+        for bad in [
+            "0001-01-01T00:00:00+23:59",
+            "0001-01-01T08:59:59.999+09:00",
+            "9999-12-31T14:30:00-09:30",
+            "9999-12-31T23:59:59.999-00:01",
         ] {
             assert!(parse_datetime(bad).is_err(), "{bad}");
         }

@@ -10,7 +10,7 @@ use serde_json::Value as Json;
 use crate::time;
 
 /// A taxonomy type, spelled on the wire exactly as DFINERY spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PropertyType {
     String,
     Long,
@@ -249,6 +249,33 @@ mod tests {
                 Ok(v) => assert_eq!(got, Ok(v), "{json} as {ty}"),
                 Err(()) => assert!(got.is_err(), "{json} as {ty} should fail, got {got:?}"),
             }
+        }
+    }
+
+    /// Found by the property tests: without serde_json's `float_roundtrip`
+    /// a body's number could be read one ULP off, so the value stored (and
+    /// exported) was not the one sent; and a long positional decimal of an
+    /// exported array cell was read back as another double.
+    #[test]
+    fn doubles_are_read_from_json_text_exactly() {
+        for text in [
+            "9.131390548646525e17",
+            "3.871555796927232e146",
+            "3.6287105548205473e-214",
+            "1.4788397910186015e-165",
+        ] {
+            let sent: f64 = text.parse().unwrap();
+            let json: Json = serde_json::from_str(text).unwrap();
+            assert_eq!(
+                Value::from_json(&json, PropertyType::Double),
+                Ok(Value::Double(sent)),
+                "{text}"
+            );
+            // The export's spelling of it, inside an array cell.
+            let mut cell = Vec::new();
+            crate::csv::push_json_array(&mut cell, &Value::DoubleArray(vec![sent]));
+            let back: Json = serde_json::from_slice(&cell).unwrap();
+            assert_eq!(back[0].as_f64(), Some(sent), "{}", String::from_utf8_lossy(&cell));
         }
     }
 

@@ -15,6 +15,7 @@ pub mod export;
 pub mod import;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod request_log;
 pub mod state;
 pub mod sync;
@@ -26,7 +27,6 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
 use axum::Router;
 use fineport_contract::export::{ExportFailure, ExportOutcome};
 use fineport_contract::import::ImportCode;
@@ -41,6 +41,8 @@ use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::catalog::Catalog;
 use crate::clock::Clock;
@@ -103,9 +105,18 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
 /// tower-http's own lines are at debug level) and is counted by route
 /// ([`metrics::track_http`]).
 pub fn router(state: SharedState) -> Router {
-    let export_api = Router::new()
-        .route(export::EVENT_ENDPOINT, post(export::export_event))
-        .route(export::PROFILE_ENDPOINT, post(export::export_userprofile))
+    api(state).0
+}
+
+/// The routes and the OpenAPI document that describes them, both built
+/// from the handlers' `#[utoipa::path]` attributes ([`openapi`]); the
+/// document is also served at [`openapi::OPENAPI_ENDPOINT`].
+pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
+    let (export_api, export_doc) = OpenApiRouter::new()
+        .routes(routes!(export::export_event))
+        .routes(routes!(export::export_userprofile))
+        .split_for_parts();
+    let export_api = export_api
         .method_not_allowed_fallback(export::method_not_allowed)
         .layer(CompressionLayer::new())
         .layer(CatchPanicLayer::custom(|_| {
@@ -115,24 +126,36 @@ pub fn router(state: SharedState) -> Router {
             ))
             .into_response()
         }));
-    let import_api = Router::new()
-        .route(import::EVENTS_ENDPOINT, post(import::events))
-        .route(import::Endpoint::Identities.path(), post(import::identities))
-        .route(
-            import::Endpoint::IdentitiesDelete.path(),
-            post(import::identities_delete),
-        )
-        .route(import::Endpoint::UserProfile.path(), post(import::user_profile))
+    let (import_api, import_doc) = OpenApiRouter::new()
+        .routes(routes!(import::events))
+        .routes(routes!(import::identities))
+        .routes(routes!(import::identities_delete))
+        .routes(routes!(import::user_profile))
+        .split_for_parts();
+    let import_api = import_api
         .method_not_allowed_fallback(import::method_not_allowed)
         .layer(CatchPanicLayer::custom(|_| {
             ImportAnswer::new(ImportCode::InternalServerError, "internal error").into_response()
         }));
-    Router::new()
+    let (admin_api, admin_doc) = admin::routes(state.clone());
+    let (operations, operations_doc) = OpenApiRouter::new()
+        .routes(routes!(health))
+        .routes(routes!(openapi::openapi_json))
+        .split_for_parts();
+    let mut doc = openapi::base();
+    for part in [export_doc, import_doc, admin_doc, operations_doc] {
+        doc.merge(part);
+    }
+    openapi::complete(&mut doc);
+    let served = openapi::Served::new(&doc);
+    let router = Router::new()
         .merge(export_api)
         .merge(import_api)
-        .merge(admin::routes(state.clone()))
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(metrics::serve_metrics))
+        .merge(admin_api)
+        .merge(operations.layer(axum::Extension(served)))
+        // TODO(issue 14): document /metrics with #[utoipa::path] and add it
+        // to ENDPOINTS in tests/openapi.rs.
+        .route("/metrics", axum::routing::get(metrics::serve_metrics))
         .fallback(admin::no_such_endpoint)
         .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_http))
@@ -142,7 +165,19 @@ pub fn router(state: SharedState) -> Router {
                 // Failures are logged where they happen, with why.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        .with_state(state)
+        .with_state(state);
+    (router, doc)
+}
+
+/// `GET /health`: `ok` while the server serves.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = openapi::OPERATIONS_TAG,
+    responses((status = 200, description = "The server is up.", body = String, content_type = "text/plain; charset=utf-8"))
+)]
+async fn health() -> &'static str {
+    "ok"
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves, then gives the

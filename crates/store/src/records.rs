@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::StoreError;
 
 /// Per-service limits (SPEC §3), each overridable through the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Limits {
     pub export_per_hour: u32,
     pub export_concurrency: u32,
@@ -32,7 +32,7 @@ impl Default for Limits {
 }
 
 /// A service (tenant) and its settings (SPEC §1 "Service").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Service {
     pub service_id: ServiceId,
     pub name: String,
@@ -96,7 +96,7 @@ pub struct ExportSummary {
 }
 
 /// One line of the request log (SPEC §5.2): never the token itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RequestLogEntry {
     pub time: DateTime<Utc>,
     #[serde(skip)]

@@ -69,6 +69,52 @@ pub fn serve_command(data: &std::path::Path, listen: &str) -> Command {
     command
 }
 
+/// Starts `fineport serve` (without the demo) on `127.0.0.1:port` over
+/// `data` with `extra` flags, its log (stderr, at `RUST_LOG=info`) appended
+/// to `log`, and waits for "listening on". `Err` with what it printed when
+/// it stopped first (it is reaped then). The same port may be given again
+/// once the previous server on it was killed: tokio listens with
+/// `SO_REUSEADDR`, so its connections in TIME_WAIT do not block the bind.
+pub fn start_server(
+    data: &std::path::Path,
+    port: u16,
+    extra: &[&str],
+    log: &std::path::Path,
+) -> Result<Server, String> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the server log");
+    let mut child = serve_command(data, &format!("127.0.0.1:{port}"))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn fineport serve");
+    match wait_until_listening(&mut child) {
+        Ok(printed) => Ok(Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            printed,
+        }),
+        Err(printed) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(printed)
+        }
+    }
+}
+
+/// Sends `signal` (`libc::SIGTERM`, `libc::SIGKILL`, …) to `child`.
+pub fn send_signal(child: &Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) with the pid of our own child, not yet reaped.
+    let sent = unsafe { libc::kill(pid, signal) };
+    assert_eq!(sent, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+}
+
 /// Starts `fineport serve --demo` on a free port and waits for "listening on".
 pub fn serve(data: &std::path::Path, extra: &[&str]) -> Server {
     let port = free_port();

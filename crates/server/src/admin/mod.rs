@@ -8,43 +8,47 @@ use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use fineport_contract::export::MAX_LOOKBACK_DAYS;
+use fineport_contract::profile::Audience;
 use fineport_contract::taxonomy::TaxonomyDoc;
 use fineport_contract::ServiceId;
-use fineport_store::{Limits, Service, TokenKind};
+use fineport_store::{Limits, RequestLogEntry, Service, TokenKind};
 use rand::Rng;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
-use serde_json::{json, Value as Json_};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::catalog::CatalogError;
 use crate::state::{bearer_token, SharedState};
 use crate::tokens;
 
-pub fn routes(state: SharedState) -> Router<SharedState> {
-    Router::new()
-        .route("/admin/v1/services", post(create_service).get(list_services))
-        .route("/admin/v1/services/{id}", get(get_service).patch(patch_service))
-        .route("/admin/v1/services/{id}/tokens/{kind}/reissue", post(reissue_token))
-        .route("/admin/v1/services/{id}/tokens/{kind}", delete(revoke_token))
-        .route("/admin/v1/services/{id}/taxonomy", get(get_taxonomy).post(add_taxonomy))
-        .route("/admin/v1/services/{id}/requests", get(requests))
-        .route(
-            "/admin/v1/services/{id}/audiences",
-            get(list_audiences).post(create_audience),
-        )
-        .route("/admin/v1/services/{id}/audiences/{aid}", delete(delete_audience))
+/// The admin API's routes and their OpenAPI operations, from the
+/// handlers' `#[utoipa::path]` attributes.
+pub fn routes(state: SharedState) -> (axum::Router<SharedState>, utoipa::openapi::OpenApi) {
+    let (router, doc) = OpenApiRouter::new()
+        .routes(routes!(create_service, list_services))
+        .routes(routes!(get_service, patch_service))
+        .routes(routes!(reissue_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(get_taxonomy, add_taxonomy))
+        .routes(routes!(requests))
+        .routes(routes!(list_audiences, create_audience))
+        .routes(routes!(delete_audience))
+        .split_for_parts();
+    let router = router
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(state, require_admin))
+        .layer(axum::middleware::from_fn_with_state(state, require_admin));
+    (router, doc)
 }
 
 /// 405 for a known admin path with another method (axum adds `Allow`).
 async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
     AdminError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        METHOD_NOT_ALLOWED,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }
@@ -54,7 +58,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
 pub async fn no_such_endpoint(method: Method, uri: Uri) -> AdminError {
     AdminError::new(
         StatusCode::NOT_FOUND,
-        "not_found",
+        NOT_FOUND,
         format!("no endpoint {method} {}", uri.path()),
     )
 }
@@ -70,7 +74,7 @@ impl<S: Send + Sync> FromRequest<S> for AdminBody {
         Bytes::from_request(request, state)
             .await
             .map(AdminBody)
-            .map_err(|e| AdminError::new(e.status(), "invalid_request", e.body_text()))
+            .map_err(|e| AdminError::new(e.status(), BAD_REQUEST, e.body_text()))
     }
 }
 
@@ -84,7 +88,7 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for AdminPa
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(v)| AdminPath(v))
-            .map_err(|e| AdminError::new(e.status(), "invalid_request", e.body_text()))
+            .map_err(|e| AdminError::new(e.status(), BAD_REQUEST, e.body_text()))
     }
 }
 
@@ -94,12 +98,36 @@ fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, AdminError> {
     serde_urlencoded::from_str(raw).map_err(|e| AdminError::invalid(format!("invalid query string {raw:?}: {e}")))
 }
 
-/// An admin API failure.
+/// The `error` codes of the admin API (SPEC §5.2).
+pub const ERROR_CODES: [&str; 6] = [
+    BAD_REQUEST,
+    UNAUTHORIZED,
+    NOT_FOUND,
+    CONFLICT,
+    METHOD_NOT_ALLOWED,
+    INTERNAL,
+];
+const BAD_REQUEST: &str = "invalid_request";
+const UNAUTHORIZED: &str = "unauthorized";
+const NOT_FOUND: &str = "not_found";
+const CONFLICT: &str = "conflict";
+const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+const INTERNAL: &str = "internal";
+
+/// An admin API failure: `status` with `{"error":<code>,"detail":…}`,
+/// the code one of [`ERROR_CODES`].
 #[derive(Debug)]
 pub struct AdminError {
     status: StatusCode,
     code: &'static str,
     detail: String,
+}
+
+/// The body of an [`AdminError`].
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'static str,
+    detail: &'a str,
 }
 
 impl AdminError {
@@ -112,7 +140,7 @@ impl AdminError {
     }
 
     fn invalid(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", detail)
+        Self::new(StatusCode::BAD_REQUEST, BAD_REQUEST, detail)
     }
 
     /// 401 `unauthorized`.
@@ -124,14 +152,14 @@ impl AdminError {
 impl From<CatalogError> for AdminError {
     fn from(e: CatalogError) -> Self {
         match e {
-            CatalogError::NotFound(what) => AdminError::new(StatusCode::NOT_FOUND, "not_found", what),
-            CatalogError::Conflict(why) => AdminError::new(StatusCode::CONFLICT, "conflict", why),
+            CatalogError::NotFound(what) => AdminError::new(StatusCode::NOT_FOUND, NOT_FOUND, what),
+            CatalogError::Conflict(why) => AdminError::new(StatusCode::CONFLICT, CONFLICT, why),
             CatalogError::Invalid(why) => AdminError::invalid(why),
             CatalogError::Store(e) => {
                 tracing::error!(error = %e, "admin change failed in the store");
                 AdminError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    INTERNAL,
                     "the store failed; nothing was changed",
                 )
             }
@@ -141,7 +169,11 @@ impl From<CatalogError> for AdminError {
 
 impl IntoResponse for AdminError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"error": self.code, "detail": self.detail}))).into_response()
+        let body = ErrorBody {
+            error: self.code,
+            detail: &self.detail,
+        };
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -153,7 +185,7 @@ async fn require_admin(State(state): State<SharedState>, request: Request, next:
         Some(t) if tokens::matches(t, &state.admin_token_hash) => next.run(request).await,
         _ => AdminError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            UNAUTHORIZED,
             "a valid admin token is required",
         )
         .into_response(),
@@ -165,7 +197,8 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::invalid(format!("invalid JSON body: {e}")))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Limits to change (SPEC §3); each at least 1.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct LimitsPatch {
     export_per_hour: Option<u32>,
@@ -175,7 +208,9 @@ struct LimitsPatch {
     profiles_per_minute: Option<u32>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// A service to create, or the settings to change (SPEC §5.2); every
+/// field optional. `export_lookback_days`: 0 (unlimited) to 36,500.
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ServicePatch {
     #[serde(default)]
@@ -248,13 +283,90 @@ fn generated_service_id() -> Result<ServiceId, AdminError> {
     let id: String = (0..10)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    ServiceId::parse(&id).map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    ServiceId::parse(&id).map_err(|e| AdminError::new(StatusCode::INTERNAL_SERVER_ERROR, INTERNAL, e.to_string()))
 }
 
-fn service_json(service: &Service) -> Json_ {
-    serde_json::to_value(service).unwrap_or(Json_::Null)
+/// Path parameters of a service's endpoints.
+const SERVICE_ID: &str = "The service's id.";
+
+/// `201` to `POST /admin/v1/services`: the service, with its two tokens,
+/// shown this once.
+#[derive(Serialize, ToSchema)]
+struct ServiceCreated {
+    #[serde(flatten)]
+    service: Service,
+    import_token: String,
+    export_token: String,
 }
 
+/// `GET /admin/v1/services`.
+#[derive(Serialize, ToSchema)]
+struct ServiceList {
+    services: Vec<Service>,
+}
+
+/// `POST …/tokens/{kind}/reissue`: the new token, shown this once, and
+/// until when the previous one still works (RFC 3339 UTC; `null` when
+/// there was none).
+#[derive(Serialize, ToSchema)]
+struct Reissued {
+    token: String,
+    #[schema(format = DateTime)]
+    previous_valid_until: Option<String>,
+}
+
+/// `DELETE …/tokens/{kind}`: how many tokens were revoked.
+#[derive(Serialize, ToSchema)]
+struct Revoked {
+    revoked: usize,
+}
+
+/// `POST …/taxonomy`: the names that were new, and the whole taxonomy.
+#[derive(Serialize, ToSchema)]
+struct TaxonomyAdded {
+    added: TaxonomyDoc,
+    taxonomy: TaxonomyDoc,
+}
+
+/// `GET …/requests`: the request log, newest first.
+#[derive(Serialize, ToSchema)]
+struct RequestList {
+    requests: Vec<RequestLogEntry>,
+}
+
+/// `GET …/audiences`.
+#[derive(Serialize, ToSchema)]
+struct AudienceList {
+    audiences: Vec<Audience>,
+}
+
+/// `DELETE …/audiences/{aid}`: the id deleted.
+#[derive(Serialize, ToSchema)]
+struct AudienceDeleted {
+    deleted: String,
+}
+
+/// A token kind in a path: `import` or `export`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // only a schema: the handler reads a string, for a 404 in the admin dialect
+enum TokenKindName {
+    #[schema(rename = "import")]
+    Import,
+    #[schema(rename = "export")]
+    Export,
+}
+
+#[utoipa::path(
+    post,
+    path = "/admin/v1/services",
+    tag = crate::openapi::ADMIN_TAG,
+    request_body(content = Option<ServicePatch>, description = "May be absent or empty: a generated id and the defaults."),
+    responses(
+        (status = 201, description = "Created.", body = ServiceCreated),
+        (status = 409, description = "`conflict`: the id exists.", body = crate::openapi::AdminErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 async fn create_service(State(state): State<SharedState>, AdminBody(body): AdminBody) -> AdminResult {
     let patch: ServicePatch = if body.is_empty() {
         ServicePatch::default()
@@ -276,15 +388,24 @@ async fn create_service(State(state): State<SharedState>, AdminBody(body): Admin
     };
     patch.apply(&mut service).map_err(AdminError::invalid)?;
     let (import_token, export_token) = state.catalog.create_service(service.clone()).await?;
-    let mut body = service_json(&service);
-    body["import_token"] = import_token.into();
-    body["export_token"] = export_token.into();
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let created = ServiceCreated {
+        service,
+        import_token,
+        export_token,
+    };
+    Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services",
+    tag = crate::openapi::ADMIN_TAG,
+    responses((status = 200, description = "Every service.", body = ServiceList)),
+    security(("admin_token" = []))
+)]
 async fn list_services(State(state): State<SharedState>) -> AdminResult {
-    let services: Vec<Json_> = state.catalog.services().iter().map(service_json).collect();
-    Ok(Json(json!({ "services": services })).into_response())
+    let services = state.catalog.services();
+    Ok(Json(ServiceList { services }).into_response())
 }
 
 fn find(state: &SharedState, id: &str) -> Result<crate::catalog::ServiceView, AdminError> {
@@ -294,10 +415,27 @@ fn find(state: &SharedState, id: &str) -> Result<crate::catalog::ServiceView, Ad
         .ok_or_else(|| CatalogError::no_service(id).into())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    responses((status = 200, description = "The service.", body = Service)),
+    security(("admin_token" = []))
+)]
 async fn get_service(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
-    Ok(Json(service_json(&find(&state, &id)?.service)).into_response())
+    Ok(Json(find(&state, &id)?.service).into_response())
 }
 
+#[utoipa::path(
+    patch,
+    path = "/admin/v1/services/{id}",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    request_body(content = ServicePatch, description = "The settings to change; `service_id`, if given, must be the same."),
+    responses((status = 200, description = "The service as changed.", body = Service)),
+    security(("admin_token" = []))
+)]
 async fn patch_service(
     State(state): State<SharedState>,
     AdminPath(id): AdminPath<ServiceId>,
@@ -308,44 +446,93 @@ async fn patch_service(
         return Err(AdminError::invalid("service_id cannot be changed"));
     }
     let service = state.catalog.update_service(&id, |s| patch.apply(s)).await?;
-    Ok(Json(service_json(&service)).into_response())
+    Ok(Json(service).into_response())
 }
 
 fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
     TokenKind::parse(kind).ok_or_else(|| {
         AdminError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            NOT_FOUND,
             format!("no token kind {kind:?}; use import or export"),
         )
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/services/{id}/tokens/{kind}/reissue",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = ServiceId, Path, description = SERVICE_ID),
+        ("kind" = inline(TokenKindName), Path, description = "Which token."),
+    ),
+    responses(
+        (status = 200, description = "The new token; the previous one works for 14 more days.", body = Reissued),
+        (status = 409, description = "`conflict`: within the cool-down after the last reissue.", body = crate::openapi::AdminErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 async fn reissue_token(
     State(state): State<SharedState>,
     AdminPath((id, kind)): AdminPath<(ServiceId, String)>,
 ) -> AdminResult {
     let kind = token_kind(&kind)?;
     let reissued = state.catalog.reissue(&id, kind, state.clock.now()).await?;
-    let until = reissued
+    let previous_valid_until = reissued
         .previous_valid_until
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    Ok(Json(json!({"token": reissued.token, "previous_valid_until": until})).into_response())
+    Ok(Json(Reissued {
+        token: reissued.token,
+        previous_valid_until,
+    })
+    .into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/services/{id}/tokens/{kind}",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = ServiceId, Path, description = SERVICE_ID),
+        ("kind" = inline(TokenKindName), Path, description = "Which token."),
+    ),
+    responses((status = 200, description = "The current and any previous token no longer work.", body = Revoked)),
+    security(("admin_token" = []))
+)]
 async fn revoke_token(
     State(state): State<SharedState>,
     AdminPath((id, kind)): AdminPath<(ServiceId, String)>,
 ) -> AdminResult {
     let kind = token_kind(&kind)?;
     let revoked = state.catalog.revoke(&id, kind, state.clock.now()).await?;
-    Ok(Json(json!({"revoked": revoked})).into_response())
+    Ok(Json(Revoked { revoked }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/taxonomy",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    responses((status = 200, description = "The registered names and types, with `df_items`.", body = TaxonomyDoc)),
+    security(("admin_token" = []))
+)]
 async fn get_taxonomy(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
     Ok(Json(find(&state, &id)?.taxonomy.to_listing()).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/services/{id}/taxonomy",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    request_body(content = TaxonomyDoc, description = "Names to register; registering a known name with its type is a no-op."),
+    responses(
+        (status = 200, description = "What was new, and the whole taxonomy.", body = TaxonomyAdded),
+        (status = 409, description = "`conflict`: a known name with another type.", body = crate::openapi::AdminErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 async fn add_taxonomy(
     State(state): State<SharedState>,
     AdminPath(id): AdminPath<ServiceId>,
@@ -353,16 +540,31 @@ async fn add_taxonomy(
 ) -> AdminResult {
     let doc: TaxonomyDoc = parse(&body)?;
     let added = state.catalog.register(&id, &doc).await?;
-    Ok(Json(json!({"added": added, "taxonomy": find(&state, &id)?.taxonomy.to_listing()})).into_response())
+    let taxonomy = find(&state, &id)?.taxonomy.to_listing();
+    Ok(Json(TaxonomyAdded { added, taxonomy }).into_response())
 }
 
-/// `?limit=N` of the request log: 1 to 10,000 (default 100).
+/// The most request-log entries one call returns.
+const MAX_REQUESTS: usize = 10_000;
+
+/// `?limit=N` of the request log: 1 to [`MAX_REQUESTS`] (default 100).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestsQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/requests",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = ServiceId, Path, description = SERVICE_ID),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first: 1 to 10,000; default 100."),
+    ),
+    responses((status = 200, description = "The request log; never a token.", body = RequestList)),
+    security(("admin_token" = []))
+)]
 async fn requests(
     State(state): State<SharedState>,
     AdminPath(id): AdminPath<ServiceId>,
@@ -371,40 +573,76 @@ async fn requests(
     let q: RequestsQuery = query(raw.as_deref())?;
     find(&state, &id)?;
     state.log.flush().await;
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let entries = state.store.recent_requests(&id, limit).await.map_err(|e| {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_REQUESTS).contains(&limit) {
+        return Err(AdminError::invalid(format!(
+            "limit must be 1 to {MAX_REQUESTS}, not {limit}"
+        )));
+    }
+    let requests = state.store.recent_requests(&id, limit).await.map_err(|e| {
         tracing::error!(error = %e, "reading the request log failed");
         AdminError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
+            INTERNAL,
             "the request log could not be read",
         )
     })?;
-    Ok(Json(json!({ "requests": entries })).into_response())
+    Ok(Json(RequestList { requests }).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/audiences",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    responses((status = 200, description = "The service's audiences.", body = AudienceList)),
+    security(("admin_token" = []))
+)]
 async fn list_audiences(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
     let audiences = state
         .catalog
         .audiences(&id)
         .ok_or_else(|| CatalogError::no_service(&id))?;
-    Ok(Json(json!({ "audiences": audiences })).into_response())
+    Ok(Json(AudienceList { audiences }).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/v1/services/{id}/audiences",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    request_body(content = Audience, description = "`external_ids` (a static list) or `rule`; `id` optional (6 lowercase letters or digits, generated when absent)."),
+    responses(
+        (status = 201, description = "Created.", body = Audience),
+        (status = 409, description = "`conflict`: the id exists.", body = crate::openapi::AdminErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
 async fn create_audience(
     State(state): State<SharedState>,
     AdminPath(id): AdminPath<ServiceId>,
     AdminBody(body): AdminBody,
 ) -> AdminResult {
-    let audience: fineport_contract::profile::Audience = parse(&body)?;
+    let audience: Audience = parse(&body)?;
     let created = state.catalog.create_audience(&id, audience).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/services/{id}/audiences/{aid}",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = ServiceId, Path, description = SERVICE_ID),
+        ("aid" = String, Path, description = "The audience's id."),
+    ),
+    responses((status = 200, description = "Deleted.", body = AudienceDeleted)),
+    security(("admin_token" = []))
+)]
 async fn delete_audience(
     State(state): State<SharedState>,
     AdminPath((id, aid)): AdminPath<(ServiceId, String)>,
 ) -> AdminResult {
     state.catalog.delete_audience(&id, &aid).await?;
-    Ok(Json(json!({"deleted": aid})).into_response())
+    Ok(Json(AudienceDeleted { deleted: aid }).into_response())
 }

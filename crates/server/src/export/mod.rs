@@ -103,7 +103,23 @@ struct ExportJob {
     start: Start,
 }
 
-/// `POST /api/v1/export/event`.
+/// `POST /api/v1/export/event` (SPEC §2.1–§2.3).
+#[utoipa::path(
+    post,
+    path = EVENT_ENDPOINT,
+    operation_id = "export_event",
+    tag = crate::openapi::EXPORT_TAG,
+    params(("service_id" = String, Query, description = "The service whose events to export.")),
+    request_body(content = crate::openapi::EventExportBody, content_type = "application/json"),
+    responses((
+        status = 200,
+        description = "The CSV, streamed: a header line, then one row per event (SPEC §2.3). A failure after the first byte ends the body without its final chunk.",
+        content_type = "text/csv; charset=utf-8",
+        body = String,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"<service>_events_<from>_<to>.csv\"`")),
+    )),
+    security(("export_token" = []))
+)]
 pub async fn export_event(
     state: State<SharedState>,
     caller: Caller,
@@ -139,7 +155,23 @@ pub async fn export_event(
     .await
 }
 
-/// `POST /api/v1/export/userprofile`.
+/// `POST /api/v1/export/userprofile` (SPEC §2.4).
+#[utoipa::path(
+    post,
+    path = PROFILE_ENDPOINT,
+    operation_id = "export_userprofile",
+    tag = crate::openapi::EXPORT_TAG,
+    params(("service_id" = String, Query, description = "The service whose profiles to export.")),
+    request_body(content = crate::openapi::ProfileExportBody, content_type = "application/json"),
+    responses((
+        status = 200,
+        description = "The CSV, streamed: a header line, then one row per profile (SPEC §2.3). A failure after the first byte ends the body without its final chunk.",
+        content_type = "text/csv; charset=utf-8",
+        body = String,
+        headers(("Content-Disposition" = String, description = "`attachment; filename=\"<service>_userprofile_<today>.csv\"`")),
+    )),
+    security(("export_token" = []))
+)]
 pub async fn export_userprofile(
     state: State<SharedState>,
     caller: Caller,

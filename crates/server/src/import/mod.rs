@@ -26,6 +26,9 @@ use crate::limits::{Counter, RateStatus};
 use crate::state::{drain_body, header_str, read_body, require_json, service_id_param, Caller, SharedState};
 
 pub const EVENTS_ENDPOINT: &str = "/api/v1/events";
+pub const IDENTITIES_ENDPOINT: &str = "/api/v1/identities";
+pub const IDENTITIES_DELETE_ENDPOINT: &str = "/api/v1/identities/delete";
+pub const USER_PROFILE_ENDPOINT: &str = "/api/v1/user-profile";
 
 /// An Import API answer: always HTTP 200, the outcome in the body.
 pub struct ImportAnswer {
@@ -120,9 +123,9 @@ impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
             Endpoint::Events => EVENTS_ENDPOINT,
-            Endpoint::Identities => "/api/v1/identities",
-            Endpoint::IdentitiesDelete => "/api/v1/identities/delete",
-            Endpoint::UserProfile => "/api/v1/user-profile",
+            Endpoint::Identities => IDENTITIES_ENDPOINT,
+            Endpoint::IdentitiesDelete => IDENTITIES_DELETE_ENDPOINT,
+            Endpoint::UserProfile => USER_PROFILE_ENDPOINT,
         }
     }
 
@@ -144,7 +147,16 @@ impl Endpoint {
     }
 }
 
-/// `POST /api/v1/events`.
+/// `POST /api/v1/events` (SPEC §4): Stores 1 to 100 events of one user, atomically.
+#[utoipa::path(
+    post,
+    path = EVENTS_ENDPOINT,
+    operation_id = "import_events",
+    tag = crate::openapi::IMPORT_TAG,
+    params(("service_id" = String, Query, description = "The service to import into.")),
+    request_body(content = crate::openapi::EventsBody, content_type = "application/json"),
+    security(("import_token" = []))
+)]
 pub async fn events(
     state: State<SharedState>,
     caller: Caller,
@@ -155,7 +167,16 @@ pub async fn events(
     handle(Endpoint::Events, state, caller, query, headers, body).await
 }
 
-/// `POST /api/v1/identities`.
+/// `POST /api/v1/identities` (SPEC §4): Creates or updates a profile from its identifiers.
+#[utoipa::path(
+    post,
+    path = IDENTITIES_ENDPOINT,
+    operation_id = "import_identities",
+    tag = crate::openapi::IMPORT_TAG,
+    params(("service_id" = String, Query, description = "The service to import into.")),
+    request_body(content = crate::openapi::IdentitiesBody, content_type = "application/json"),
+    security(("import_token" = []))
+)]
 pub async fn identities(
     state: State<SharedState>,
     caller: Caller,
@@ -166,7 +187,16 @@ pub async fn identities(
     handle(Endpoint::Identities, state, caller, query, headers, body).await
 }
 
-/// `POST /api/v1/identities/delete`.
+/// `POST /api/v1/identities/delete` (SPEC §4): Deletes a profile, its identifiers and properties, irreversibly (events stay).
+#[utoipa::path(
+    post,
+    path = IDENTITIES_DELETE_ENDPOINT,
+    operation_id = "import_identities_delete",
+    tag = crate::openapi::IMPORT_TAG,
+    params(("service_id" = String, Query, description = "The service to import into.")),
+    request_body(content = crate::openapi::IdentitiesDeleteBody, content_type = "application/json"),
+    security(("import_token" = []))
+)]
 pub async fn identities_delete(
     state: State<SharedState>,
     caller: Caller,
@@ -177,7 +207,16 @@ pub async fn identities_delete(
     handle(Endpoint::IdentitiesDelete, state, caller, query, headers, body).await
 }
 
-/// `POST /api/v1/user-profile`.
+/// `POST /api/v1/user-profile` (SPEC §4): Sets user properties; an older update never overwrites a newer one. Also takes a list of up to 100 updates.
+#[utoipa::path(
+    post,
+    path = USER_PROFILE_ENDPOINT,
+    operation_id = "import_user_profile",
+    tag = crate::openapi::IMPORT_TAG,
+    params(("service_id" = String, Query, description = "The service to import into.")),
+    request_body(content = crate::openapi::UserProfileBody, content_type = "application/json"),
+    security(("import_token" = []))
+)]
 pub async fn user_profile(
     state: State<SharedState>,
     caller: Caller,
