@@ -1,6 +1,7 @@
 //! What `fineport serve` writes to its log, as an operator sees it with
 //! `RUST_LOG=info`: one line per API request, in the request's span, with
-//! the service, route, outcome, rows and bytes; never a token or a body.
+//! its id, the service, route, outcome, rows and bytes; never a token or a
+//! body.
 //! And `/metrics` through the binary, with `FINEPORT_METRICS_TOKEN`.
 
 mod common;
@@ -8,10 +9,13 @@ mod common;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{get, post, serve_command, wait_until_listening, Server};
+use common::{get, post, post_with_headers, serve_command, wait_until_listening, Server};
 use serde_json::json;
 
 const METRICS_TOKEN: &str = "request-logs-metrics-token";
+
+/// The id the export sends in `x-request-id`.
+const EXPORT_ID: &str = "follow-this-export.1";
 
 /// A marker in the import's body, to look for in the log.
 const BODY_MARKER: &str = "log-marker-user-7f3a";
@@ -81,12 +85,17 @@ fn one_line_per_request_in_its_span_without_tokens_or_bodies() {
         .lines()
         .find_map(|l| l.trim().strip_prefix("-d '")?.strip_suffix('\'').map(str::to_owned))
         .expect("the demo's curl has a body");
-    let (status, csv) = post(
+    // The export names itself (as a proxy would), to be followed in the log.
+    let (status, headers, csv) = post_with_headers(
         format!("{}/api/v1/export/event?service_id=demo", server.base),
-        ("authorization", &format!("Bearer {export_token}")),
+        &[
+            ("authorization", &format!("Bearer {export_token}")),
+            ("x-request-id", EXPORT_ID),
+        ],
         serde_json::from_str(&body).expect("JSON body"),
     );
     assert_eq!(status, 200, "{csv}");
+    assert_eq!(headers["x-request-id"], EXPORT_ID);
     // Values may hold newlines: count records, not lines.
     let rows = csv::Reader::from_reader(csv.as_bytes()).records().count();
     assert!(rows > 100, "the demo has events in its curl's range");
@@ -94,7 +103,9 @@ fn one_line_per_request_in_its_span_without_tokens_or_bodies() {
     // Each request's line: the fields of its span, then the event.
     let line = wait_for_line(&log, &["route=/api/v1/export/event", "outcome=ok"]);
     for part in [
-        " INFO request{method=POST route=/api/v1/export/event service_id=\"demo\" outcome=ok ",
+        &format!(
+            " INFO request{{id=\"{EXPORT_ID}\" method=POST route=/api/v1/export/event service_id=\"demo\" outcome=ok "
+        ),
         &format!(" status=200 rows={rows} bytes={}}}: ", csv.len()),
         ": fineport_server::request_log: request duration_ms=",
     ] {
@@ -103,6 +114,13 @@ fn one_line_per_request_in_its_span_without_tokens_or_bodies() {
     let line = wait_for_line(&log, &["route=/api/v1/events", "outcome=ok"]);
     let part = format!(" status=200 rows=1 bytes={import_bytes}}}: ");
     assert!(line.contains(&part), "{part:?} is not in {line:?}");
+    // The import sent no id: the server made one.
+    let id = line
+        .split_once("request{id=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("no id in {line:?}"));
+    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{line:?}");
 
     // /metrics through the binary: the metrics token opens it.
     assert_eq!(get(format!("{}/metrics", server.base), None).0, 401);

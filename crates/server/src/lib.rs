@@ -101,9 +101,10 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
 
 /// The whole HTTP surface. A response whose request body was not read to
 /// its end carries `Connection: close` ([`connection::close_unless_body_read`]).
-/// Every request runs in its tracing span ([`request_log::request_span`];
-/// tower-http's own lines are at debug level) and is counted by route
-/// ([`metrics::track_http`]).
+/// Every request has an id, answered in `x-request-id`
+/// ([`request_log::RequestId`]), runs in its tracing span
+/// ([`request_log::request_span`]; tower-http's own lines are at debug
+/// level) and is counted by route ([`metrics::track_http`]).
 pub fn router(state: SharedState) -> Router {
     api(state).0
 }
@@ -141,6 +142,7 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
     let (operations, operations_doc) = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(metrics::serve_metrics))
         .split_for_parts();
     let mut doc = openapi::base();
     for part in [export_doc, import_doc, admin_doc, operations_doc] {
@@ -153,9 +155,6 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(import_api)
         .merge(admin_api)
         .merge(operations.layer(axum::Extension(served)))
-        // TODO(issue 14): document /metrics with #[utoipa::path] and add it
-        // to ENDPOINTS in tests/openapi.rs.
-        .route("/metrics", axum::routing::get(metrics::serve_metrics))
         .fallback(admin::no_such_endpoint)
         .layer(axum::middleware::from_fn(connection::close_unless_body_read))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_http))
@@ -165,6 +164,7 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
                 // Failures are logged where they happen, with why.
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        .layer(axum::middleware::from_fn(request_log::with_request_id))
         .with_state(state);
     (router, doc)
 }

@@ -11,7 +11,11 @@ use fineport_server::metrics::MetricsAccess;
 use fineport_server::Config;
 use serde_json::{json, Value};
 
-backend_suite!(every_request_is_counted_by_outcome, metrics_take_a_token_unless_public);
+backend_suite!(
+    every_request_is_counted_by_outcome,
+    an_export_is_in_flight_until_its_body_ends,
+    metrics_take_a_token_unless_public
+);
 
 /// One sample line of the text format.
 #[derive(Debug, Clone, PartialEq)]
@@ -364,6 +368,42 @@ async fn every_request_is_counted_by_outcome() {
     assert_eq!(
         metrics.value("fineport_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
         1.0
+    );
+}
+
+/// `fineport_exports_in_flight` counts an export while its body streams,
+/// and its rows and bytes land when it ends.
+async fn an_export_is_in_flight_until_its_body_ends() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "big"})).await;
+    import_big(&server, &svc, 2000).await;
+    let day = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    let by_service = [("endpoint", EXPORT), ("service_id", svc.id.as_str())];
+
+    // The client has read 64 KiB of ~20 MB and stops: the export waits.
+    let mut stalled = StalledExport::start(&server, &svc, &day).await;
+    let during = scrape(&server).await;
+    assert_eq!(during.value("fineport_exports_in_flight", &[]), 1.0);
+    assert_eq!(during.get("fineport_export_rows_total", &by_service), None);
+
+    let csv = stalled.finish().await;
+    let (_, rows) = parse_csv(&csv);
+    assert_eq!(rows.len(), 2000);
+    // The books close when the body's stream ends, just after its last byte.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let after = scrape(&server).await;
+        if after.get("fineport_export_rows_total", &by_service).is_some() {
+            break after;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the export was never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(after.value("fineport_exports_in_flight", &[]), 0.0);
+    assert_eq!(after.value("fineport_export_rows_total", &by_service), 2000.0);
+    assert_eq!(
+        after.value("fineport_export_bytes_total", &by_service),
+        csv.len() as f64
     );
 }
 

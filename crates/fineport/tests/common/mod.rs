@@ -167,20 +167,29 @@ impl Server {
 /// POSTs `body` to `url` with `token` in `header` (the Import API reads
 /// `access_token`, the Export API `Authorization: Bearer`); returns
 /// (status, body).
-pub fn post(url: String, (header, token): (&str, &str), body: serde_json::Value) -> (u16, String) {
+pub fn post(url: String, header: (&str, &str), body: serde_json::Value) -> (u16, String) {
+    let (status, _, text) = post_with_headers(url, &[header], body);
+    (status, text)
+}
+
+/// POSTs `body` as JSON with `headers`; returns (status, headers, body).
+pub fn post_with_headers(
+    url: String,
+    headers: &[(&str, &str)],
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let resp = reqwest::Client::new()
-            .post(url)
-            .header(header, token)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
-        (resp.status().as_u16(), resp.text().await.expect("body"))
+        let mut req = reqwest::Client::new().post(url).json(&body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.expect("request");
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        (status, headers, resp.text().await.expect("body"))
     })
 }
 

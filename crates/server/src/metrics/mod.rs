@@ -340,8 +340,22 @@ impl MetricsAccess {
 /// The media type of Prometheus's text format.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// The path of the metrics.
+pub const METRICS_ENDPOINT: &str = "/metrics";
+
 /// `GET /metrics`: the Prometheus text, to whom [`MetricsAccess`] allows;
 /// 401 in the admin API's error shape otherwise.
+#[utoipa::path(
+    get,
+    path = METRICS_ENDPOINT,
+    tag = crate::openapi::OPERATIONS_TAG,
+    security(("admin_token" = []), ("metrics_token" = [])),
+    responses(
+        (status = 200, description = "Every metric in Prometheus's text format (the list is in README's \"Metrics\"). \
+            With `--metrics-public`, served without a token.", body = String, content_type = TEXT_FORMAT),
+        (status = 401, description = "`unauthorized`: neither the admin token nor the metrics token.", body = crate::openapi::AdminErrorBody),
+    )
+)]
 pub async fn serve_metrics(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     if !state.config.metrics_access.allows(&headers, &state.admin_token_hash) {
         let mut response =
