@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use fineport_server::clock::SystemClock;
 use fineport_server::limits::{Limiter, MemoryLimiter, RedisLimiter, RedisLimiterOptions};
+use fineport_server::metrics::MetricsAccess;
 use fineport_server::{build_state, Config, Parts};
 use fineport_store::cluster::clickhouse::ClickHouseOptions;
 use fineport_store::cluster::{ClusterOptions, ClusterStore};
@@ -21,10 +22,17 @@ use tokio::net::TcpListener;
 /// token is generated at first start, printed once, and stored hashed.
 const ADMIN_TOKEN_ENV: &str = "FINEPORT_ADMIN_TOKEN";
 
+/// The environment variable holding a token that opens `/metrics` and
+/// nothing else, for Prometheus to hold instead of the admin token.
+const METRICS_TOKEN_ENV: &str = "FINEPORT_METRICS_TOKEN";
+
 #[derive(Debug, Args)]
 #[command(
     after_help = "The admin token comes from FINEPORT_ADMIN_TOKEN; when it is unset, one is generated \
-at first start, printed once and stored hashed in the data directory."
+at first start, printed once and stored hashed in the data directory.\n\n\
+GET /metrics (Prometheus text) takes the admin token as a bearer token, or the token in \
+FINEPORT_METRICS_TOKEN, which opens /metrics and nothing else (give that one to Prometheus); \
+--metrics-public serves it to anyone."
 )]
 pub struct ServeArgs {
     /// Address to listen on (host:port).
@@ -132,6 +140,12 @@ pub struct ServeArgs {
     #[arg(long, env = "FINEPORT_SHUTDOWN_TIMEOUT_SECS",
           default_value_t = Config::default().shutdown_timeout.as_secs())]
     shutdown_timeout_secs: u64,
+    /// Serve GET /metrics to anyone who can reach the port, without a
+    /// token: only where the port is reachable from the monitoring network
+    /// alone. By default /metrics takes the admin token or
+    /// FINEPORT_METRICS_TOKEN.
+    #[arg(long, env = "FINEPORT_METRICS_PUBLIC")]
+    metrics_public: bool,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -147,6 +161,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let store = open_store(&args).await?;
 
     let admin_token = std::env::var(ADMIN_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    let metrics_token = std::env::var(METRICS_TOKEN_ENV).ok().filter(|t| !t.trim().is_empty());
+    let metrics_access = match (args.metrics_public, metrics_token) {
+        (true, Some(_)) => {
+            anyhow::bail!(
+                "--metrics-public serves /metrics without a token: unset {METRICS_TOKEN_ENV}, or drop the flag"
+            )
+        }
+        (true, None) => MetricsAccess::Public,
+        (false, Some(token)) => MetricsAccess::Token {
+            sha256: fineport_server::tokens::hash(&token),
+        },
+        (false, None) => MetricsAccess::AdminToken,
+    };
     let parts = Parts {
         store,
         clock: Arc::new(SystemClock),
@@ -157,6 +184,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             max_connections: args.max_connections,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
             catalog_refresh_every: std::time::Duration::from_secs(args.catalog_refresh_secs),
+            metrics_access,
             token_policy: fineport_server::catalog::TokenPolicy {
                 cooldown: chrono::Duration::hours(i64::from(args.token_reissue_cooldown_hours)),
                 ..Default::default()

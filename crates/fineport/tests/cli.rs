@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{admin, post, serve, serve_command, Server};
+use common::{admin, metric, post, serve, serve_command, Server};
 
 #[test]
 fn serve_demo_then_administer_it_from_the_cli() {
@@ -152,7 +152,8 @@ fn limit_file_size(pid: u32, soft: &str) {
 /// here a file-size limit set on the running process), so they cannot be
 /// moved into the tables: every export of the service answers 500
 /// `query_error` instead of a short file. Nothing is lost: once the limit is
-/// gone, every acknowledged event is exported, once.
+/// gone, every acknowledged event is exported, once. Meanwhile `/metrics`
+/// shows them as the import log's backlog.
 #[test]
 fn exports_fail_visibly_while_a_file_size_limit_keeps_imports_out_of_the_tables() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -198,10 +199,17 @@ fn exports_fail_visibly_while_a_file_size_limit_keeps_imports_out_of_the_tables(
         let body: serde_json::Value = serde_json::from_str(&body).expect("a JSON failure body");
         assert_eq!(body["message"], "query_error", "{body}");
     }
+    assert_eq!(metric(&server, "fineport_import_log_backlog_batches"), Some(1.0));
+    assert_eq!(metric(&server, "fineport_import_log_backlog_events"), Some(100.0));
+    assert!(metric(&server, "fineport_import_log_backlog_bytes").is_some_and(|b| b > 3_000_000.0));
     limit_file_size(pid, "unlimited");
     let (status, csv) = export(&server);
     assert_eq!(status, 200, "with room again the same server stores them: {csv}");
     assert_eq!(csv.lines().count(), 101, "every acknowledged event, once");
+    for gauge in ["batches", "events", "bytes"] {
+        let name = format!("fineport_import_log_backlog_{gauge}");
+        assert_eq!(metric(&server, &name), Some(0.0), "{name}");
+    }
     let (ok, log) = admin(&server, &["requests", "shop", "--limit", "10"]);
     assert!(ok, "{log}");
     let outcomes: Vec<(u64, &str)> = log["requests"]

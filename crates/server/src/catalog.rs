@@ -265,6 +265,11 @@ impl Catalog {
         self.read().get(service_id).map(|e| e.view.clone())
     }
 
+    /// Whether `service_id` is a service (one the admin created).
+    pub fn contains(&self, service_id: &str) -> bool {
+        self.read().contains_key(service_id)
+    }
+
     pub fn services(&self) -> Vec<Service> {
         let mut list: Vec<Service> = self.read().values().map(|e| e.view.service.clone()).collect();
         list.sort_by(|a, b| a.service_id.cmp(&b.service_id));

@@ -14,6 +14,7 @@ pub mod demo;
 pub mod export;
 pub mod import;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod request_log;
 pub mod state;
@@ -39,6 +40,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -47,6 +49,8 @@ use crate::clock::Clock;
 use crate::export::error::ExportError;
 use crate::import::ImportAnswer;
 use crate::limits::Limiter;
+use crate::metrics::store::MeteredStore;
+use crate::metrics::Metrics;
 use crate::request_log::RequestLog;
 pub use crate::state::{AppState, Config, SharedState};
 
@@ -63,26 +67,30 @@ pub struct Parts {
     pub admin_token: Option<String>,
 }
 
-/// Builds the shared state. Returns the admin token when it was generated
-/// now, so the caller can print it once.
+/// Builds the shared state, with the store behind a [`MeteredStore`] so
+/// that its every call is timed. Returns the admin token when it was
+/// generated now, so the caller can print it once.
 pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), StoreError> {
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(MeteredStore::new(parts.store, metrics.clone()));
     let (admin_token_hash, generated) = match parts.admin_token {
         Some(token) => (tokens::hash(&token), None),
-        None => match parts.store.setting(ADMIN_TOKEN_KEY).await? {
+        None => match store.setting(ADMIN_TOKEN_KEY).await? {
             Some(hash) => (hash, None),
             None => {
                 let token = tokens::generate();
                 let hash = tokens::hash(&token);
-                parts.store.set_setting(ADMIN_TOKEN_KEY, &hash).await?;
+                store.set_setting(ADMIN_TOKEN_KEY, &hash).await?;
                 (hash, Some(token))
             }
         },
     };
-    let catalog = Catalog::load(parts.store.clone(), parts.config.token_policy).await?;
+    let catalog = Arc::new(Catalog::load(store.clone(), parts.config.token_policy).await?);
     let state = AppState {
-        log: RequestLog::new(parts.store.clone()),
-        store: parts.store,
+        log: RequestLog::new(store.clone(), catalog.clone(), metrics.clone()),
+        store,
         catalog,
+        metrics,
         limiter: parts.limiter,
         clock: parts.clock,
         config: parts.config,
@@ -93,6 +101,10 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
 
 /// The whole HTTP surface. A response whose request body was not read to
 /// its end carries `Connection: close` ([`connection::close_unless_body_read`]).
+/// Every request has an id, answered in `x-request-id`
+/// ([`request_log::RequestId`]), runs in its tracing span
+/// ([`request_log::request_span`]; tower-http's own lines are at debug
+/// level) and is counted by route ([`metrics::track_http`]).
 pub fn router(state: SharedState) -> Router {
     api(state).0
 }
@@ -130,6 +142,7 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
     let (operations, operations_doc) = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(openapi::openapi_json))
+        .routes(routes!(metrics::serve_metrics))
         .split_for_parts();
     let mut doc = openapi::base();
     for part in [export_doc, import_doc, admin_doc, operations_doc] {
@@ -144,6 +157,14 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(operations.layer(axum::Extension(served)))
         .fallback(admin::no_such_endpoint)
         .layer(axum::middleware::from_fn(connection::close_unless_body_read))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::track_http))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_log::request_span)
+                // Failures are logged where they happen, with why.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .layer(axum::middleware::from_fn(request_log::with_request_id))
         .with_state(state);
     (router, doc)
 }
@@ -188,6 +209,8 @@ pub async fn serve(
     // Other replicas' catalog changes, while this one serves; aborted when
     // `serve` returns or is dropped.
     let syncer = sync::spawn(state.clone());
+    // The metrics' histograms drained every second; aborted likewise.
+    let upkeep = Metrics::spawn_upkeep(state.metrics.clone());
     let app = router(state.clone());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -257,6 +280,7 @@ pub async fn serve(
     connections.shutdown().await;
     drop(syncer);
     flusher.abort();
+    drop(upkeep);
     state.log.flush().await;
     Ok(())
 }

@@ -42,6 +42,8 @@ pub const OPERATIONS_TAG: &str = "Operations";
 pub const EXPORT_TOKEN: &str = "export_token";
 pub const IMPORT_TOKEN: &str = "import_token";
 pub const ADMIN_TOKEN: &str = "admin_token";
+/// The token that opens `/metrics` alone (`FINEPORT_METRICS_TOKEN`).
+pub const METRICS_TOKEN: &str = "metrics_token";
 
 /// The document's fixed parts; the operations come from the router.
 #[derive(OpenApi)]
@@ -330,6 +332,23 @@ fn rate_limit_headers(response: &mut Response, refusal: bool) {
     }
 }
 
+/// The `X-Request-Id` header every answer carries
+/// ([`crate::request_log::RequestId`]).
+fn request_id_header(response: &mut Response) {
+    let header = HeaderBuilder::new()
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[A-Za-z0-9._-]{1,64}$")),
+        ))
+        .description(Some(
+            "The request's id in the server's log: the request's own `X-Request-Id` when it sent \
+             1 to 64 letters, digits, `-`, `_` or `.`, else one the server made.",
+        ))
+        .build();
+    response.headers.insert("X-Request-Id".into(), header.into());
+}
+
 /// Every operation of a path item, with its method.
 fn operations(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     [
@@ -375,6 +394,19 @@ pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
             HttpBuilder::new()
                 .scheme(HttpAuthScheme::Bearer)
                 .description(Some("The admin token: `Authorization: Bearer <token>` (SPEC §5.2)."))
+                .build(),
+        )
+        .into(),
+    );
+    components.security_schemes.insert(
+        METRICS_TOKEN.into(),
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The token in `FINEPORT_METRICS_TOKEN`, which opens `/metrics` and nothing else: \
+                     `Authorization: Bearer <token>`.",
+                ))
                 .build(),
         )
         .into(),
@@ -430,6 +462,11 @@ pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
                     }
                 }
                 _ => {}
+            }
+            for response in responses.values_mut() {
+                if let RefOr::T(response) = response {
+                    request_id_header(response);
+                }
             }
         }
     }

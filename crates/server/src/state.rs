@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use crate::catalog::{Catalog, TokenPolicy};
 use crate::clock::Clock;
 use crate::limits::Limiter;
+use crate::metrics::{Metrics, MetricsAccess};
 use crate::request_log::RequestLog;
 
 /// Server settings that are not about where to listen or store.
@@ -48,6 +49,8 @@ pub struct Config {
     /// change announcements, which bring each change within a second. Not
     /// used on a store only this process opens (DuckDB).
     pub catalog_refresh_every: Duration,
+    /// Who may read `/metrics` (by default: the admin token).
+    pub metrics_access: MetricsAccess,
 }
 
 impl Default for Config {
@@ -63,16 +66,20 @@ impl Default for Config {
             token_policy: TokenPolicy::default(),
             log_flush_every: Duration::from_millis(500),
             catalog_refresh_every: Duration::from_secs(10),
+            metrics_access: MetricsAccess::default(),
         }
     }
 }
 
 pub struct AppState {
+    /// The store behind [`crate::metrics::store::MeteredStore`].
     pub store: Arc<dyn Store>,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     pub limiter: Arc<dyn Limiter>,
     pub clock: Arc<dyn Clock>,
     pub log: RequestLog,
+    /// This server's metrics (`/metrics`).
+    pub metrics: Arc<Metrics>,
     pub config: Config,
     /// SHA-256 of the admin token.
     pub admin_token_hash: String,
@@ -107,12 +114,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 impl Caller {
     /// A request-log entry for this caller's request, outcome still unknown.
+    /// The `service_id` it names goes into the request's span at once, so
+    /// that every line logged while it runs says which service it is for.
     pub fn log_entry(
         &self,
         endpoint: &str,
         service_id: Option<&str>,
         time: chrono::DateTime<chrono::Utc>,
     ) -> RequestLogEntry {
+        if let Some(id) = service_id {
+            // As a string: the log escapes it (it is whatever the client sent).
+            tracing::Span::current().record("service_id", id);
+        }
         RequestLogEntry {
             time,
             service_id: service_id.unwrap_or_default().to_owned(),

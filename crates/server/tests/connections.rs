@@ -518,3 +518,47 @@ async fn shutdown_cuts_a_stalled_export_at_its_deadline() {
         .expect("request log");
     assert!(log.iter().any(|e| e.message == "client_connection_closed"), "{log:?}");
 }
+
+/// Every answer carries `x-request-id`: the client's own when it is a
+/// plain token of at most 64 characters, else one the server made, so a
+/// client cannot forge a log line's fields through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_names_its_request() {
+    let server = TestServer::start().await;
+    let id_of = |resp: &reqwest::Response| {
+        resp.headers()
+            .get("x-request-id")
+            .map(|v| v.to_str().expect("ASCII").to_owned())
+            .expect("x-request-id")
+    };
+    let made = |id: &str| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    let long = "a".repeat(65);
+    for path in ["/health", "/no/such/path", "/api/v1/export/event?service_id=none"] {
+        let send = |id: Option<&str>| {
+            let mut req = if path.starts_with("/api/") {
+                server.http.post(server.url(path)).body("{}")
+            } else {
+                server.http.get(server.url(path))
+            };
+            if let Some(id) = id {
+                req = req.header("x-request-id", id);
+            }
+            req.send()
+        };
+        let resp = send(Some("job-7.day_2026-11-25")).await.expect("request");
+        assert_eq!(id_of(&resp), "job-7.day_2026-11-25", "{path}");
+        let (first, second) = (send(None).await.expect("request"), send(None).await.expect("request"));
+        let (first, second) = (id_of(&first), id_of(&second));
+        assert!(
+            made(&first) && made(&second) && first != second,
+            "{path}: {first} {second}"
+        );
+        for forged in ["a\" outcome=ok", "a b", "", long.as_str(), "é"] {
+            let resp = send(Some(forged)).await;
+            // Some of these reqwest itself refuses to send.
+            if let Ok(resp) = resp {
+                assert!(made(&id_of(&resp)), "{path}: {forged:?} was taken");
+            }
+        }
+    }
+}

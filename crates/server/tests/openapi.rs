@@ -38,6 +38,7 @@ const ENDPOINTS: &[&str] = &[
     "DELETE /admin/v1/services/{id}/audiences/{aid}",
     "GET /health",
     "GET /openapi.json",
+    "GET /metrics",
 ];
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
@@ -79,6 +80,7 @@ async fn the_document_lists_every_endpoint() {
     assert_eq!(schemes["import_token"]["in"], "header");
     assert_eq!(schemes["import_token"]["name"], "access_token");
     assert_eq!(schemes["admin_token"]["scheme"], "bearer");
+    assert_eq!(schemes["metrics_token"]["scheme"], "bearer");
     for (name, op) in operations(&doc) {
         let security = op["security"][0]
             .as_object()
@@ -87,12 +89,19 @@ async fn the_document_lists_every_endpoint() {
             Some(vec!["export_token".to_string()])
         } else if name.contains("/api/v1/") {
             Some(vec!["import_token".to_string()])
-        } else if name.contains("/admin/") {
+        } else if name.contains("/admin/") || name == "GET /metrics" {
             Some(vec!["admin_token".to_string()])
         } else {
             None
         };
         assert_eq!(security, want, "{name}: security");
+        if name == "GET /metrics" {
+            assert_eq!(
+                op["security"][1],
+                json!({"metrics_token": []}),
+                "{name}: the second scheme"
+            );
+        }
     }
     // The seven detailed responses, each under DFINERY's status.
     let export = &doc["paths"]["/api/v1/export/event"]["post"]["responses"];
@@ -195,6 +204,15 @@ impl Conformance {
                 "{op} {status}: {body}\nbreaks the document: {errors:?}"
             );
         }
+        assert!(
+            documented["headers"]["X-Request-Id"].is_object(),
+            "{op} {status}: X-Request-Id is not documented"
+        );
+        let id = headers.get("x-request-id").map(|v| v.as_bytes().to_vec());
+        assert!(
+            id.is_some_and(|id| fineport_server::request_log::RequestId::accepts(&id)),
+            "{op} {status}: no request id"
+        );
         if op.contains(" /api/v1/") {
             for header in ["x-rate-limit-limit", "x-rate-limit-remaining", "x-rate-limit-reset"] {
                 assert!(headers.contains_key(header), "{op} {status}: no {header}");
@@ -455,6 +473,11 @@ async fn every_answer_conforms_to_the_document() {
 
     c.check("GET /health", http.get(url("/health"))).await;
     c.check("GET /openapi.json", http.get(url("/openapi.json"))).await;
+    let (status, text) = c.check("GET /metrics", http.get(url("/metrics"))).await;
+    assert_eq!(status, 401, "{text}");
+    let (status, text) = c.check("GET /metrics", admin(Method::GET, "/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("fineport_requests_total{"), "{text}");
 
     // Every operation was toured, with the answers the tour aims at.
     let toured: BTreeSet<&String> = c.seen.keys().collect();

@@ -24,8 +24,8 @@ use fineport_contract::{ServiceId, Tz};
 use futures::{stream, StreamExt};
 
 use crate::{
-    CatalogLock, CatalogSnapshot, CatalogWatch, ExportPart, ExportStream, InsertSummary, RequestLogEntry, Service,
-    Store, StoreError, TokenRecord,
+    Backlog, CatalogLock, CatalogSnapshot, CatalogWatch, ExportPart, ExportStream, InsertSummary, RequestLogEntry,
+    Service, Store, StoreError, TokenRecord,
 };
 
 /// Where an export fails (event and user-profile exports alike).
@@ -252,6 +252,10 @@ impl<S: Store + ?Sized> Store for FailingStore<S> {
 
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.inner.set_setting(key, value).await
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        self.inner.backlog()
     }
 }
 

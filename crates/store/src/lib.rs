@@ -67,6 +67,22 @@ pub type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportPart, StoreError>
 /// The size a store fills before handing a chunk on.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
+/// Imports a store has acknowledged (they are durable) but not yet moved
+/// into the tables exports read: DuckDB's import log ([`duckdb`]'s writer).
+/// Reported by [`Store::backlog`], for monitoring: a backlog that keeps
+/// growing means the tables cannot take the imports (a full disk, the
+/// memory limit), and a restart would replay it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Import requests (event batches) not in the tables yet.
+    pub batches: u64,
+    /// Their events.
+    pub events: u64,
+    /// Their bytes in the import log: from the first record not known to
+    /// be in the tables to the log's end.
+    pub bytes: u64,
+}
+
 /// Storage operations. Every method documents what must hold when it returns.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -204,4 +220,11 @@ pub trait Store: Send + Sync + 'static {
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
 
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError>;
+
+    /// The imports acknowledged but not yet in the tables ([`Backlog`]),
+    /// read without waiting. `None` (the default) for a store that has
+    /// every import in its tables before it answers.
+    fn backlog(&self) -> Option<Backlog> {
+        None
+    }
 }

@@ -167,19 +167,53 @@ impl Server {
 /// POSTs `body` to `url` with `token` in `header` (the Import API reads
 /// `access_token`, the Export API `Authorization: Bearer`); returns
 /// (status, body).
-pub fn post(url: String, (header, token): (&str, &str), body: serde_json::Value) -> (u16, String) {
+pub fn post(url: String, header: (&str, &str), body: serde_json::Value) -> (u16, String) {
+    let (status, _, text) = post_with_headers(url, &[header], body);
+    (status, text)
+}
+
+/// POSTs `body` as JSON with `headers`; returns (status, headers, body).
+pub fn post_with_headers(
+    url: String,
+    headers: &[(&str, &str)],
+    body: serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, String) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let resp = reqwest::Client::new()
-            .post(url)
-            .header(header, token)
-            .json(&body)
-            .send()
-            .await
-            .expect("request");
+        let mut req = reqwest::Client::new().post(url).json(&body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await.expect("request");
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        (status, headers, resp.text().await.expect("body"))
+    })
+}
+
+/// GETs `url`, with `token` as a bearer token if given; returns (status, body).
+pub fn get(url: String, token: Option<&str>) -> (u16, String) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
         (resp.status().as_u16(), resp.text().await.expect("body"))
     })
+}
+
+/// The value of the unlabelled metric `name` in a `/metrics` scrape of
+/// `server` (with the admin token).
+pub fn metric(server: &Server, name: &str) -> Option<f64> {
+    let (status, text) = get(format!("{}/metrics", server.base), Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{text}");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }

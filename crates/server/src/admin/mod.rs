@@ -142,6 +142,11 @@ impl AdminError {
     fn invalid(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, BAD_REQUEST, detail)
     }
+
+    /// 401 `unauthorized`.
+    pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
 }
 
 impl From<CatalogError> for AdminError {

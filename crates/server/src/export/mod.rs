@@ -272,6 +272,8 @@ async fn export(
         entry,
         started,
         permit,
+        in_flight: state.metrics.export_in_flight(),
+        span: tracing::Span::current(),
     };
     stream_csv(ledger, job.filename, job.start).await
 }
@@ -293,10 +295,15 @@ async fn acquire(
             now,
         )
         .await
-        .map_err(|refusal| ExportError {
-            failure: ExportFailure::new(ExportOutcome::TooManyApiRequests),
-            rate: Some(refusal.status),
-            retry_after_secs: Some(refusal.retry_after_secs),
+        .map_err(|refusal| {
+            state
+                .metrics
+                .limiter_refusal(&service.service.service_id, Counter::Exports);
+            ExportError {
+                failure: ExportFailure::new(ExportOutcome::TooManyApiRequests),
+                rate: Some(refusal.status),
+                retry_after_secs: Some(refusal.retry_after_secs),
+            }
         })
 }
 
@@ -305,7 +312,7 @@ fn refuse(state: &SharedState, error: ExportError, mut entry: RequestLogEntry, s
     entry.status = error.outcome().http_status();
     entry.message = error.outcome().message().into();
     entry.duration_ms = started.elapsed().as_millis() as u64;
-    state.log.record(entry);
+    state.log.record(entry, &tracing::Span::current());
     error.into_response()
 }
 

@@ -23,14 +23,19 @@ use futures::{Stream, StreamExt};
 
 use super::error::store_outcome;
 use crate::limits::ExportPermit;
+use crate::metrics::InFlight;
 use crate::request_log::RequestLog;
 
-/// Everything needed to close an export's books: its slot and its log entry.
+/// Everything needed to close an export's books: its slot, its count in
+/// `fineport_exports_in_flight`, its log entry and its request's span
+/// (the body is polled, and dropped, outside it).
 pub struct Ledger {
     pub log: RequestLog,
     pub entry: RequestLogEntry,
     pub started: Instant,
     pub permit: ExportPermit,
+    pub in_flight: InFlight,
+    pub span: tracing::Span,
 }
 
 impl Ledger {
@@ -41,6 +46,7 @@ impl Ledger {
             self.permit.refund();
         }
         drop(self.permit);
+        drop(self.in_flight);
         let mut entry = self.entry;
         entry.status = status;
         entry.message = match outcome {
@@ -50,7 +56,7 @@ impl Ledger {
         entry.rows = rows;
         entry.bytes = Some(bytes);
         entry.duration_ms = self.started.elapsed().as_millis() as u64;
-        self.log.record(entry);
+        self.log.record(entry, &self.span);
     }
 }
 

@@ -260,7 +260,7 @@ async fn handle(
         answer.code.code().into()
     };
     entry.duration_ms = started.elapsed().as_millis() as u64;
-    state.log.record(entry);
+    state.log.record(entry, &tracing::Span::current());
     answer.into_response()
 }
 
@@ -336,6 +336,7 @@ async fn import(
     {
         Ok(rate) => rate,
         Err(refusal) => {
+            state.metrics.limiter_refusal(&service_id, endpoint.counter());
             let unit = if endpoint == Endpoint::Events {
                 "events"
             } else {

@@ -82,6 +82,16 @@ pub enum Counter {
 }
 
 impl Counter {
+    /// Its name in metrics (`fineport_limiter_refusals_total{counter}`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Counter::Exports => "exports",
+            Counter::Events => "events",
+            Counter::Identities => "identities",
+            Counter::Profiles => "profiles",
+        }
+    }
+
     pub fn window(self) -> Window {
         match self {
             Counter::Exports => Window::Hour,

@@ -33,10 +33,10 @@ use tokio::sync::oneshot;
 use self::import_log::{ImportLog, LoggedBatch};
 use self::schema::{Layout, Layouts, PropertyColumn};
 pub use self::writer::MovePolicy;
-use self::writer::{Job, WriterState};
+use self::writer::{Job, Progress, WriterState};
 use crate::records::{ms_to_time, stored_service_id};
 use crate::{
-    CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
+    Backlog, CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
     StoreErrorKind, TokenKind, TokenRecord,
 };
 
@@ -86,6 +86,8 @@ struct Inner {
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     layouts: Layouts,
     export_slice_cells: u64,
+    /// The imports acknowledged and not yet moved ([`Store::backlog`]).
+    progress: Arc<Progress>,
 }
 
 impl DuckDbStore {
@@ -132,6 +134,7 @@ impl DuckDbStore {
             }
             None => None,
         };
+        let progress = state.progress.clone();
         let (writer, thread) = writer::spawn(state, log)?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {
@@ -140,6 +143,7 @@ impl DuckDbStore {
                 writer_thread: Mutex::new(Some(thread)),
                 layouts,
                 export_slice_cells: options.export_slice_cells,
+                progress,
             }),
         })
     }
@@ -677,5 +681,9 @@ impl Store for DuckDbStore {
             Ok(())
         })
         .await
+    }
+
+    fn backlog(&self) -> Option<Backlog> {
+        Some(self.inner.progress.backlog())
     }
 }

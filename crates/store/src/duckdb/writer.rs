@@ -31,7 +31,7 @@ use super::event_ids::IdSet;
 use super::identity::{Identities, Staged};
 use super::import_log::{ImportLog, LoggedBatch};
 use super::schema::{Layout, Layouts};
-use crate::{InsertSummary, StoreError};
+use crate::{Backlog, InsertSummary, StoreError};
 
 /// Most events acknowledged with one sync of the log.
 const MAX_GROUP_EVENTS: usize = 8_000;
@@ -99,6 +99,43 @@ pub struct MovePolicy {
     pub idle: Duration,
 }
 
+/// How far acknowledged imports have got, for [`crate::Store::backlog`]:
+/// the log thread counts what it acknowledges, the writer what it moves
+/// into the tables, and anyone may read the difference without waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Bytes appended to the log since the start (the log thread's
+    /// position; it only grows, even when the file is emptied).
+    appended: AtomicU64,
+    /// The log position up to which everything is in the tables.
+    moved: AtomicU64,
+    /// Acknowledged batches, and their events, not in the tables yet.
+    batches: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Progress {
+    pub fn backlog(&self) -> Backlog {
+        // `moved` first: it never passes `appended`, which only grows.
+        let moved = self.moved.load(Ordering::Acquire);
+        Backlog {
+            batches: self.batches.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            bytes: self.appended.load(Ordering::Acquire).saturating_sub(moved),
+        }
+    }
+
+    fn acknowledged(&self, batches: usize, events: usize) {
+        self.batches.fetch_add(batches as u64, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    fn moved_into_tables(&self, batches: usize, events: usize) {
+        self.batches.fetch_sub(batches as u64, Ordering::Relaxed);
+        self.events.fetch_sub(events as u64, Ordering::Relaxed);
+    }
+}
+
 pub(crate) struct WriterState {
     pub conn: Connection,
     pub layouts: Layouts,
@@ -115,10 +152,11 @@ pub(crate) struct WriterState {
     unmoved: Vec<LoggedBatch>,
     /// Events in `unmoved`.
     unmoved_events: usize,
-    /// The log position after the last batch in `unmoved`, and the one up
-    /// to which everything is in the tables (read by the log thread).
+    /// The log position after the last batch in `unmoved`; the one up to
+    /// which everything is in the tables is `progress.moved` (read by the
+    /// log thread).
     unmoved_through: u64,
-    moved_through: Arc<AtomicU64>,
+    pub progress: Arc<Progress>,
     move_policy: MovePolicy,
     /// When the last move left batches behind, if it did: wait for a
     /// reason to retry instead of retrying whenever idle, and let other
@@ -213,7 +251,7 @@ impl WriterState {
             unmoved: Vec::new(),
             unmoved_events: 0,
             unmoved_through: 0,
-            moved_through: Arc::default(),
+            progress: Arc::default(),
             move_policy,
             move_failed: None,
             move_error: None,
@@ -231,13 +269,16 @@ impl WriterState {
             "storing what the import log holds from before a crash"
         );
         self.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
+        self.progress.acknowledged(batches.len(), self.unmoved_events);
         self.unmoved = batches;
         self.unmoved_through = log.len();
+        self.progress.appended.store(log.len(), Ordering::Release);
         self.move_unmoved();
         if self.unmoved.is_empty() {
             log.clear()?;
             self.unmoved_through = 0;
-            self.moved_through.store(0, Ordering::Release);
+            self.progress.moved.store(0, Ordering::Release);
+            self.progress.appended.store(0, Ordering::Release);
         }
         Ok(())
     }
@@ -248,6 +289,7 @@ impl WriterState {
         if self.unmoved.is_empty() {
             return;
         }
+        let before = (self.unmoved.len(), self.unmoved_events);
         let batches = std::mem::take(&mut self.unmoved);
         self.unmoved_events = 0;
         let all = self.transaction(|s| {
@@ -278,10 +320,12 @@ impl WriterState {
                 }
             }
         }
+        self.progress
+            .moved_into_tables(before.0 - self.unmoved.len(), before.1 - self.unmoved_events);
         self.move_failed = (!self.unmoved.is_empty()).then(Instant::now);
         if self.move_failed.is_none() {
             self.move_error = None;
-            self.moved_through.store(self.unmoved_through, Ordering::Release);
+            self.progress.moved.store(self.unmoved_through, Ordering::Release);
         }
     }
 
@@ -311,7 +355,7 @@ pub(crate) fn spawn(
 ) -> Result<(Sender<Job>, JoinHandle<()>), StoreError> {
     let thread_error = |e: std::io::Error| StoreError::internal(format!("cannot start the writer threads: {e}"));
     let (to_writer, writer_jobs) = std::sync::mpsc::sync_channel(GROUPS_AHEAD);
-    let moved = state.moved_through.clone();
+    let progress = state.progress.clone();
     let appended = state.unmoved_through;
     let writer = std::thread::Builder::new()
         .name("fineport-writer".into())
@@ -321,7 +365,7 @@ pub(crate) fn spawn(
     let acker = Acker {
         log,
         appended,
-        moved,
+        progress,
         writer: to_writer,
     };
     let thread = std::thread::Builder::new()
@@ -335,10 +379,12 @@ pub(crate) fn spawn(
 struct Acker {
     log: Option<ImportLog>,
     /// Bytes appended to the log since the start; positions in the log are
-    /// counted in these, so they only grow even when the file is emptied.
+    /// counted in these, so they only grow even when the file is emptied
+    /// (published as `progress.appended`).
     appended: u64,
-    /// Up to where the writer has moved everything into the tables.
-    moved: Arc<AtomicU64>,
+    /// `progress.moved`: up to where the writer has moved everything into
+    /// the tables.
+    progress: Arc<Progress>,
     writer: SyncSender<WriteJob>,
 }
 
@@ -390,7 +436,7 @@ impl Acker {
         if writer.join().is_err() {
             tracing::error!("the writer thread panicked");
         }
-        if self.moved.load(Ordering::Acquire) == self.appended {
+        if self.progress.moved.load(Ordering::Acquire) == self.appended {
             if let Some(Err(e)) = self.log.as_mut().map(ImportLog::clear) {
                 tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
             }
@@ -418,6 +464,8 @@ impl Acker {
             return;
         }
         self.appended += group.records.len() as u64;
+        self.progress.appended.store(self.appended, Ordering::Release);
+        self.progress.acknowledged(group.batches.len(), group.events);
         for (batch, reply) in group.batches.iter().zip(group.replies) {
             let _ = reply.send(Ok(InsertSummary {
                 events: batch.batch.events.len(),
@@ -437,7 +485,7 @@ impl Acker {
         if log.is_empty() {
             return;
         }
-        if self.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
+        if self.progress.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
             let (reply, done) = oneshot::channel();
             let _ = self.writer.send(WriteJob::Sync {
                 service_id: None,
@@ -445,7 +493,7 @@ impl Acker {
             });
             let _ = done.blocking_recv();
         }
-        if self.moved.load(Ordering::Acquire) == self.appended {
+        if self.progress.moved.load(Ordering::Acquire) == self.appended {
             if let Err(e) = log.clear() {
                 tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
             }
