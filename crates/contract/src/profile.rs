@@ -330,6 +330,7 @@ pub fn plan_profile_export(raw: &Json, taxonomy: &Taxonomy) -> Result<ProfileExp
 #[serde(deny_unknown_fields)]
 pub struct Audience {
     #[serde(default)]
+    #[schema(pattern = "^[a-z0-9]{6}$")]
     pub id: String,
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -352,8 +353,11 @@ pub enum Condition {
     /// dates (inclusive, service timezone).
     Event {
         event: String,
+        #[schema(minimum = 1)]
         min_count: u32,
+        #[schema(format = Date)]
         from_date: String,
+        #[schema(format = Date)]
         to_date: String,
     },
     /// User property `property` equals `equals`.

@@ -120,6 +120,12 @@ async fn the_document_lists_every_endpoint() {
         codes,
         &json!(["20000", "40000", "40001", "40101", "40201", "40401", "40402", "40403", "50000"])
     );
+    // Bounds the server enforces are the document's.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["ServicePatch"]["properties"]["export_lookback_days"]["maximum"],
+        json!(fineport_contract::export::MAX_LOOKBACK_DAYS)
+    );
 }
 
 /// A path of the document with its parameters filled in.

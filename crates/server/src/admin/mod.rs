@@ -214,9 +214,12 @@ struct LimitsPatch {
 #[serde(deny_unknown_fields)]
 struct ServicePatch {
     #[serde(default)]
+    #[schema(value_type = Option<ServiceId>)]
     service_id: Option<String>,
     name: Option<String>,
     timezone: Option<String>,
+    /// Kept equal to [`MAX_LOOKBACK_DAYS`] by `tests/openapi.rs`.
+    #[schema(maximum = 36500)]
     export_lookback_days: Option<u32>,
     auto_register: Option<bool>,
     limits: Option<LimitsPatch>,
