@@ -525,7 +525,173 @@ async fn the_request_log_records_every_api_request_without_tokens() {
     assert!(!text.contains(&svc.export_token), "never the token itself");
 }
 
+/// `GET …/timezones`: every name a service accepts, sorted; each one
+/// creates a service, a name outside the list does not.
+async fn timezones_lists_every_accepted_name_sorted() {
+    let server = TestServer::start().await;
+    let (status, v) = server.admin(Method::GET, "/admin/v1/timezones", None).await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["timezones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.len() > 400, "the IANA database: {}", names.len());
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
+    for name in ["UTC", "Asia/Seoul", "Asia/Kathmandu", "America/St_Johns"] {
+        assert!(names.contains(&name), "{name}");
+    }
+    for (i, name) in [names[0], names[names.len() / 2], names[names.len() - 1]]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = server
+            .admin(
+                Method::POST,
+                "/admin/v1/services",
+                Some(json!({"service_id": format!("tz{i}"), "timezone": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{name}: {body}");
+    }
+    assert!(!names.contains(&"Asia/Nowhere"));
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/admin/v1/services",
+            Some(json!({"timezone": "Asia/Nowhere"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+/// `GET /admin/v1/services/shop/tokens`'s list; checks it never shows a hash.
+async fn list_tokens(server: &TestServer) -> Vec<Value> {
+    let (status, v) = server.admin(Method::GET, "/admin/v1/services/shop/tokens", None).await;
+    assert_eq!(status, 200, "{v}");
+    let text = v.to_string();
+    assert!(!text.contains("hash"), "{text}");
+    v["tokens"].as_array().unwrap().clone()
+}
+
+/// `GET …/tokens` lists every token newest first with its state and the
+/// reason given to its reissue, never a value or hash; the reason is
+/// checked (≤ 500 characters) and survives a restart.
+async fn tokens_are_listed_with_state_and_reissue_reason() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let listed = list_tokens(&server).await;
+    assert_eq!(listed.len(), 2);
+    for t in &listed {
+        assert_eq!(
+            (
+                t["state"].as_str(),
+                t["revoked"].as_bool(),
+                &t["valid_until"],
+                &t["reason"]
+            ),
+            (Some("active"), Some(false), &Value::Null, &Value::Null),
+            "{t}"
+        );
+        assert_eq!(t["created_at"], "2026-11-25T03:00:00Z");
+        assert!(t["token_id"].as_str().unwrap().starts_with("tok_"));
+    }
+    let kinds: std::collections::BTreeSet<&str> = listed.iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["export", "import"].into());
+
+    server.clock.advance(chrono::Duration::hours(1));
+    let reissue = |kind: &str, body: Option<Value>| {
+        let path = format!("/admin/v1/services/shop/tokens/{kind}/reissue");
+        let server = &server;
+        async move { server.admin(Method::POST, &path, body).await }
+    };
+    let (status, v) = reissue("export", Some(json!({"reason": "leaked in a CI log"}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["previous_valid_until"], "2026-12-09T04:00:00Z");
+    let new_token = v["token"].as_str().unwrap().to_owned();
+    // Too long (501 characters), or not a reason: refused, nothing issued.
+    for bad in [
+        json!({"reason": "x".repeat(501)}),
+        json!({"why": "no"}),
+        json!({"reason": 5}),
+    ] {
+        let (status, v) = reissue("import", Some(bad.clone())).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {v}"
+        );
+    }
+    // 500 characters of two bytes each: characters are counted, not bytes.
+    let long = "é".repeat(500);
+    let (status, v) = reissue("import", Some(json!({"reason": long}))).await;
+    assert_eq!(status, 200, "{v}");
+
+    let listed = list_tokens(&server).await;
+    assert_eq!(listed.len(), 4);
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&new_token));
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&svc.export_token));
+    let summary = |listed: &[Value]| -> Vec<(String, String, Value)> {
+        listed
+            .iter()
+            .map(|t| {
+                (
+                    t["kind"].as_str().unwrap().to_owned(),
+                    t["state"].as_str().unwrap().to_owned(),
+                    t["reason"].clone(),
+                )
+            })
+            .collect()
+    };
+    let mut newest_two = summary(&listed[..2]);
+    newest_two.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        newest_two,
+        [
+            ("export".into(), "active".into(), json!("leaked in a CI log")),
+            ("import".into(), "active".into(), json!(long)),
+        ]
+    );
+    let oldest_two = summary(&listed[2..]);
+    assert!(
+        oldest_two
+            .iter()
+            .all(|(_, state, reason)| state == "grace" && reason.is_null()),
+        "{oldest_two:?}"
+    );
+    assert!(listed[2..].iter().all(|t| t["valid_until"] == "2026-12-09T04:00:00Z"));
+
+    // After the grace period, and after a revoke; all of it read back after a restart.
+    server.clock.advance(chrono::Duration::days(14));
+    let (status, _) = server
+        .admin(Method::DELETE, "/admin/v1/services/shop/tokens/import", None)
+        .await;
+    assert_eq!(status, 200);
+    let server = server.restart().await;
+    let listed = list_tokens(&server).await;
+    let states: Vec<(String, String)> = summary(&listed).into_iter().map(|(k, s, _)| (k, s)).collect();
+    let count = |kind: &str, state: &str| states.iter().filter(|(k, s)| k == kind && s == state).count();
+    assert_eq!(
+        (
+            count("export", "active"),
+            count("export", "expired"),
+            count("import", "revoked")
+        ),
+        (1, 1, 2),
+        "{states:?}"
+    );
+    let export = listed.iter().find(|t| t["state"] == "active").unwrap();
+    assert_eq!(export["reason"], "leaked in a CI log");
+    let (status, _) = server
+        .admin(Method::GET, "/admin/v1/services/nosuch/tokens", None)
+        .await;
+    assert_eq!(status, 404);
+}
+
 backend_suite!(
+    timezones_lists_every_accepted_name_sorted,
+    tokens_are_listed_with_state_and_reissue_reason,
     requires_the_admin_token,
     every_admin_error_is_json_with_error_and_detail,
     services_are_created_listed_read_and_changed,

@@ -24,10 +24,12 @@ const ENDPOINTS: &[&str] = &[
     "POST /api/v1/identities",
     "POST /api/v1/identities/delete",
     "POST /api/v1/user-profile",
+    "GET /admin/v1/timezones",
     "GET /admin/v1/services",
     "POST /admin/v1/services",
     "GET /admin/v1/services/{id}",
     "PATCH /admin/v1/services/{id}",
+    "GET /admin/v1/services/{id}/tokens",
     "POST /admin/v1/services/{id}/tokens/{kind}/reissue",
     "DELETE /admin/v1/services/{id}/tokens/{kind}",
     "GET /admin/v1/services/{id}/taxonomy",
@@ -456,10 +458,27 @@ async fn every_answer_conforms_to_the_document() {
 
     // Tokens.
     let reissue = "POST /admin/v1/services/{id}/tokens/{kind}/reissue";
-    for kind in ["export", "export", "nosuch"] {
+    for (kind, body) in [
+        ("export", json!({"reason": "rotation"})),
+        ("export", json!({})),
+        ("nosuch", json!({})),
+        ("import", json!({"reason": "x".repeat(501)})),
+    ] {
         c.check(
             reissue,
-            admin(Method::POST, &format!("/admin/v1/services/shop/tokens/{kind}/reissue")),
+            admin(Method::POST, &format!("/admin/v1/services/shop/tokens/{kind}/reissue")).json(&body),
+        )
+        .await;
+    }
+    c.check(
+        reissue,
+        admin(Method::POST, "/admin/v1/services/shop/tokens/import/reissue"),
+    )
+    .await;
+    for service in ["shop", "nosuch"] {
+        c.check(
+            "GET /admin/v1/services/{id}/tokens",
+            admin(Method::GET, &format!("/admin/v1/services/{service}/tokens")),
         )
         .await;
     }
@@ -471,6 +490,8 @@ async fn every_answer_conforms_to_the_document() {
         .await;
     }
 
+    c.check("GET /admin/v1/timezones", admin(Method::GET, "/admin/v1/timezones"))
+        .await;
     c.check("GET /health", http.get(url("/health"))).await;
     c.check("GET /openapi.json", http.get(url("/openapi.json"))).await;
     let (status, text) = c.check("GET /metrics", http.get(url("/metrics"))).await;
@@ -487,6 +508,6 @@ async fn every_answer_conforms_to_the_document() {
     assert_eq!(seen("POST /admin/v1/services"), [201, 400, 401, 409]);
     assert_eq!(seen(ee), [200, 400, 401, 500]);
     assert_eq!(seen(ep), [200, 400, 429]);
-    assert_eq!(seen(reissue), [200, 404, 409]);
+    assert_eq!(seen(reissue), [200, 400, 404, 409]);
     assert_eq!(seen(log), [200, 400]);
 }

@@ -62,7 +62,13 @@ pub struct TokenRecord {
     /// Set when a newer token replaced this one: valid until then (grace).
     pub valid_until: Option<DateTime<Utc>>,
     pub revoked: bool,
+    /// Why it was issued: the reason given to a reissue (at most
+    /// [`MAX_TOKEN_REASON_CHARS`] characters); `None` when none was given.
+    pub reason: Option<String>,
 }
+
+/// The longest reason a reissued token keeps, in characters.
+pub const MAX_TOKEN_REASON_CHARS: usize = 500;
 
 impl TokenRecord {
     pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {

@@ -13,7 +13,7 @@ use fineport_contract::export::MAX_LOOKBACK_DAYS;
 use fineport_contract::profile::Audience;
 use fineport_contract::taxonomy::TaxonomyDoc;
 use fineport_contract::ServiceId;
-use fineport_store::{Limits, RequestLogEntry, Service, TokenKind};
+use fineport_store::{Limits, RequestLogEntry, Service, TokenKind, TokenRecord, MAX_TOKEN_REASON_CHARS};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,8 +29,10 @@ use crate::tokens;
 /// handlers' `#[utoipa::path]` attributes.
 pub fn routes(state: SharedState) -> (axum::Router<SharedState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::new()
+        .routes(routes!(timezones))
         .routes(routes!(create_service, list_services))
         .routes(routes!(get_service, patch_service))
+        .routes(routes!(list_tokens))
         .routes(routes!(reissue_token))
         .routes(routes!(revoke_token))
         .routes(routes!(get_taxonomy, add_taxonomy))
@@ -315,6 +317,77 @@ struct Reissued {
     previous_valid_until: Option<String>,
 }
 
+/// The optional body of `POST …/tokens/{kind}/reissue`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReissueBody {
+    /// Why the token is reissued, kept with the new token and shown in the
+    /// token list: at most 500 characters.
+    #[schema(max_length = 500)]
+    reason: Option<String>,
+}
+
+/// Where a token stands now.
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum TokenState {
+    /// Works, with no end set.
+    Active,
+    /// Replaced by a newer token; works until `valid_until`.
+    Grace,
+    /// Replaced, and its grace period is over.
+    Expired,
+    /// Revoked: never works again.
+    Revoked,
+}
+
+/// One token of a service, as `GET …/tokens` lists it: never its value or hash.
+#[derive(Serialize, ToSchema)]
+struct TokenInfo {
+    /// The token's public id, as the request log shows it (`tok_…`).
+    token_id: String,
+    #[schema(value_type = TokenKindName)]
+    kind: &'static str,
+    /// When it was issued (RFC 3339 UTC).
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When a newer token replaced it: the end of its grace period (RFC
+    /// 3339 UTC); `null` while it is the current token.
+    #[schema(format = DateTime)]
+    valid_until: Option<String>,
+    revoked: bool,
+    state: TokenState,
+    /// The reason given when it was reissued; `null` if none was.
+    reason: Option<String>,
+}
+
+impl TokenInfo {
+    fn of(t: &TokenRecord, now: chrono::DateTime<chrono::Utc>) -> TokenInfo {
+        let state = match t.valid_until {
+            _ if t.revoked => TokenState::Revoked,
+            None => TokenState::Active,
+            Some(until) if now < until => TokenState::Grace,
+            Some(_) => TokenState::Expired,
+        };
+        let rfc3339 = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        TokenInfo {
+            token_id: t.token_id.clone(),
+            kind: t.kind.as_str(),
+            created_at: rfc3339(t.created_at),
+            valid_until: t.valid_until.map(rfc3339),
+            revoked: t.revoked,
+            state,
+            reason: t.reason.clone(),
+        }
+    }
+}
+
+/// `GET …/tokens`: the service's tokens, newest first.
+#[derive(Serialize, ToSchema)]
+struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
 /// `DELETE …/tokens/{kind}`: how many tokens were revoked.
 #[derive(Serialize, ToSchema)]
 struct Revoked {
@@ -354,6 +427,25 @@ enum TokenKindName {
     Import,
     #[schema(rename = "export")]
     Export,
+}
+
+/// `GET /admin/v1/timezones`.
+#[derive(Serialize, ToSchema)]
+struct TimezoneList {
+    /// Every IANA name a service's `timezone` may be, sorted.
+    timezones: Vec<&'static str>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/timezones",
+    tag = crate::openapi::ADMIN_TAG,
+    responses((status = 200, description = "Every timezone name a service accepts (IANA), sorted.", body = TimezoneList)),
+    security(("admin_token" = []))
+)]
+async fn timezones() -> AdminResult {
+    let timezones = fineport_contract::time::timezone_names();
+    Ok(Json(TimezoneList { timezones }).into_response())
 }
 
 #[utoipa::path(
@@ -460,6 +552,26 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
 }
 
 #[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/tokens",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    responses((status = 200, description = "Every token the service has had, newest first; never a token's value.", body = TokenList)),
+    security(("admin_token" = []))
+)]
+async fn list_tokens(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
+    let now = state.clock.now();
+    let tokens = state
+        .catalog
+        .tokens(&id)
+        .ok_or_else(|| CatalogError::no_service(&id))?
+        .iter()
+        .map(|t| TokenInfo::of(t, now))
+        .collect();
+    Ok(Json(TokenList { tokens }).into_response())
+}
+
+#[utoipa::path(
     post,
     path = "/admin/v1/services/{id}/tokens/{kind}/reissue",
     tag = crate::openapi::ADMIN_TAG,
@@ -467,6 +579,7 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
         ("id" = ServiceId, Path, description = SERVICE_ID),
         ("kind" = inline(TokenKindName), Path, description = "Which token."),
     ),
+    request_body(content = Option<ReissueBody>, description = "May be absent or empty: no reason."),
     responses(
         (status = 200, description = "The new token; the previous one works for 14 more days.", body = Reissued),
         (status = 409, description = "`conflict`: within the cool-down after the last reissue.", body = crate::openapi::AdminErrorBody),
@@ -476,9 +589,24 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
 async fn reissue_token(
     State(state): State<SharedState>,
     AdminPath((id, kind)): AdminPath<(ServiceId, String)>,
+    AdminBody(body): AdminBody,
 ) -> AdminResult {
     let kind = token_kind(&kind)?;
-    let reissued = state.catalog.reissue(&id, kind, state.clock.now()).await?;
+    let ReissueBody { reason } = if body.is_empty() {
+        ReissueBody::default()
+    } else {
+        parse(&body)?
+    };
+    if let Some(r) = &reason {
+        let chars = r.chars().count();
+        if chars > MAX_TOKEN_REASON_CHARS {
+            return Err(AdminError::invalid(format!(
+                "reason must be at most {MAX_TOKEN_REASON_CHARS} characters, not {chars}"
+            )));
+        }
+    }
+    let reason = reason.filter(|r| !r.is_empty());
+    let reissued = state.catalog.reissue(&id, kind, state.clock.now(), reason).await?;
     let previous_valid_until = reissued
         .previous_valid_until
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));

@@ -237,7 +237,7 @@ impl Postgres {
                 .push(serde_json::from_str(row.try_get(0).map_err(pg_error)?).map_err(json_error)?);
         }
         let sql = format!(
-            "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked \
+            "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked, reason \
              FROM tokens{filter} ORDER BY created_ms, token_id"
         );
         for row in query(&tx, &sql, &params).await? {
@@ -257,6 +257,7 @@ impl Postgres {
                     .map(|ms| ms_to_time(ms, "a token's end of validity"))
                     .transpose()?,
                 revoked: row.try_get(7).map_err(pg_error)?,
+                reason: row.try_get(8).map_err(pg_error)?,
             });
         }
         let sql = format!("SELECT service_id, name FROM taxonomy_events{filter}");
@@ -569,11 +570,13 @@ async fn save_tokens_in(client: &impl GenericClient, tokens: &[TokenRecord]) -> 
     for t in tokens {
         client
             .execute(
-                "INSERT INTO tokens (token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (token_id) DO UPDATE SET \
+                "INSERT INTO tokens \
+                 (token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (token_id) DO UPDATE SET \
                  service_id = excluded.service_id, kind = excluded.kind, hash = excluded.hash, \
                  created_ms = excluded.created_ms, by_reissue = excluded.by_reissue, \
-                 valid_until_ms = excluded.valid_until_ms, revoked = excluded.revoked",
+                 valid_until_ms = excluded.valid_until_ms, revoked = excluded.revoked, \
+                 reason = excluded.reason",
                 &[
                     &t.token_id,
                     &t.service_id.as_str(),
@@ -583,6 +586,7 @@ async fn save_tokens_in(client: &impl GenericClient, tokens: &[TokenRecord]) -> 
                     &t.by_reissue,
                     &t.valid_until.as_ref().map(DateTime::<Utc>::timestamp_millis),
                     &t.revoked,
+                    &t.reason,
                 ],
             )
             .await
