@@ -214,6 +214,19 @@ impl AdminClient {
         self.call(Method::DELETE, url, None).await
     }
 
+    /// `GET /admin/v1/services/{id}/stats?hours=H&days=D` →
+    /// `{"hourly":[{"hour","requests","export_rows"}],"daily":[{"day","events"}]}`.
+    pub async fn stats(&self, service_id: &str, hours: Option<u32>, days: Option<u32>) -> anyhow::Result<Value> {
+        let mut url = self.url(&["services", service_id, "stats"]);
+        if let Some(hours) = hours {
+            url.query_pairs_mut().append_pair("hours", &hours.to_string());
+        }
+        if let Some(days) = days {
+            url.query_pairs_mut().append_pair("days", &days.to_string());
+        }
+        self.call(Method::GET, url, None).await
+    }
+
     /// `GET /admin/v1/services/{id}/requests?limit=N&outcome=M`: the
     /// request log, newest first; only the entries whose `message` is
     /// `outcome` (`ok`, `invalid_parameter`, `40001`, …) when given.

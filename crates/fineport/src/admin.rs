@@ -50,6 +50,17 @@ enum AdminCommand {
         #[arg(long)]
         outcome: Option<String>,
     },
+    /// Requests and exported rows per hour, events stored per day.
+    Stats {
+        /// Service id.
+        id: String,
+        /// How many hours, the current one last (1 to 720; server default 48).
+        #[arg(long)]
+        hours: Option<u32>,
+        /// How many days of the service's timezone, today last (1 to 366; server default 30).
+        #[arg(long)]
+        days: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -373,6 +384,7 @@ async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Val
             AudiencesCommand::Delete { id, audience_id } => client.delete_audience(&id, &audience_id).await,
         },
         AdminCommand::Requests { id, limit, outcome } => client.requests(&id, limit, outcome.as_deref()).await,
+        AdminCommand::Stats { id, hours, days } => client.stats(&id, hours, days).await,
     }
 }
 

@@ -85,6 +85,19 @@ fn serve_demo_then_administer_it_from_the_cli() {
     assert!(!ok, "the cool-down refuses a second reissue");
     let (ok, log) = admin(&server, &["requests", "demo", "--limit", "5"]);
     assert!(ok && log["requests"].is_array());
+    let (ok, log) = admin(&server, &["requests", "shop", "--outcome", "unauthorized_token"]);
+    assert!(ok, "{log}");
+    assert_eq!(log["requests"], serde_json::json!([]), "no refused export of shop");
+    let (ok, stats) = admin(&server, &["stats", "shop", "--hours", "3", "--days", "2"]);
+    assert!(ok, "{stats}");
+    assert_eq!(
+        (
+            stats["hourly"].as_array().map(Vec::len),
+            stats["daily"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(2)),
+        "{stats}"
+    );
 }
 
 #[test]

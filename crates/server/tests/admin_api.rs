@@ -689,7 +689,149 @@ async fn tokens_are_listed_with_state_and_reissue_reason() {
     assert_eq!(status, 404);
 }
 
+/// Imports and exports at three moments of a Seoul service: 03:00Z and
+/// 04:10Z on the 25th (the 25th in Seoul), 15:30Z (00:30 on the 26th in
+/// Seoul). Returns the service.
+async fn log_a_day_of_requests(server: &TestServer) -> Svc {
+    let svc = server
+        .service(json!({"service_id": "shop", "timezone": "Asia/Seoul", "auto_register": true}))
+        .await;
+    let events = |ids: std::ops::Range<u128>| {
+        let list = ids
+            .map(|n| event(n, "purchase", "2026-11-25T01:00:00Z", json!({})))
+            .collect();
+        events_body("u1", list)
+    };
+    let day = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    assert_eq!(server.import(&svc, events(0..2)).await["code"], "20000");
+    server.import_raw("shop", Some("wrong"), events(0..1).to_string()).await;
+    server.export(&svc, day.clone()).await.text().await.unwrap();
+    server.clock.advance(chrono::Duration::minutes(70));
+    assert_eq!(server.import(&svc, events(2..5)).await["code"], "20000");
+    let refused = server.export(&svc, json!({"events_condition_type": "some"})).await;
+    assert_eq!(refused.status(), 400);
+    server.clock.advance(chrono::Duration::minutes(680));
+    assert_eq!(server.import(&svc, events(5..6)).await["code"], "20000");
+    server.export(&svc, day).await.text().await.unwrap();
+    svc
+}
+
+/// `?outcome=` keeps only the entries with that exact message, filtered
+/// in the store before the limit.
+async fn the_request_log_filters_by_outcome_before_the_limit() {
+    let server = TestServer::start().await;
+    log_a_day_of_requests(&server).await;
+    let log = |query: &'static str| {
+        let server = &server;
+        async move {
+            let (status, v) = server
+                .admin(Method::GET, &format!("/admin/v1/services/shop/requests{query}"), None)
+                .await;
+            assert_eq!(status, 200, "{query}: {v}");
+            v["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["endpoint"].as_str().unwrap().to_owned(),
+                        e["message"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (imports, exports) = ("/api/v1/events".to_owned(), "/api/v1/export/event".to_owned());
+    let ok = |e: &String| (e.clone(), "ok".to_owned());
+    assert_eq!(
+        log("?outcome=ok").await,
+        [ok(&exports), ok(&imports), ok(&imports), ok(&exports), ok(&imports)]
+    );
+    assert_eq!(log("?outcome=ok&limit=2").await, [ok(&exports), ok(&imports)]);
+    // The oldest refusal, though the newest entries are all something else.
+    assert_eq!(
+        log("?outcome=40201&limit=1").await,
+        [(imports.clone(), "40201".to_owned())]
+    );
+    assert_eq!(
+        log("?outcome=invalid_parameter").await,
+        [(exports.clone(), "invalid_parameter".to_owned())]
+    );
+    assert_eq!(log("?outcome=OK").await, [], "exact, case and all");
+    assert_eq!(log("?outcome=nosuch").await, []);
+    assert_eq!(log("").await.len(), 7);
+}
+
+/// `GET …/stats`: every hour (UTC) and every day (the service's timezone)
+/// of the range, oldest first, zeros included; requests of both APIs and
+/// rows of complete exports per hour, events stored per day.
+async fn stats_sum_the_request_log_per_hour_and_per_service_day() {
+    let server = TestServer::start().await;
+    log_a_day_of_requests(&server).await;
+    let (status, v) = server
+        .admin(Method::GET, "/admin/v1/services/shop/stats?hours=16&days=3", None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let hourly = v["hourly"].as_array().unwrap();
+    assert_eq!(hourly.len(), 16);
+    assert_eq!(hourly[0]["hour"], "2026-11-25T00:00:00Z");
+    assert_eq!(hourly[15]["hour"], "2026-11-25T15:00:00Z", "the current hour last");
+    for (i, h) in hourly.iter().enumerate() {
+        let want = match i {
+            3 => json!({"hour": "2026-11-25T03:00:00Z", "requests": 3, "export_rows": 2}),
+            4 => json!({"hour": "2026-11-25T04:00:00Z", "requests": 2, "export_rows": 0}),
+            15 => json!({"hour": "2026-11-25T15:00:00Z", "requests": 2, "export_rows": 6}),
+            _ => json!({"hour": format!("2026-11-25T{i:02}:00:00Z"), "requests": 0, "export_rows": 0}),
+        };
+        assert_eq!(h, &want, "hour {i}");
+    }
+    assert_eq!(
+        v["daily"],
+        json!([
+            {"day": "2026-11-24", "events": 0},
+            {"day": "2026-11-25", "events": 5},
+            {"day": "2026-11-26", "events": 1},
+        ])
+    );
+    let (_, v) = server.admin(Method::GET, "/admin/v1/services/shop/stats", None).await;
+    assert_eq!(
+        (
+            v["hourly"].as_array().unwrap().len(),
+            v["daily"].as_array().unwrap().len()
+        ),
+        (48, 30),
+        "the defaults"
+    );
+    let events: u64 = v["daily"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(events, 6);
+    for bad in ["hours=0", "hours=721", "days=0", "days=367", "weeks=1", "hours=x"] {
+        let (status, v) = server
+            .admin(Method::GET, &format!("/admin/v1/services/shop/stats?{bad}"), None)
+            .await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {v}"
+        );
+    }
+    for good in ["hours=720&days=366", "hours=1&days=1"] {
+        let (status, v) = server
+            .admin(Method::GET, &format!("/admin/v1/services/shop/stats?{good}"), None)
+            .await;
+        assert_eq!(status, 200, "{good}: {v}");
+    }
+    let (status, _) = server.admin(Method::GET, "/admin/v1/services/nosuch/stats", None).await;
+    assert_eq!(status, 404);
+}
+
 backend_suite!(
+    the_request_log_filters_by_outcome_before_the_limit,
+    stats_sum_the_request_log_per_hour_and_per_service_day,
     timezones_lists_every_accepted_name_sorted,
     tokens_are_listed_with_state_and_reissue_reason,
     requires_the_admin_token,

@@ -35,6 +35,7 @@ const ENDPOINTS: &[&str] = &[
     "GET /admin/v1/services/{id}/taxonomy",
     "POST /admin/v1/services/{id}/taxonomy",
     "GET /admin/v1/services/{id}/requests",
+    "GET /admin/v1/services/{id}/stats",
     "GET /admin/v1/services/{id}/audiences",
     "POST /admin/v1/services/{id}/audiences",
     "DELETE /admin/v1/services/{id}/audiences/{aid}",
@@ -424,10 +425,18 @@ async fn every_answer_conforms_to_the_document() {
 
     // The request log.
     let log = "GET /admin/v1/services/{id}/requests";
-    for query in ["?limit=5", "?limit=0", "?limit=x", ""] {
+    for query in ["?limit=5", "?limit=0", "?limit=x", "", "?outcome=ok&limit=2"] {
         c.check(
             log,
             admin(Method::GET, &format!("/admin/v1/services/shop/requests{query}")),
+        )
+        .await;
+    }
+
+    for query in ["", "?hours=1&days=366", "?hours=0", "?days=x"] {
+        c.check(
+            "GET /admin/v1/services/{id}/stats",
+            admin(Method::GET, &format!("/admin/v1/services/shop/stats{query}")),
         )
         .await;
     }

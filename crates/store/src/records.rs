@@ -118,6 +118,44 @@ pub struct RequestLogEntry {
     pub duration_ms: u64,
 }
 
+/// What [`crate::Store::request_sums`] adds up over the request log of one
+/// service, per time bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSumsQuery {
+    /// The buckets' bounds (UTC ms, strictly ascending): bucket `i` is
+    /// `[bounds[i], bounds[i + 1])`, so there is one bucket fewer than bounds.
+    pub bounds: Vec<i64>,
+    /// The entries counted in [`BucketSums::requests`]: those whose
+    /// `endpoint` is one of these.
+    pub counted: Vec<String>,
+    /// The entries whose `rows` are summed in [`BucketSums::rows`]: those
+    /// whose `endpoint` is one of these and whose `message` is `ok`.
+    pub rows_of: Vec<String>,
+}
+
+impl RequestSumsQuery {
+    /// `Invalid` unless there are at least two bounds, strictly ascending.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.bounds.len() < 2 || self.bounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(StoreError::new(
+                crate::StoreErrorKind::Invalid,
+                "request sums need at least two strictly ascending bounds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One bucket of [`crate::Store::request_sums`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketSums {
+    /// Entries with an endpoint in [`RequestSumsQuery::counted`].
+    pub requests: u64,
+    /// Sum of `rows` of the `ok` entries with an endpoint in
+    /// [`RequestSumsQuery::rows_of`] (entries without rows count 0).
+    pub rows: u64,
+}
+
 /// A stored time (UTC ms). Out of chrono's range is corrupt data: an error
 /// naming `what`, never a silent 1970.
 pub(crate) fn ms_to_time(ms: i64, what: &str) -> Result<DateTime<Utc>, StoreError> {

@@ -935,11 +935,11 @@ async fn the_request_log_answers_the_newest_first() {
     .await
     .unwrap();
     pg.append_request_log(Vec::new()).await.unwrap();
-    let recent = pg.recent_requests(&service_id(), 3).await.unwrap();
+    let recent = pg.recent_requests(&service_id(), 3, None).await.unwrap();
     let endpoints: Vec<&str> = recent.iter().map(|e| e.endpoint.as_str()).collect();
     assert_eq!(endpoints, ["same-ms-2", "same-ms-1", "middle"]);
     assert_eq!(recent[0], entry(3_000, "shop", "same-ms-2"));
-    assert_eq!(pg.recent_requests(&service_id(), 10).await.unwrap().len(), 4);
+    assert_eq!(pg.recent_requests(&service_id(), 10, None).await.unwrap().len(), 4);
 }
 
 /// A database made before tokens kept a reason (no `reason` column) opens:

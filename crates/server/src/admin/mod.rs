@@ -37,6 +37,7 @@ pub fn routes(state: SharedState) -> (axum::Router<SharedState>, utoipa::openapi
         .routes(routes!(revoke_token))
         .routes(routes!(get_taxonomy, add_taxonomy))
         .routes(routes!(requests))
+        .routes(routes!(stats))
         .routes(routes!(list_audiences, create_audience))
         .routes(routes!(delete_audience))
         .split_for_parts();
@@ -675,11 +676,13 @@ async fn add_taxonomy(
 /// The most request-log entries one call returns.
 const MAX_REQUESTS: usize = 10_000;
 
-/// `?limit=N` of the request log: 1 to [`MAX_REQUESTS`] (default 100).
+/// `?limit=N&outcome=M` of the request log: 1 to [`MAX_REQUESTS`]
+/// (default 100) entries, only those whose `message` is `M` when given.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestsQuery {
     limit: Option<usize>,
+    outcome: Option<String>,
 }
 
 #[utoipa::path(
@@ -689,6 +692,7 @@ struct RequestsQuery {
     params(
         ("id" = ServiceId, Path, description = SERVICE_ID),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first: 1 to 10,000; default 100."),
+        ("outcome" = Option<String>, Query, description = "Only the entries whose `message` is exactly this (`ok`, `invalid_parameter`, `40001`, …), filtered before the limit."),
     ),
     responses((status = 200, description = "The request log; never a token.", body = RequestList)),
     security(("admin_token" = []))
@@ -707,15 +711,152 @@ async fn requests(
             "limit must be 1 to {MAX_REQUESTS}, not {limit}"
         )));
     }
-    let requests = state.store.recent_requests(&id, limit).await.map_err(|e| {
-        tracing::error!(error = %e, "reading the request log failed");
-        AdminError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            INTERNAL,
-            "the request log could not be read",
-        )
-    })?;
+    let requests = state
+        .store
+        .recent_requests(&id, limit, q.outcome.as_deref())
+        .await
+        .map_err(log_unreadable)?;
     Ok(Json(RequestList { requests }).into_response())
+}
+
+/// A request log that could not be read: logged, and a 500 `internal`.
+fn log_unreadable(e: fineport_store::StoreError) -> AdminError {
+    tracing::error!(error = %e, "reading the request log failed");
+    AdminError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        INTERNAL,
+        "the request log could not be read",
+    )
+}
+
+/// `?hours=H&days=D` of `GET …/stats`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    hours: Option<u32>,
+    days: Option<u32>,
+}
+
+/// One hour of `GET …/stats`.
+#[derive(Serialize, ToSchema)]
+struct HourStats {
+    /// The hour's start (RFC 3339 UTC).
+    #[schema(format = DateTime)]
+    hour: String,
+    /// Export and Import API requests logged in the hour, whatever their outcome.
+    requests: u64,
+    /// Rows of the exports that completed (`ok`) in the hour.
+    export_rows: u64,
+}
+
+/// One day (in the service's timezone) of `GET …/stats`.
+#[derive(Serialize, ToSchema)]
+struct DayStats {
+    /// `yyyy-MM-dd` in the service's timezone.
+    #[schema(format = Date)]
+    day: String,
+    /// Events stored that day: the `rows` of `/api/v1/events` requests answered `ok`.
+    events: u64,
+}
+
+/// `GET …/stats`: every hour of the last `hours` and every day of the last
+/// `days`, oldest first, zeros included.
+#[derive(Serialize, ToSchema)]
+struct Stats {
+    hourly: Vec<HourStats>,
+    daily: Vec<DayStats>,
+}
+
+/// The request log's endpoints of the Export API.
+const EXPORT_ENDPOINTS: [&str; 2] = [crate::export::EVENT_ENDPOINT, crate::export::PROFILE_ENDPOINT];
+
+/// The request log's endpoints of the Import API.
+const IMPORT_ENDPOINTS: [&str; 4] = [
+    crate::import::EVENTS_ENDPOINT,
+    crate::import::IDENTITIES_ENDPOINT,
+    crate::import::IDENTITIES_DELETE_ENDPOINT,
+    crate::import::USER_PROFILE_ENDPOINT,
+];
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/stats",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = ServiceId, Path, description = SERVICE_ID),
+        ("hours" = Option<u32>, Query, minimum = 1, maximum = 720, description = "How many hours, the current one last: 1 to 720; default 48."),
+        ("days" = Option<u32>, Query, minimum = 1, maximum = 366, description = "How many days of the service's timezone, today last: 1 to 366; default 30."),
+    ),
+    responses((status = 200, description = "Requests and exported rows per hour, events stored per day, from the request log.", body = Stats)),
+    security(("admin_token" = []))
+)]
+async fn stats(
+    State(state): State<SharedState>,
+    AdminPath(id): AdminPath<ServiceId>,
+    RawQuery(raw): RawQuery,
+) -> AdminResult {
+    let q: StatsQuery = query(raw.as_deref())?;
+    let service = find(&state, &id)?;
+    let (hours, days) = (q.hours.unwrap_or(48), q.days.unwrap_or(30));
+    if !(1..=720).contains(&hours) {
+        return Err(AdminError::invalid(format!("hours must be 1 to 720, not {hours}")));
+    }
+    if !(1..=366).contains(&days) {
+        return Err(AdminError::invalid(format!("days must be 1 to 366, not {days}")));
+    }
+    state.log.flush().await;
+    let now = state.clock.now();
+    const HOUR_MS: i64 = 3_600_000;
+    let this_hour = now.timestamp_millis().div_euclid(HOUR_MS) * HOUR_MS;
+    let first_hour = this_hour - (i64::from(hours) - 1) * HOUR_MS;
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let hourly_query = fineport_store::RequestSumsQuery {
+        bounds: (0..=i64::from(hours)).map(|h| first_hour + h * HOUR_MS).collect(),
+        counted: names(&[EXPORT_ENDPOINTS.as_slice(), IMPORT_ENDPOINTS.as_slice()].concat()),
+        rows_of: names(&EXPORT_ENDPOINTS),
+    };
+    let today = fineport_contract::time::today_in(service.timezone, now);
+    let day_list: Vec<chrono::NaiveDate> = (0..days)
+        .rev()
+        .filter_map(|back| today.checked_sub_days(chrono::Days::new(u64::from(back))))
+        .collect();
+    let mut day_bounds: Vec<i64> = day_list
+        .iter()
+        .map(|d| fineport_contract::time::day_start_ms(*d, service.timezone))
+        .collect();
+    if let Some(last) = day_list.last() {
+        day_bounds.push(fineport_contract::time::day_bounds_ms(*last, service.timezone).1);
+    }
+    let daily_query = fineport_store::RequestSumsQuery {
+        bounds: day_bounds,
+        counted: Vec::new(),
+        rows_of: names(&[crate::import::EVENTS_ENDPOINT]),
+    };
+    let (hourly, daily) = futures::try_join!(
+        state.store.request_sums(&id, &hourly_query),
+        state.store.request_sums(&id, &daily_query)
+    )
+    .map_err(log_unreadable)?;
+    let hourly = hourly
+        .iter()
+        .zip(&hourly_query.bounds)
+        .map(|(sums, start)| HourStats {
+            hour: chrono::DateTime::from_timestamp_millis(*start)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            requests: sums.requests,
+            export_rows: sums.rows,
+        })
+        .collect();
+    let daily = daily
+        .iter()
+        .zip(&day_list)
+        .map(|(sums, day)| DayStats {
+            day: day.to_string(),
+            events: sums.rows,
+        })
+        .collect();
+    Ok(Json(Stats { hourly, daily }).into_response())
 }
 
 #[utoipa::path(

@@ -652,14 +652,21 @@ impl Store for DuckDbStore {
         .await
     }
 
-    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
+    async fn recent_requests(
+        &self,
+        service_id: &ServiceId,
+        limit: usize,
+        outcome: Option<&str>,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
         let service_id = service_id.to_string();
+        let outcome = outcome.map(str::to_owned);
         self.read(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT time_ms, service_id, endpoint, status, message, ip, user_agent, token_id, rows, bytes, duration_ms \
-                 FROM request_log WHERE service_id = ? ORDER BY time_ms DESC, rowid DESC LIMIT ?",
+                 FROM request_log WHERE service_id = ? AND (?::VARCHAR IS NULL OR message = ?) \
+                 ORDER BY time_ms DESC, rowid DESC LIMIT ?",
             )?;
-            let rows = stmt.query_map(params![service_id, limit as i64], |r| {
+            let rows = stmt.query_map(params![service_id, outcome, outcome, limit as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, RequestLogEntry {
                     time: DateTime::<Utc>::UNIX_EPOCH,
                     service_id: r.get(1)?,
@@ -681,6 +688,52 @@ impl Store for DuckDbStore {
                 entries.push(entry);
             }
             Ok(entries)
+        })
+        .await
+    }
+
+    async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &crate::RequestSumsQuery,
+    ) -> Result<Vec<crate::BucketSums>, StoreError> {
+        query.check()?;
+        // The bounds are numbers and the endpoints quoted literals: no
+        // request text reaches the SQL.
+        let buckets: Vec<String> = query
+            .bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| format!("({i}, {}, {})", w[0], w[1]))
+            .collect();
+        let list = |names: &[String]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("'{}'", n.replace('\'', "''"))).collect();
+            if quoted.is_empty() {
+                "NULL".to_owned()
+            } else {
+                quoted.join(", ")
+            }
+        };
+        let sql = format!(
+            "WITH b(i, lo, hi) AS (VALUES {}) \
+             SELECT b.i, count(r.time_ms) FILTER (WHERE r.endpoint IN ({})), \
+             coalesce(sum(r.rows) FILTER (WHERE r.endpoint IN ({}) AND r.message = 'ok'), 0)::BIGINT \
+             FROM b LEFT JOIN request_log r ON r.service_id = ? AND r.time_ms >= b.lo AND r.time_ms < b.hi \
+             GROUP BY b.i ORDER BY b.i",
+            buckets.join(", "),
+            list(&query.counted),
+            list(&query.rows_of),
+        );
+        let service_id = service_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params![service_id], |r| {
+                Ok(crate::BucketSums {
+                    requests: r.get::<_, i64>(1)?.max(0) as u64,
+                    rows: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -452,14 +452,16 @@ impl Postgres {
         &self,
         service_id: &ServiceId,
         limit: usize,
+        outcome: Option<&str>,
     ) -> Result<Vec<RequestLogEntry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT time_ms, service_id, endpoint, status, message, ip, user_agent, token_id, rows, bytes, \
-                 duration_ms FROM request_log WHERE service_id = $1 ORDER BY time_ms DESC, seq DESC LIMIT $2",
-                &[&service_id.as_str(), &limit],
+                 duration_ms FROM request_log WHERE service_id = $1 AND ($3::text IS NULL OR message = $3) \
+                 ORDER BY time_ms DESC, seq DESC LIMIT $2",
+                &[&service_id.as_str(), &limit, &outcome],
             )
             .await
             .map_err(pg_error)?;
@@ -481,6 +483,38 @@ impl Postgres {
                     rows: count(8)?,
                     bytes: count(9)?,
                     duration_ms: r.try_get::<_, i64>(10).map_err(pg_error)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Sums over a service's request log per time bucket
+    /// ([`crate::Store::request_sums`]): one grouped query over the
+    /// buckets' range (the `request_log_newest` index).
+    pub async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &crate::RequestSumsQuery,
+    ) -> Result<Vec<crate::BucketSums>, StoreError> {
+        query.check()?;
+        let (lows, highs) = (&query.bounds[..query.bounds.len() - 1], &query.bounds[1..]);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT b.i, count(r.seq) FILTER (WHERE r.endpoint = ANY($4)), \
+                 coalesce(sum(r.rows) FILTER (WHERE r.endpoint = ANY($5) AND r.message = 'ok'), 0)::bigint \
+                 FROM unnest($2::bigint[], $3::bigint[]) WITH ORDINALITY AS b(lo, hi, i) \
+                 LEFT JOIN request_log r ON r.service_id = $1 AND r.time_ms >= b.lo AND r.time_ms < b.hi \
+                 GROUP BY b.i ORDER BY b.i",
+                &[&service_id.as_str(), &lows, &highs, &query.counted, &query.rows_of],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::BucketSums {
+                    requests: r.try_get::<_, i64>(1).map_err(pg_error)?.max(0) as u64,
+                    rows: r.try_get::<_, i64>(2).map_err(pg_error)?.max(0) as u64,
                 })
             })
             .collect()
