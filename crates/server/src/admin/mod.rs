@@ -408,10 +408,24 @@ struct RequestList {
     requests: Vec<RequestLogEntry>,
 }
 
+/// An audience as `GET …/audiences` lists it: its definition and its size.
+#[derive(Serialize, ToSchema)]
+struct AudienceInfo {
+    /// The audience's fields, as `POST …/audiences` answers them (its
+    /// schema, `Audience`, admits no other field, so it is not referenced here).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    audience: Audience,
+    /// How many profiles are in the audience now (the rows its profile
+    /// export would have); `null` when it cannot be evaluated (a rule that
+    /// names what the taxonomy no longer types the same way).
+    size: Option<u64>,
+}
+
 /// `GET …/audiences`.
 #[derive(Serialize, ToSchema)]
 struct AudienceList {
-    audiences: Vec<Audience>,
+    audiences: Vec<AudienceInfo>,
 }
 
 /// `DELETE …/audiences/{aid}`: the id deleted.
@@ -864,15 +878,62 @@ async fn stats(
     path = "/admin/v1/services/{id}/audiences",
     tag = crate::openapi::ADMIN_TAG,
     params(("id" = ServiceId, Path, description = SERVICE_ID)),
-    responses((status = 200, description = "The service's audiences.", body = AudienceList)),
+    responses((status = 200, description = "The service's audiences, each with its size now.", body = AudienceList)),
     security(("admin_token" = []))
 )]
 async fn list_audiences(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
+    let service = find(&state, &id)?;
     let audiences = state
         .catalog
         .audiences(&id)
         .ok_or_else(|| CatalogError::no_service(&id))?;
-    Ok(Json(AudienceList { audiences }).into_response())
+    let mut listed = Vec::with_capacity(audiences.len());
+    for audience in audiences {
+        let size = match audience.filter(&service.taxonomy) {
+            Ok(filter) => Some(audience_size(&state, &service, &audience.id, &filter).await?),
+            Err(_) => None,
+        };
+        listed.push(AudienceInfo { audience, size });
+    }
+    Ok(Json(AudienceList { audiences: listed }).into_response())
+}
+
+/// The profiles in an audience now: the rows of its profile export (the
+/// unified id column only), counted as the store streams them, so every
+/// backend's audience rules (and only theirs) decide.
+async fn audience_size(
+    state: &SharedState,
+    service: &crate::catalog::ServiceView,
+    audience_id: &str,
+    filter: &fineport_contract::profile::AudienceFilter,
+) -> Result<u64, AdminError> {
+    use futures::StreamExt;
+    let failed = |e: fineport_store::StoreError| {
+        tracing::error!(error = %e, audience_id, "sizing an audience failed");
+        AdminError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            INTERNAL,
+            format!("the size of audience {audience_id:?} could not be read"),
+        )
+    };
+    let plan = fineport_contract::profile::ProfileExportPlan {
+        with_external_id: false,
+        properties: Vec::new(),
+        audience: Some(audience_id.to_owned()),
+    };
+    let mut stream = state
+        .store
+        .export_profiles(&service.service.service_id, service.timezone, &plan, Some(filter))
+        .await
+        .map_err(failed)?;
+    while let Some(part) = stream.next().await {
+        if let fineport_store::ExportPart::End(summary) = part.map_err(failed)? {
+            return Ok(summary.rows);
+        }
+    }
+    Err(failed(fineport_store::StoreError::internal(
+        "the profile export stopped without finishing",
+    )))
 }
 
 #[utoipa::path(
