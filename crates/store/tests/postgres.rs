@@ -965,7 +965,7 @@ async fn a_database_from_before_token_reasons_opens_and_keeps_reasons() {
         reason: Some("rotated by policy".into()),
         ..token("new", TokenKind::Export, 2_000)
     };
-    pg.save_tokens(&[reasoned.clone()]).await.unwrap();
+    pg.save_tokens(std::slice::from_ref(&reasoned)).await.unwrap();
     drop(pg);
     let catalog = db.open().await.load_catalog().await.unwrap();
     assert_eq!(catalog.tokens, vec![old, reasoned]);
