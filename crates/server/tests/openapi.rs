@@ -36,6 +36,8 @@ const ENDPOINTS: &[&str] = &[
     "POST /admin/v1/services/{id}/taxonomy",
     "GET /admin/v1/services/{id}/requests",
     "GET /admin/v1/services/{id}/stats",
+    "POST /admin/v1/services/{id}/export/event",
+    "POST /admin/v1/services/{id}/export/userprofile",
     "GET /admin/v1/services/{id}/audiences",
     "POST /admin/v1/services/{id}/audiences",
     "DELETE /admin/v1/services/{id}/audiences/{aid}",
@@ -405,6 +407,27 @@ async fn every_answer_conforms_to_the_document() {
     ] {
         c.check(ep, export("/api/v1/export/userprofile", &export_token, body))
             .await;
+    }
+    let ae = "POST /admin/v1/services/{id}/export/event";
+    for (query, body) in [("?limit=1", day.clone()), ("", day.clone()), ("?limit=0", day.clone())] {
+        c.check(
+            ae,
+            admin(Method::POST, &format!("/admin/v1/services/shop/export/event{query}")).json(&body),
+        )
+        .await;
+    }
+    c.check(ae, http.post(url("/admin/v1/services/shop/export/event")).json(&day))
+        .await;
+    let ap = "POST /admin/v1/services/{id}/export/userprofile";
+    for body in [
+        json!({"properties_condition_type": "all"}),
+        json!({"properties_condition_type": "include", "properties": ["nosuch"]}),
+    ] {
+        c.check(
+            ap,
+            admin(Method::POST, "/admin/v1/services/shop/export/userprofile?limit=1").json(&body),
+        )
+        .await;
     }
     c.check(
         "PATCH /admin/v1/services/{id}",

@@ -38,6 +38,8 @@ pub fn routes(state: SharedState) -> (axum::Router<SharedState>, utoipa::openapi
         .routes(routes!(get_taxonomy, add_taxonomy))
         .routes(routes!(requests))
         .routes(routes!(stats))
+        .routes(routes!(crate::export::admin_export_event))
+        .routes(routes!(crate::export::admin_export_userprofile))
         .routes(routes!(list_audiences, create_audience))
         .routes(routes!(delete_audience))
         .split_for_parts();
