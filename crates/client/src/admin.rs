@@ -157,11 +157,25 @@ impl AdminClient {
         .await
     }
 
-    /// `POST /admin/v1/services/{id}/tokens/{kind}/reissue` →
+    /// `GET /admin/v1/services/{id}/tokens` → `{"tokens":[…]}`, newest
+    /// first, never a token's value.
+    pub async fn tokens(&self, service_id: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, self.url(&["services", service_id, "tokens"]), None)
+            .await
+    }
+
+    /// `POST /admin/v1/services/{id}/tokens/{kind}/reissue` with an
+    /// optional `{"reason"}` (at most 500 characters) →
     /// `{"token","previous_valid_until"}`.
-    pub async fn reissue_token(&self, service_id: &str, kind: TokenKind) -> anyhow::Result<Value> {
+    pub async fn reissue_token(
+        &self,
+        service_id: &str,
+        kind: TokenKind,
+        reason: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let url = self.url(&["services", service_id, "tokens", kind.as_str(), "reissue"]);
-        self.call(Method::POST, url, None).await
+        let body = reason.map(|r| serde_json::json!({ "reason": r }));
+        self.call(Method::POST, url, body).await
     }
 
     /// `DELETE /admin/v1/services/{id}/tokens/{kind}`: revokes every token of `kind`.
@@ -200,11 +214,34 @@ impl AdminClient {
         self.call(Method::DELETE, url, None).await
     }
 
-    /// `GET /admin/v1/services/{id}/requests?limit=N`: the request log, newest first.
-    pub async fn requests(&self, service_id: &str, limit: Option<usize>) -> anyhow::Result<Value> {
+    /// `GET /admin/v1/services/{id}/stats?hours=H&days=D` →
+    /// `{"hourly":[{"hour","requests","export_rows"}],"daily":[{"day","events"}]}`.
+    pub async fn stats(&self, service_id: &str, hours: Option<u32>, days: Option<u32>) -> anyhow::Result<Value> {
+        let mut url = self.url(&["services", service_id, "stats"]);
+        if let Some(hours) = hours {
+            url.query_pairs_mut().append_pair("hours", &hours.to_string());
+        }
+        if let Some(days) = days {
+            url.query_pairs_mut().append_pair("days", &days.to_string());
+        }
+        self.call(Method::GET, url, None).await
+    }
+
+    /// `GET /admin/v1/services/{id}/requests?limit=N&outcome=M`: the
+    /// request log, newest first; only the entries whose `message` is
+    /// `outcome` (`ok`, `invalid_parameter`, `40001`, …) when given.
+    pub async fn requests(
+        &self,
+        service_id: &str,
+        limit: Option<usize>,
+        outcome: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let mut url = self.url(&["services", service_id, "requests"]);
         if let Some(limit) = limit {
             url.query_pairs_mut().append_pair("limit", &limit.to_string());
+        }
+        if let Some(outcome) = outcome {
+            url.query_pairs_mut().append_pair("outcome", outcome);
         }
         self.call(Method::GET, url, None).await
     }

@@ -137,9 +137,28 @@ pub fn parse_timezone(name: &str) -> Option<Tz> {
     name.parse::<Tz>().ok()
 }
 
+/// Every name [`parse_timezone`] accepts (the IANA database's zones and
+/// links, as chrono-tz compiles them), sorted by byte order.
+pub fn timezone_names() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect();
+    names.sort_unstable();
+    names
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timezone_names_are_exactly_the_accepted_ones() {
+        let names = timezone_names();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, no duplicates");
+        for name in ["UTC", "Asia/Seoul", "America/New_York", "Asia/Kathmandu"] {
+            assert!(names.contains(&name), "{name}");
+        }
+        assert!(names.iter().all(|n| parse_timezone(n).is_some()));
+        assert!(!names.contains(&"Mars/Olympus_Mons") && parse_timezone("Mars/Olympus_Mons").is_none());
+    }
 
     #[test]
     fn parses_strict_dates_only() {

@@ -29,7 +29,7 @@ enum AdminCommand {
     /// List, create, show and change services.
     #[command(subcommand)]
     Services(ServicesCommand),
-    /// Reissue or revoke a service's tokens.
+    /// List, reissue or revoke a service's tokens.
     #[command(subcommand)]
     Tokens(TokensCommand),
     /// Show or extend a service's taxonomy.
@@ -45,6 +45,21 @@ enum AdminCommand {
         /// How many entries (server default 100).
         #[arg(long)]
         limit: Option<usize>,
+        /// Only the entries with this outcome: a message such as `ok` or
+        /// `invalid_parameter`, or an Import API code such as `40001`.
+        #[arg(long)]
+        outcome: Option<String>,
+    },
+    /// Requests and exported rows per hour, events stored per day.
+    Stats {
+        /// Service id.
+        id: String,
+        /// How many hours, the current one last (1 to 720; server default 48).
+        #[arg(long)]
+        hours: Option<u32>,
+        /// How many days of the service's timezone, today last (1 to 366; server default 30).
+        #[arg(long)]
+        days: Option<u32>,
     },
 }
 
@@ -141,11 +156,20 @@ impl From<Kind> for TokenKind {
 
 #[derive(Debug, Subcommand)]
 enum TokensCommand {
+    /// List a service's tokens, newest first: id, kind, state, dates and
+    /// reason, never a token's value.
+    List {
+        /// Service id.
+        id: String,
+    },
     /// Issue a new token; the old one keeps working for 14 days.
     Reissue {
         /// Service id.
         id: String,
         kind: Kind,
+        /// Why (at most 500 characters), kept with the new token and shown by `tokens list`.
+        #[arg(long)]
+        reason: Option<String>,
     },
     /// Revoke the current and any previous token of that kind at once.
     Revoke {
@@ -295,7 +319,10 @@ async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Val
             ServicesCommand::Update { id, settings } => client.update_service(&id, &settings.into_settings(None)).await,
         },
         AdminCommand::Tokens(c) => match c {
-            TokensCommand::Reissue { id, kind } => client.reissue_token(&id, kind.into()).await,
+            TokensCommand::List { id } => client.tokens(&id).await,
+            TokensCommand::Reissue { id, kind, reason } => {
+                client.reissue_token(&id, kind.into(), reason.as_deref()).await
+            }
             TokensCommand::Revoke { id, kind } => client.revoke_token(&id, kind.into()).await,
         },
         AdminCommand::Taxonomy(c) => match c {
@@ -356,7 +383,8 @@ async fn call(client: &AdminClient, command: AdminCommand) -> anyhow::Result<Val
             }
             AudiencesCommand::Delete { id, audience_id } => client.delete_audience(&id, &audience_id).await,
         },
-        AdminCommand::Requests { id, limit } => client.requests(&id, limit).await,
+        AdminCommand::Requests { id, limit, outcome } => client.requests(&id, limit, outcome.as_deref()).await,
+        AdminCommand::Stats { id, hours, days } => client.stats(&id, hours, days).await,
     }
 }
 

@@ -60,13 +60,44 @@ fn serve_demo_then_administer_it_from_the_cli() {
     assert!(ok);
     assert_eq!(audiences["audiences"].as_array().map(Vec::len), Some(2));
 
-    let (ok, reissued) = admin(&server, &["tokens", "reissue", "shop", "export"]);
+    let (ok, reissued) = admin(
+        &server,
+        &["tokens", "reissue", "shop", "export", "--reason", "leaked in a CI log"],
+    );
     assert!(ok, "{reissued}");
     assert!(reissued["previous_valid_until"].is_string());
+    let (ok, tokens) = admin(&server, &["tokens", "list", "shop"]);
+    assert!(ok, "{tokens}");
+    let newest = &tokens["tokens"][0];
+    assert_eq!(
+        (
+            newest["kind"].as_str(),
+            newest["state"].as_str(),
+            newest["reason"].as_str()
+        ),
+        (Some("export"), Some("active"), Some("leaked in a CI log")),
+        "{tokens}"
+    );
+    assert_eq!(tokens["tokens"].as_array().map(Vec::len), Some(3), "{tokens}");
+    let new_token = reissued["token"].as_str().unwrap_or("no token");
+    assert!(!tokens.to_string().contains(new_token), "never a token's value");
     let (ok, _) = admin(&server, &["tokens", "reissue", "shop", "export"]);
     assert!(!ok, "the cool-down refuses a second reissue");
     let (ok, log) = admin(&server, &["requests", "demo", "--limit", "5"]);
     assert!(ok && log["requests"].is_array());
+    let (ok, log) = admin(&server, &["requests", "shop", "--outcome", "unauthorized_token"]);
+    assert!(ok, "{log}");
+    assert_eq!(log["requests"], serde_json::json!([]), "no refused export of shop");
+    let (ok, stats) = admin(&server, &["stats", "shop", "--hours", "3", "--days", "2"]);
+    assert!(ok, "{stats}");
+    assert_eq!(
+        (
+            stats["hourly"].as_array().map(Vec::len),
+            stats["daily"].as_array().map(Vec::len)
+        ),
+        (Some(3), Some(2)),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -276,6 +276,14 @@ impl Catalog {
         list
     }
 
+    /// Every token record of `service_id` (hashes included: never to be
+    /// shown), newest first; `None` when the service does not exist.
+    pub fn tokens(&self, service_id: &str) -> Option<Vec<TokenRecord>> {
+        let mut tokens = self.read().get(service_id)?.tokens.clone();
+        tokens.sort_by(|a, b| (b.created_at, &b.token_id).cmp(&(a.created_at, &a.token_id)));
+        Some(tokens)
+    }
+
     /// The id of the valid `kind` token of `service_id` that `presented`
     /// is, if any. Every candidate is compared in constant time.
     pub fn authenticate(
@@ -312,6 +320,7 @@ impl Catalog {
             by_reissue,
             valid_until: None,
             revoked: false,
+            reason: None,
         };
         (token, record)
     }
@@ -393,15 +402,17 @@ impl Catalog {
 
     /// Issues a new token of `kind`; the current one keeps working for the
     /// grace period. Refused (`Conflict`) within the cool-down of the
-    /// previous reissue, made through any replica.
+    /// previous reissue, made through any replica. `reason` is kept with
+    /// the new token (the caller checks its length).
     pub async fn reissue(
         &self,
         service_id: &ServiceId,
         kind: TokenKind,
         now: DateTime<Utc>,
+        reason: Option<String>,
     ) -> Result<Reissued, CatalogError> {
         let changing = self.begin(service_id).await?;
-        let done = self.reissue_now(service_id, kind, now).await;
+        let done = self.reissue_now(service_id, kind, now, reason).await;
         changing.end().await;
         done
     }
@@ -411,6 +422,7 @@ impl Catalog {
         service_id: &ServiceId,
         kind: TokenKind,
         now: DateTime<Utc>,
+        reason: Option<String>,
     ) -> Result<Reissued, CatalogError> {
         let current: Vec<TokenRecord> = {
             let entries = self.read();
@@ -443,7 +455,8 @@ impl Catalog {
             })
             .collect();
         let previous_valid_until = (!changed.is_empty()).then_some(until);
-        let (token, record) = Self::new_token(service_id, kind, now, true);
+        let (token, mut record) = Self::new_token(service_id, kind, now, true);
+        record.reason = reason;
         changed.push(record);
         self.store.save_tokens(&changed).await?;
         self.replace_tokens(service_id, changed);

@@ -411,10 +411,30 @@ pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
         )
         .into(),
     );
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        // The admin API's exports answer in the Export API's dialect.
+        let admin_export = path.starts_with("/admin/") && path.contains("/export/");
         for operation in operations(item) {
             let tag = operation.tags.as_ref().and_then(|t| t.first()).cloned();
             let responses = &mut operation.responses.responses;
+            if admin_export {
+                for status in [400, 429, 500] {
+                    let messages: Vec<&str> = ExportOutcome::ALL
+                        .iter()
+                        .filter(|o| o.http_status() == status)
+                        .map(|o| o.message())
+                        .collect();
+                    let mut response = json_response(
+                        &format!(
+                            "A detailed response of the Export API (SPEC §2.2): {}.",
+                            messages.join(" or ")
+                        ),
+                        export_failure(&messages),
+                    );
+                    rate_limit_headers(&mut response, status == 429);
+                    responses.insert(status.to_string(), response.into());
+                }
+            }
             match tag.as_deref() {
                 Some(EXPORT_TAG) => {
                     if let Some(RefOr::T(ok)) = responses.get_mut("200") {

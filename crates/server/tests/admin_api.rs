@@ -525,7 +525,315 @@ async fn the_request_log_records_every_api_request_without_tokens() {
     assert!(!text.contains(&svc.export_token), "never the token itself");
 }
 
+/// `GET …/timezones`: every name a service accepts, sorted; each one
+/// creates a service, a name outside the list does not.
+async fn timezones_lists_every_accepted_name_sorted() {
+    let server = TestServer::start().await;
+    let (status, v) = server.admin(Method::GET, "/admin/v1/timezones", None).await;
+    assert_eq!(status, 200, "{v}");
+    let names: Vec<&str> = v["timezones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert!(names.len() > 400, "the IANA database: {}", names.len());
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "sorted, once each");
+    for name in ["UTC", "Asia/Seoul", "Asia/Kathmandu", "America/St_Johns"] {
+        assert!(names.contains(&name), "{name}");
+    }
+    for (i, name) in [names[0], names[names.len() / 2], names[names.len() - 1]]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = server
+            .admin(
+                Method::POST,
+                "/admin/v1/services",
+                Some(json!({"service_id": format!("tz{i}"), "timezone": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{name}: {body}");
+    }
+    assert!(!names.contains(&"Asia/Nowhere"));
+    let (status, _) = server
+        .admin(
+            Method::POST,
+            "/admin/v1/services",
+            Some(json!({"timezone": "Asia/Nowhere"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+/// `GET /admin/v1/services/shop/tokens`'s list; checks it never shows a hash.
+async fn list_tokens(server: &TestServer) -> Vec<Value> {
+    let (status, v) = server.admin(Method::GET, "/admin/v1/services/shop/tokens", None).await;
+    assert_eq!(status, 200, "{v}");
+    let text = v.to_string();
+    assert!(!text.contains("hash"), "{text}");
+    v["tokens"].as_array().unwrap().clone()
+}
+
+/// `GET …/tokens` lists every token newest first with its state and the
+/// reason given to its reissue, never a value or hash; the reason is
+/// checked (≤ 500 characters) and survives a restart.
+async fn tokens_are_listed_with_state_and_reissue_reason() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    let listed = list_tokens(&server).await;
+    assert_eq!(listed.len(), 2);
+    for t in &listed {
+        assert_eq!(
+            (
+                t["state"].as_str(),
+                t["revoked"].as_bool(),
+                &t["valid_until"],
+                &t["reason"]
+            ),
+            (Some("active"), Some(false), &Value::Null, &Value::Null),
+            "{t}"
+        );
+        assert_eq!(t["created_at"], "2026-11-25T03:00:00Z");
+        assert!(t["token_id"].as_str().unwrap().starts_with("tok_"));
+    }
+    let kinds: std::collections::BTreeSet<&str> = listed.iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["export", "import"].into());
+
+    server.clock.advance(chrono::Duration::hours(1));
+    let reissue = |kind: &str, body: Option<Value>| {
+        let path = format!("/admin/v1/services/shop/tokens/{kind}/reissue");
+        let server = &server;
+        async move { server.admin(Method::POST, &path, body).await }
+    };
+    let (status, v) = reissue("export", Some(json!({"reason": "leaked in a CI log"}))).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["previous_valid_until"], "2026-12-09T04:00:00Z");
+    let new_token = v["token"].as_str().unwrap().to_owned();
+    // Too long (501 characters), or not a reason: refused, nothing issued.
+    for bad in [
+        json!({"reason": "x".repeat(501)}),
+        json!({"why": "no"}),
+        json!({"reason": 5}),
+    ] {
+        let (status, v) = reissue("import", Some(bad.clone())).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {v}"
+        );
+    }
+    // 500 characters of two bytes each: characters are counted, not bytes.
+    let long = "é".repeat(500);
+    let (status, v) = reissue("import", Some(json!({"reason": long}))).await;
+    assert_eq!(status, 200, "{v}");
+
+    let listed = list_tokens(&server).await;
+    assert_eq!(listed.len(), 4);
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&new_token));
+    assert!(!serde_json::to_string(&listed).unwrap().contains(&svc.export_token));
+    let summary = |listed: &[Value]| -> Vec<(String, String, Value)> {
+        listed
+            .iter()
+            .map(|t| {
+                (
+                    t["kind"].as_str().unwrap().to_owned(),
+                    t["state"].as_str().unwrap().to_owned(),
+                    t["reason"].clone(),
+                )
+            })
+            .collect()
+    };
+    let mut newest_two = summary(&listed[..2]);
+    newest_two.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        newest_two,
+        [
+            ("export".into(), "active".into(), json!("leaked in a CI log")),
+            ("import".into(), "active".into(), json!(long)),
+        ]
+    );
+    let oldest_two = summary(&listed[2..]);
+    assert!(
+        oldest_two
+            .iter()
+            .all(|(_, state, reason)| state == "grace" && reason.is_null()),
+        "{oldest_two:?}"
+    );
+    assert!(listed[2..].iter().all(|t| t["valid_until"] == "2026-12-09T04:00:00Z"));
+
+    // After the grace period, and after a revoke; all of it read back after a restart.
+    server.clock.advance(chrono::Duration::days(14));
+    let (status, _) = server
+        .admin(Method::DELETE, "/admin/v1/services/shop/tokens/import", None)
+        .await;
+    assert_eq!(status, 200);
+    let server = server.restart().await;
+    let listed = list_tokens(&server).await;
+    let states: Vec<(String, String)> = summary(&listed).into_iter().map(|(k, s, _)| (k, s)).collect();
+    let count = |kind: &str, state: &str| states.iter().filter(|(k, s)| k == kind && s == state).count();
+    assert_eq!(
+        (
+            count("export", "active"),
+            count("export", "expired"),
+            count("import", "revoked")
+        ),
+        (1, 1, 2),
+        "{states:?}"
+    );
+    let export = listed.iter().find(|t| t["state"] == "active").unwrap();
+    assert_eq!(export["reason"], "leaked in a CI log");
+    let (status, _) = server
+        .admin(Method::GET, "/admin/v1/services/nosuch/tokens", None)
+        .await;
+    assert_eq!(status, 404);
+}
+
+/// Imports and exports at three moments of a Seoul service: 03:00Z and
+/// 04:10Z on the 25th (the 25th in Seoul), 15:30Z (00:30 on the 26th in
+/// Seoul). Returns the service.
+async fn log_a_day_of_requests(server: &TestServer) -> Svc {
+    let svc = server
+        .service(json!({"service_id": "shop", "timezone": "Asia/Seoul", "auto_register": true}))
+        .await;
+    let events = |ids: std::ops::Range<u128>| {
+        let list = ids
+            .map(|n| event(n, "purchase", "2026-11-25T01:00:00Z", json!({})))
+            .collect();
+        events_body("u1", list)
+    };
+    let day = json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+    assert_eq!(server.import(&svc, events(0..2)).await["code"], "20000");
+    server.import_raw("shop", Some("wrong"), events(0..1).to_string()).await;
+    server.export(&svc, day.clone()).await.text().await.unwrap();
+    server.clock.advance(chrono::Duration::minutes(70));
+    assert_eq!(server.import(&svc, events(2..5)).await["code"], "20000");
+    let refused = server.export(&svc, json!({"events_condition_type": "some"})).await;
+    assert_eq!(refused.status(), 400);
+    server.clock.advance(chrono::Duration::minutes(680));
+    assert_eq!(server.import(&svc, events(5..6)).await["code"], "20000");
+    server.export(&svc, day).await.text().await.unwrap();
+    svc
+}
+
+/// `?outcome=` keeps only the entries with that exact message, filtered
+/// in the store before the limit.
+async fn the_request_log_filters_by_outcome_before_the_limit() {
+    let server = TestServer::start().await;
+    log_a_day_of_requests(&server).await;
+    let log = |query: &'static str| {
+        let server = &server;
+        async move {
+            let (status, v) = server
+                .admin(Method::GET, &format!("/admin/v1/services/shop/requests{query}"), None)
+                .await;
+            assert_eq!(status, 200, "{query}: {v}");
+            v["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    (
+                        e["endpoint"].as_str().unwrap().to_owned(),
+                        e["message"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let (imports, exports) = ("/api/v1/events".to_owned(), "/api/v1/export/event".to_owned());
+    let ok = |e: &String| (e.clone(), "ok".to_owned());
+    assert_eq!(
+        log("?outcome=ok").await,
+        [ok(&exports), ok(&imports), ok(&imports), ok(&exports), ok(&imports)]
+    );
+    assert_eq!(log("?outcome=ok&limit=2").await, [ok(&exports), ok(&imports)]);
+    // The oldest refusal, though the newest entries are all something else.
+    assert_eq!(
+        log("?outcome=40201&limit=1").await,
+        [(imports.clone(), "40201".to_owned())]
+    );
+    assert_eq!(
+        log("?outcome=invalid_parameter").await,
+        [(exports.clone(), "invalid_parameter".to_owned())]
+    );
+    assert_eq!(log("?outcome=OK").await, [], "exact, case and all");
+    assert_eq!(log("?outcome=nosuch").await, []);
+    assert_eq!(log("").await.len(), 7);
+}
+
+/// `GET …/stats`: every hour (UTC) and every day (the service's timezone)
+/// of the range, oldest first, zeros included; requests of both APIs and
+/// rows of complete exports per hour, events stored per day.
+async fn stats_sum_the_request_log_per_hour_and_per_service_day() {
+    let server = TestServer::start().await;
+    log_a_day_of_requests(&server).await;
+    let (status, v) = server
+        .admin(Method::GET, "/admin/v1/services/shop/stats?hours=16&days=3", None)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let hourly = v["hourly"].as_array().unwrap();
+    assert_eq!(hourly.len(), 16);
+    assert_eq!(hourly[0]["hour"], "2026-11-25T00:00:00Z");
+    assert_eq!(hourly[15]["hour"], "2026-11-25T15:00:00Z", "the current hour last");
+    for (i, h) in hourly.iter().enumerate() {
+        let want = match i {
+            3 => json!({"hour": "2026-11-25T03:00:00Z", "requests": 3, "export_rows": 2}),
+            4 => json!({"hour": "2026-11-25T04:00:00Z", "requests": 2, "export_rows": 0}),
+            15 => json!({"hour": "2026-11-25T15:00:00Z", "requests": 2, "export_rows": 6}),
+            _ => json!({"hour": format!("2026-11-25T{i:02}:00:00Z"), "requests": 0, "export_rows": 0}),
+        };
+        assert_eq!(h, &want, "hour {i}");
+    }
+    assert_eq!(
+        v["daily"],
+        json!([
+            {"day": "2026-11-24", "events": 0},
+            {"day": "2026-11-25", "events": 5},
+            {"day": "2026-11-26", "events": 1},
+        ])
+    );
+    let (_, v) = server.admin(Method::GET, "/admin/v1/services/shop/stats", None).await;
+    assert_eq!(
+        (
+            v["hourly"].as_array().unwrap().len(),
+            v["daily"].as_array().unwrap().len()
+        ),
+        (48, 30),
+        "the defaults"
+    );
+    let events: u64 = v["daily"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(events, 6);
+    for bad in ["hours=0", "hours=721", "days=0", "days=367", "weeks=1", "hours=x"] {
+        let (status, v) = server
+            .admin(Method::GET, &format!("/admin/v1/services/shop/stats?{bad}"), None)
+            .await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad}: {v}"
+        );
+    }
+    for good in ["hours=720&days=366", "hours=1&days=1"] {
+        let (status, v) = server
+            .admin(Method::GET, &format!("/admin/v1/services/shop/stats?{good}"), None)
+            .await;
+        assert_eq!(status, 200, "{good}: {v}");
+    }
+    let (status, _) = server.admin(Method::GET, "/admin/v1/services/nosuch/stats", None).await;
+    assert_eq!(status, 404);
+}
+
 backend_suite!(
+    the_request_log_filters_by_outcome_before_the_limit,
+    stats_sum_the_request_log_per_hour_and_per_service_day,
+    timezones_lists_every_accepted_name_sorted,
+    tokens_are_listed_with_state_and_reissue_reason,
     requires_the_admin_token,
     every_admin_error_is_json_with_error_and_detail,
     services_are_created_listed_read_and_changed,

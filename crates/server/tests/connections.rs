@@ -513,7 +513,11 @@ async fn shutdown_cuts_a_stalled_export_at_its_deadline() {
     // The request log was written before serve returned.
     let log = server
         .faults
-        .recent_requests(&fineport_contract::ServiceId::parse(&svc.id).expect("service id"), 100)
+        .recent_requests(
+            &fineport_contract::ServiceId::parse(&svc.id).expect("service id"),
+            100,
+            None,
+        )
         .await
         .expect("request log");
     assert!(log.iter().any(|e| e.message == "client_connection_closed"), "{log:?}");

@@ -832,7 +832,139 @@ async fn lookback_settings_are_bounded_and_never_overflow() {
     }
 }
 
+/// POST to an admin export (`/admin/v1/services/shop/export/{what}{query}`)
+/// with `token` as the bearer.
+async fn admin_export(server: &TestServer, what: &str, query: &str, token: &str, body: &Value) -> reqwest::Response {
+    server
+        .http
+        .post(server.url(&format!("/admin/v1/services/shop/export/{what}{query}")))
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .expect("admin export")
+}
+
+/// The admin exports are the Export API's (same admission, bytes and
+/// errors, logged under its endpoints) behind the admin token, and
+/// `?limit=N` ends the CSV after N rows — counted by CSV records, so a
+/// newline inside a quoted cell does not end a row.
+async fn admin_exports_are_the_export_api_with_a_row_limit() {
+    let server = TestServer::start().await;
+    let svc = server
+        .service(json!({"service_id": "shop", "timezone": "Asia/Seoul", "auto_register": true}))
+        .await;
+    let events = (0..5u128)
+        .map(|n| {
+            let note = if n == 0 { "two\nlines, \"quoted\"" } else { "plain" };
+            event(n, "purchase", &format!("2026-11-25T0{n}:00:00Z"), json!({"note": note}))
+        })
+        .collect();
+    assert_eq!(server.import(&svc, events_body("u1", events)).await["code"], "20000");
+    let day = all_events("2026-11-25", "2026-11-25");
+    let via_api = server.export(&svc, day.clone()).await.text().await.unwrap();
+    let resp = admin_export(&server, "event", "", ADMIN_TOKEN, &day).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(resp.text().await.unwrap(), via_api, "the same bytes");
+    let (header, rows) = parse_csv(&via_api);
+    assert_eq!(rows.len(), 5);
+    assert!(via_api.contains("two\nlines"), "a newline inside a cell: {via_api}");
+
+    for limit in [1u64, 2, 5, 1000] {
+        let resp = admin_export(&server, "event", &format!("?limit={limit}"), ADMIN_TOKEN, &day).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        let (h, r) = parse_csv(&text);
+        let n = limit.min(5) as usize;
+        assert_eq!((&h, r.as_slice()), (&header, &rows[..n]), "limit {limit}");
+        let logged = &server.requests(&svc).await[0];
+        assert_eq!(
+            (
+                logged["endpoint"].as_str(),
+                logged["message"].as_str(),
+                logged["rows"].as_u64()
+            ),
+            (Some("/api/v1/export/event"), Some("ok"), Some(n as u64)),
+            "limit {limit}: {logged}"
+        );
+        assert_eq!(logged["bytes"].as_u64(), Some(text.len() as u64));
+        assert!(logged["token_id"].is_null());
+    }
+
+    // The Export API's refusals, in its dialect, logged.
+    let query_refusals = ["?limit=0", "?limit=1001", "?limit=x", "?rows=1"];
+    for query in query_refusals {
+        assert_failure(
+            admin_export(&server, "event", query, ADMIN_TOKEN, &day).await,
+            400,
+            "invalid_parameter",
+        )
+        .await;
+    }
+    assert_failure(
+        admin_export(
+            &server,
+            "event",
+            "",
+            ADMIN_TOKEN,
+            &json!({"events_condition_type": "some"}),
+        )
+        .await,
+        400,
+        "invalid_parameter",
+    )
+    .await;
+    assert_failure(
+        admin_export(
+            &server,
+            "event",
+            "",
+            ADMIN_TOKEN,
+            &all_events("2025-01-01", "2025-01-01"),
+        )
+        .await,
+        400,
+        "exceed_date_range_limit",
+    )
+    .await;
+    let refused = server.requests(&svc).await;
+    assert_eq!(refused[0]["message"], "exceed_date_range_limit");
+    assert_eq!(refused[1]["message"], "invalid_parameter");
+    // Only the admin token opens it.
+    for token in [svc.export_token.as_str(), "wrong"] {
+        let resp = admin_export(&server, "event", "", token, &day).await;
+        assert_eq!(resp.status(), 401);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "unauthorized");
+    }
+
+    let profiles = json!({"properties_condition_type": "all", "identities_condition_type": "all"});
+    let resp = admin_export(&server, "userprofile", "?limit=1", ADMIN_TOKEN, &profiles).await;
+    assert_eq!(resp.status(), 200);
+    let (_, rows) = parse_csv(&resp.text().await.unwrap());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(server.requests(&svc).await[0]["endpoint"], "/api/v1/export/userprofile");
+
+    // The service's hourly quota counts them: 7 admitted so far (1 by the Export API).
+    let (status, _) = server
+        .admin(
+            reqwest::Method::PATCH,
+            "/admin/v1/services/shop",
+            Some(json!({"limits": {"export_per_hour": 7}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_failure(
+        admin_export(&server, "event", "?limit=1", ADMIN_TOKEN, &day).await,
+        429,
+        "too_many_api_requests",
+    )
+    .await;
+}
+
 backend_suite!(
+    admin_exports_are_the_export_api_with_a_row_limit,
     invalid_parameter_for_every_malformed_request,
     unauthorized_token_for_every_wrong_credential,
     the_bearer_scheme_is_accepted_in_any_case,

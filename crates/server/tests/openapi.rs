@@ -24,15 +24,20 @@ const ENDPOINTS: &[&str] = &[
     "POST /api/v1/identities",
     "POST /api/v1/identities/delete",
     "POST /api/v1/user-profile",
+    "GET /admin/v1/timezones",
     "GET /admin/v1/services",
     "POST /admin/v1/services",
     "GET /admin/v1/services/{id}",
     "PATCH /admin/v1/services/{id}",
+    "GET /admin/v1/services/{id}/tokens",
     "POST /admin/v1/services/{id}/tokens/{kind}/reissue",
     "DELETE /admin/v1/services/{id}/tokens/{kind}",
     "GET /admin/v1/services/{id}/taxonomy",
     "POST /admin/v1/services/{id}/taxonomy",
     "GET /admin/v1/services/{id}/requests",
+    "GET /admin/v1/services/{id}/stats",
+    "POST /admin/v1/services/{id}/export/event",
+    "POST /admin/v1/services/{id}/export/userprofile",
     "GET /admin/v1/services/{id}/audiences",
     "POST /admin/v1/services/{id}/audiences",
     "DELETE /admin/v1/services/{id}/audiences/{aid}",
@@ -409,6 +414,27 @@ async fn every_answer_conforms_to_the_document() {
         c.check(ep, export("/api/v1/export/userprofile", &export_token, body))
             .await;
     }
+    let ae = "POST /admin/v1/services/{id}/export/event";
+    for (query, body) in [("?limit=1", day.clone()), ("", day.clone()), ("?limit=0", day.clone())] {
+        c.check(
+            ae,
+            admin(Method::POST, &format!("/admin/v1/services/shop/export/event{query}")).json(&body),
+        )
+        .await;
+    }
+    c.check(ae, http.post(url("/admin/v1/services/shop/export/event")).json(&day))
+        .await;
+    let ap = "POST /admin/v1/services/{id}/export/userprofile";
+    for body in [
+        json!({"properties_condition_type": "all"}),
+        json!({"properties_condition_type": "include", "properties": ["nosuch"]}),
+    ] {
+        c.check(
+            ap,
+            admin(Method::POST, "/admin/v1/services/shop/export/userprofile?limit=1").json(&body),
+        )
+        .await;
+    }
     c.check(
         "PATCH /admin/v1/services/{id}",
         admin(Method::PATCH, "/admin/v1/services/shop").json(&json!({"limits": {"export_per_hour": 1}})),
@@ -428,10 +454,18 @@ async fn every_answer_conforms_to_the_document() {
 
     // The request log.
     let log = "GET /admin/v1/services/{id}/requests";
-    for query in ["?limit=5", "?limit=0", "?limit=x", ""] {
+    for query in ["?limit=5", "?limit=0", "?limit=x", "", "?outcome=ok&limit=2"] {
         c.check(
             log,
             admin(Method::GET, &format!("/admin/v1/services/shop/requests{query}")),
+        )
+        .await;
+    }
+
+    for query in ["", "?hours=1&days=366", "?hours=0", "?days=x"] {
+        c.check(
+            "GET /admin/v1/services/{id}/stats",
+            admin(Method::GET, &format!("/admin/v1/services/shop/stats{query}")),
         )
         .await;
     }
@@ -462,10 +496,27 @@ async fn every_answer_conforms_to_the_document() {
 
     // Tokens.
     let reissue = "POST /admin/v1/services/{id}/tokens/{kind}/reissue";
-    for kind in ["export", "export", "nosuch"] {
+    for (kind, body) in [
+        ("export", json!({"reason": "rotation"})),
+        ("export", json!({})),
+        ("nosuch", json!({})),
+        ("import", json!({"reason": "x".repeat(501)})),
+    ] {
         c.check(
             reissue,
-            admin(Method::POST, &format!("/admin/v1/services/shop/tokens/{kind}/reissue")),
+            admin(Method::POST, &format!("/admin/v1/services/shop/tokens/{kind}/reissue")).json(&body),
+        )
+        .await;
+    }
+    c.check(
+        reissue,
+        admin(Method::POST, "/admin/v1/services/shop/tokens/import/reissue"),
+    )
+    .await;
+    for service in ["shop", "nosuch"] {
+        c.check(
+            "GET /admin/v1/services/{id}/tokens",
+            admin(Method::GET, &format!("/admin/v1/services/{service}/tokens")),
         )
         .await;
     }
@@ -477,6 +528,8 @@ async fn every_answer_conforms_to_the_document() {
         .await;
     }
 
+    c.check("GET /admin/v1/timezones", admin(Method::GET, "/admin/v1/timezones"))
+        .await;
     c.check("GET /health", http.get(url("/health"))).await;
     c.check("GET /openapi.json", http.get(url("/openapi.json"))).await;
     let (status, text) = c.check("GET /metrics", http.get(url("/metrics"))).await;
@@ -493,6 +546,6 @@ async fn every_answer_conforms_to_the_document() {
     assert_eq!(seen("POST /admin/v1/services"), [201, 400, 401, 409]);
     assert_eq!(seen(ee), [200, 400, 401, 500]);
     assert_eq!(seen(ep), [200, 400, 429]);
-    assert_eq!(seen(reissue), [200, 404, 409]);
+    assert_eq!(seen(reissue), [200, 400, 404, 409]);
     assert_eq!(seen(log), [200, 400]);
 }

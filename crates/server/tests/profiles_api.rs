@@ -589,6 +589,27 @@ async fn audiences_select_the_users_their_rules_describe() {
         .admin(Method::GET, "/admin/v1/services/shop/audiences", None)
         .await;
     assert_eq!(list["audiences"].as_array().unwrap().len(), 2);
+    let sizes: std::collections::BTreeMap<&str, u64> = list["audiences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["id"].as_str().unwrap(), a["size"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(sizes, [(rule_id.as_str(), 1), ("vips01", 2)].into(), "{list}");
+    // The size is the audience now: u3 becomes a profile of two purchases in range.
+    let more = vec![event(200, "df_purchase", "2026-11-21T03:00:00Z", json!({}))];
+    assert_eq!(server.import(&svc, events_body("u3", more)).await, ok());
+    let (_, list) = server
+        .admin(Method::GET, "/admin/v1/services/shop/audiences", None)
+        .await;
+    let rule_size = list["audiences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == rule_id.as_str())
+        .unwrap()["size"]
+        .clone();
+    assert_eq!(rule_size, 2, "{list}");
     let (status, _) = server
         .admin(Method::DELETE, "/admin/v1/services/shop/audiences/vips01", None)
         .await;

@@ -24,8 +24,8 @@ use fineport_contract::{ServiceId, Tz};
 use futures::{stream, StreamExt};
 
 use crate::{
-    Backlog, CatalogLock, CatalogSnapshot, CatalogWatch, ExportPart, ExportStream, InsertSummary, RequestLogEntry,
-    Service, Store, StoreError, TokenRecord,
+    Backlog, BucketSums, CatalogLock, CatalogSnapshot, CatalogWatch, ExportPart, ExportStream, InsertSummary,
+    RequestLogEntry, RequestSumsQuery, Service, Store, StoreError, TokenRecord,
 };
 
 /// Where an export fails (event and user-profile exports alike).
@@ -242,8 +242,21 @@ impl<S: Store + ?Sized> Store for FailingStore<S> {
         self.inner.append_request_log(entries).await
     }
 
-    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
-        self.inner.recent_requests(service_id, limit).await
+    async fn recent_requests(
+        &self,
+        service_id: &ServiceId,
+        limit: usize,
+        outcome: Option<&str>,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
+        self.inner.recent_requests(service_id, limit, outcome).await
+    }
+
+    async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &RequestSumsQuery,
+    ) -> Result<Vec<BucketSums>, StoreError> {
+        self.inner.request_sums(service_id, query).await
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -213,8 +213,26 @@ pub trait Store: Send + Sync + 'static {
     /// Appends entries to the request log.
     async fn append_request_log(&self, entries: Vec<RequestLogEntry>) -> Result<(), StoreError>;
 
-    /// The newest `limit` log entries of a service, newest first.
-    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError>;
+    /// The newest `limit` log entries of a service, newest first; only
+    /// those whose `message` is exactly `outcome` when given (filtered
+    /// before the limit).
+    async fn recent_requests(
+        &self,
+        service_id: &ServiceId,
+        limit: usize,
+        outcome: Option<&str>,
+    ) -> Result<Vec<RequestLogEntry>, StoreError>;
+
+    /// Sums over the request log of a service per time bucket
+    /// ([`RequestSumsQuery`]), computed by the store (never by reading every
+    /// entry into memory): one [`BucketSums`] per bucket, oldest first,
+    /// zeros for a bucket without entries. `Invalid` when the bounds are
+    /// not strictly ascending or fewer than two.
+    async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &RequestSumsQuery,
+    ) -> Result<Vec<BucketSums>, StoreError>;
 
     /// A server-wide setting (e.g. the admin token hash).
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;

@@ -62,7 +62,13 @@ pub struct TokenRecord {
     /// Set when a newer token replaced this one: valid until then (grace).
     pub valid_until: Option<DateTime<Utc>>,
     pub revoked: bool,
+    /// Why it was issued: the reason given to a reissue (at most
+    /// [`MAX_TOKEN_REASON_CHARS`] characters); `None` when none was given.
+    pub reason: Option<String>,
 }
+
+/// The longest reason a reissued token keeps, in characters.
+pub const MAX_TOKEN_REASON_CHARS: usize = 500;
 
 impl TokenRecord {
     pub fn is_valid_at(&self, now: DateTime<Utc>) -> bool {
@@ -110,6 +116,44 @@ pub struct RequestLogEntry {
     pub rows: Option<u64>,
     pub bytes: Option<u64>,
     pub duration_ms: u64,
+}
+
+/// What [`crate::Store::request_sums`] adds up over the request log of one
+/// service, per time bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSumsQuery {
+    /// The buckets' bounds (UTC ms, strictly ascending): bucket `i` is
+    /// `[bounds[i], bounds[i + 1])`, so there is one bucket fewer than bounds.
+    pub bounds: Vec<i64>,
+    /// The entries counted in [`BucketSums::requests`]: those whose
+    /// `endpoint` is one of these.
+    pub counted: Vec<String>,
+    /// The entries whose `rows` are summed in [`BucketSums::rows`]: those
+    /// whose `endpoint` is one of these and whose `message` is `ok`.
+    pub rows_of: Vec<String>,
+}
+
+impl RequestSumsQuery {
+    /// `Invalid` unless there are at least two bounds, strictly ascending.
+    pub fn check(&self) -> Result<(), StoreError> {
+        if self.bounds.len() < 2 || self.bounds.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(StoreError::new(
+                crate::StoreErrorKind::Invalid,
+                "request sums need at least two strictly ascending bounds",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One bucket of [`crate::Store::request_sums`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BucketSums {
+    /// Entries with an endpoint in [`RequestSumsQuery::counted`].
+    pub requests: u64,
+    /// Sum of `rows` of the `ok` entries with an endpoint in
+    /// [`RequestSumsQuery::rows_of`] (entries without rows count 0).
+    pub rows: u64,
 }
 
 /// A stored time (UTC ms). Out of chrono's range is corrupt data: an error

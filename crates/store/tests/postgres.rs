@@ -105,6 +105,7 @@ fn token(id: &str, kind: TokenKind, created_ms: i64) -> TokenRecord {
         by_reissue: false,
         valid_until: None,
         revoked: false,
+        reason: None,
     }
 }
 
@@ -197,6 +198,7 @@ async fn catalog_round_trip_and_conflicts() {
     reissued.valid_until = Some(Utc.timestamp_millis_opt(9_000).unwrap());
     let fresh = TokenRecord {
         by_reissue: true,
+        reason: Some("leaked in a CI log".into()),
         ..token("t3", TokenKind::Export, 3_000)
     };
     pg.save_tokens(&[reissued.clone(), fresh.clone()]).await.unwrap();
@@ -933,9 +935,38 @@ async fn the_request_log_answers_the_newest_first() {
     .await
     .unwrap();
     pg.append_request_log(Vec::new()).await.unwrap();
-    let recent = pg.recent_requests(&service_id(), 3).await.unwrap();
+    let recent = pg.recent_requests(&service_id(), 3, None).await.unwrap();
     let endpoints: Vec<&str> = recent.iter().map(|e| e.endpoint.as_str()).collect();
     assert_eq!(endpoints, ["same-ms-2", "same-ms-1", "middle"]);
     assert_eq!(recent[0], entry(3_000, "shop", "same-ms-2"));
-    assert_eq!(pg.recent_requests(&service_id(), 10).await.unwrap().len(), 4);
+    assert_eq!(pg.recent_requests(&service_id(), 10, None).await.unwrap().len(), 4);
+}
+
+/// A database made before tokens kept a reason (no `reason` column) opens:
+/// the migration adds the column, its tokens read without one, and a
+/// reason saved afterwards is kept.
+#[tokio::test]
+async fn a_database_from_before_token_reasons_opens_and_keeps_reasons() {
+    let Some(db) = TestDb::create().await else { return };
+    admin(
+        &db.url,
+        "CREATE TABLE services (service_id text COLLATE \"C\" PRIMARY KEY, doc text NOT NULL);
+         CREATE TABLE tokens (token_id text COLLATE \"C\" PRIMARY KEY, service_id text COLLATE \"C\" NOT NULL,
+             kind text NOT NULL, hash text NOT NULL, created_ms bigint NOT NULL, by_reissue boolean NOT NULL,
+             valid_until_ms bigint, revoked boolean NOT NULL);
+         INSERT INTO tokens VALUES ('old', 'shop', 'export', 'hash-old', 1000, false, NULL, false);",
+    )
+    .await;
+    let pg = db.open().await;
+    let old = token("old", TokenKind::Export, 1_000);
+    let catalog = pg.load_catalog().await.unwrap();
+    assert_eq!(catalog.tokens, vec![old.clone()], "read without a reason");
+    let reasoned = TokenRecord {
+        reason: Some("rotated by policy".into()),
+        ..token("new", TokenKind::Export, 2_000)
+    };
+    pg.save_tokens(std::slice::from_ref(&reasoned)).await.unwrap();
+    drop(pg);
+    let catalog = db.open().await.load_catalog().await.unwrap();
+    assert_eq!(catalog.tokens, vec![old, reasoned]);
 }

@@ -13,7 +13,7 @@ use fineport_contract::export::MAX_LOOKBACK_DAYS;
 use fineport_contract::profile::Audience;
 use fineport_contract::taxonomy::TaxonomyDoc;
 use fineport_contract::ServiceId;
-use fineport_store::{Limits, RequestLogEntry, Service, TokenKind};
+use fineport_store::{Limits, RequestLogEntry, Service, TokenKind, TokenRecord, MAX_TOKEN_REASON_CHARS};
 use rand::Rng;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -29,12 +29,17 @@ use crate::tokens;
 /// handlers' `#[utoipa::path]` attributes.
 pub fn routes(state: SharedState) -> (axum::Router<SharedState>, utoipa::openapi::OpenApi) {
     let (router, doc) = OpenApiRouter::new()
+        .routes(routes!(timezones))
         .routes(routes!(create_service, list_services))
         .routes(routes!(get_service, patch_service))
+        .routes(routes!(list_tokens))
         .routes(routes!(reissue_token))
         .routes(routes!(revoke_token))
         .routes(routes!(get_taxonomy, add_taxonomy))
         .routes(routes!(requests))
+        .routes(routes!(stats))
+        .routes(routes!(crate::export::admin_export_event))
+        .routes(routes!(crate::export::admin_export_userprofile))
         .routes(routes!(list_audiences, create_audience))
         .routes(routes!(delete_audience))
         .split_for_parts();
@@ -318,6 +323,77 @@ struct Reissued {
     previous_valid_until: Option<String>,
 }
 
+/// The optional body of `POST …/tokens/{kind}/reissue`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReissueBody {
+    /// Why the token is reissued, kept with the new token and shown in the
+    /// token list: at most 500 characters.
+    #[schema(max_length = 500)]
+    reason: Option<String>,
+}
+
+/// Where a token stands now.
+#[derive(Serialize, ToSchema, Debug, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum TokenState {
+    /// Works, with no end set.
+    Active,
+    /// Replaced by a newer token; works until `valid_until`.
+    Grace,
+    /// Replaced, and its grace period is over.
+    Expired,
+    /// Revoked: never works again.
+    Revoked,
+}
+
+/// One token of a service, as `GET …/tokens` lists it: never its value or hash.
+#[derive(Serialize, ToSchema)]
+struct TokenInfo {
+    /// The token's public id, as the request log shows it (`tok_…`).
+    token_id: String,
+    #[schema(value_type = TokenKindName)]
+    kind: &'static str,
+    /// When it was issued (RFC 3339 UTC).
+    #[schema(format = DateTime)]
+    created_at: String,
+    /// When a newer token replaced it: the end of its grace period (RFC
+    /// 3339 UTC); `null` while it is the current token.
+    #[schema(format = DateTime)]
+    valid_until: Option<String>,
+    revoked: bool,
+    state: TokenState,
+    /// The reason given when it was reissued; `null` if none was.
+    reason: Option<String>,
+}
+
+impl TokenInfo {
+    fn of(t: &TokenRecord, now: chrono::DateTime<chrono::Utc>) -> TokenInfo {
+        let state = match t.valid_until {
+            _ if t.revoked => TokenState::Revoked,
+            None => TokenState::Active,
+            Some(until) if now < until => TokenState::Grace,
+            Some(_) => TokenState::Expired,
+        };
+        let rfc3339 = |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        TokenInfo {
+            token_id: t.token_id.clone(),
+            kind: t.kind.as_str(),
+            created_at: rfc3339(t.created_at),
+            valid_until: t.valid_until.map(rfc3339),
+            revoked: t.revoked,
+            state,
+            reason: t.reason.clone(),
+        }
+    }
+}
+
+/// `GET …/tokens`: the service's tokens, newest first.
+#[derive(Serialize, ToSchema)]
+struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
 /// `DELETE …/tokens/{kind}`: how many tokens were revoked.
 #[derive(Serialize, ToSchema)]
 struct Revoked {
@@ -337,10 +413,24 @@ struct RequestList {
     requests: Vec<RequestLogEntry>,
 }
 
+/// An audience as `GET …/audiences` lists it: its definition and its size.
+#[derive(Serialize, ToSchema)]
+struct AudienceInfo {
+    /// The audience's fields, as `POST …/audiences` answers them (its
+    /// schema, `Audience`, admits no other field, so it is not referenced here).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    audience: Audience,
+    /// How many profiles are in the audience now (the rows its profile
+    /// export would have); `null` when it cannot be evaluated (a rule that
+    /// names what the taxonomy no longer types the same way).
+    size: Option<u64>,
+}
+
 /// `GET …/audiences`.
 #[derive(Serialize, ToSchema)]
 struct AudienceList {
-    audiences: Vec<Audience>,
+    audiences: Vec<AudienceInfo>,
 }
 
 /// `DELETE …/audiences/{aid}`: the id deleted.
@@ -357,6 +447,25 @@ enum TokenKindName {
     Import,
     #[schema(rename = "export")]
     Export,
+}
+
+/// `GET /admin/v1/timezones`.
+#[derive(Serialize, ToSchema)]
+struct TimezoneList {
+    /// Every IANA name a service's `timezone` may be, sorted.
+    timezones: Vec<&'static str>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/timezones",
+    tag = crate::openapi::ADMIN_TAG,
+    responses((status = 200, description = "Every timezone name a service accepts (IANA), sorted.", body = TimezoneList)),
+    security(("admin_token" = []))
+)]
+async fn timezones() -> AdminResult {
+    let timezones = fineport_contract::time::timezone_names();
+    Ok(Json(TimezoneList { timezones }).into_response())
 }
 
 #[utoipa::path(
@@ -463,6 +572,26 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
 }
 
 #[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/tokens",
+    tag = crate::openapi::ADMIN_TAG,
+    params(("id" = ServiceId, Path, description = SERVICE_ID)),
+    responses((status = 200, description = "Every token the service has had, newest first; never a token's value.", body = TokenList)),
+    security(("admin_token" = []))
+)]
+async fn list_tokens(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
+    let now = state.clock.now();
+    let tokens = state
+        .catalog
+        .tokens(&id)
+        .ok_or_else(|| CatalogError::no_service(&id))?
+        .iter()
+        .map(|t| TokenInfo::of(t, now))
+        .collect();
+    Ok(Json(TokenList { tokens }).into_response())
+}
+
+#[utoipa::path(
     post,
     path = "/admin/v1/services/{id}/tokens/{kind}/reissue",
     tag = crate::openapi::ADMIN_TAG,
@@ -470,6 +599,7 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
         ("id" = ServiceId, Path, description = SERVICE_ID),
         ("kind" = inline(TokenKindName), Path, description = "Which token."),
     ),
+    request_body(content = Option<ReissueBody>, description = "May be absent or empty: no reason."),
     responses(
         (status = 200, description = "The new token; the previous one works for 14 more days.", body = Reissued),
         (status = 409, description = "`conflict`: within the cool-down after the last reissue.", body = crate::openapi::AdminErrorBody),
@@ -479,9 +609,24 @@ fn token_kind(kind: &str) -> Result<TokenKind, AdminError> {
 async fn reissue_token(
     State(state): State<SharedState>,
     AdminPath((id, kind)): AdminPath<(ServiceId, String)>,
+    AdminBody(body): AdminBody,
 ) -> AdminResult {
     let kind = token_kind(&kind)?;
-    let reissued = state.catalog.reissue(&id, kind, state.clock.now()).await?;
+    let ReissueBody { reason } = if body.is_empty() {
+        ReissueBody::default()
+    } else {
+        parse(&body)?
+    };
+    if let Some(r) = &reason {
+        let chars = r.chars().count();
+        if chars > MAX_TOKEN_REASON_CHARS {
+            return Err(AdminError::invalid(format!(
+                "reason must be at most {MAX_TOKEN_REASON_CHARS} characters, not {chars}"
+            )));
+        }
+    }
+    let reason = reason.filter(|r| !r.is_empty());
+    let reissued = state.catalog.reissue(&id, kind, state.clock.now(), reason).await?;
     let previous_valid_until = reissued
         .previous_valid_until
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
@@ -550,11 +695,13 @@ async fn add_taxonomy(
 /// The most request-log entries one call returns.
 const MAX_REQUESTS: usize = 10_000;
 
-/// `?limit=N` of the request log: 1 to [`MAX_REQUESTS`] (default 100).
+/// `?limit=N&outcome=M` of the request log: 1 to [`MAX_REQUESTS`]
+/// (default 100) entries, only those whose `message` is `M` when given.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestsQuery {
     limit: Option<usize>,
+    outcome: Option<String>,
 }
 
 #[utoipa::path(
@@ -564,6 +711,7 @@ struct RequestsQuery {
     params(
         ("id" = ServiceId, Path, description = SERVICE_ID),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "How many entries, newest first: 1 to 10,000; default 100."),
+        ("outcome" = Option<String>, Query, description = "Only the entries whose `message` is exactly this (`ok`, `invalid_parameter`, `40001`, …), filtered before the limit."),
     ),
     responses((status = 200, description = "The request log; never a token.", body = RequestList)),
     security(("admin_token" = []))
@@ -582,15 +730,152 @@ async fn requests(
             "limit must be 1 to {MAX_REQUESTS}, not {limit}"
         )));
     }
-    let requests = state.store.recent_requests(&id, limit).await.map_err(|e| {
-        tracing::error!(error = %e, "reading the request log failed");
-        AdminError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            INTERNAL,
-            "the request log could not be read",
-        )
-    })?;
+    let requests = state
+        .store
+        .recent_requests(&id, limit, q.outcome.as_deref())
+        .await
+        .map_err(log_unreadable)?;
     Ok(Json(RequestList { requests }).into_response())
+}
+
+/// A request log that could not be read: logged, and a 500 `internal`.
+fn log_unreadable(e: fineport_store::StoreError) -> AdminError {
+    tracing::error!(error = %e, "reading the request log failed");
+    AdminError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        INTERNAL,
+        "the request log could not be read",
+    )
+}
+
+/// `?hours=H&days=D` of `GET …/stats`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatsQuery {
+    hours: Option<u32>,
+    days: Option<u32>,
+}
+
+/// One hour of `GET …/stats`.
+#[derive(Serialize, ToSchema)]
+struct HourStats {
+    /// The hour's start (RFC 3339 UTC).
+    #[schema(format = DateTime)]
+    hour: String,
+    /// Export and Import API requests logged in the hour, whatever their outcome.
+    requests: u64,
+    /// Rows of the exports that completed (`ok`) in the hour.
+    export_rows: u64,
+}
+
+/// One day (in the service's timezone) of `GET …/stats`.
+#[derive(Serialize, ToSchema)]
+struct DayStats {
+    /// `yyyy-MM-dd` in the service's timezone.
+    #[schema(format = Date)]
+    day: String,
+    /// Events stored that day: the `rows` of `/api/v1/events` requests answered `ok`.
+    events: u64,
+}
+
+/// `GET …/stats`: every hour of the last `hours` and every day of the last
+/// `days`, oldest first, zeros included.
+#[derive(Serialize, ToSchema)]
+struct Stats {
+    hourly: Vec<HourStats>,
+    daily: Vec<DayStats>,
+}
+
+/// The request log's endpoints of the Export API.
+const EXPORT_ENDPOINTS: [&str; 2] = [crate::export::EVENT_ENDPOINT, crate::export::PROFILE_ENDPOINT];
+
+/// The request log's endpoints of the Import API.
+const IMPORT_ENDPOINTS: [&str; 4] = [
+    crate::import::EVENTS_ENDPOINT,
+    crate::import::IDENTITIES_ENDPOINT,
+    crate::import::IDENTITIES_DELETE_ENDPOINT,
+    crate::import::USER_PROFILE_ENDPOINT,
+];
+
+#[utoipa::path(
+    get,
+    path = "/admin/v1/services/{id}/stats",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = ServiceId, Path, description = SERVICE_ID),
+        ("hours" = Option<u32>, Query, minimum = 1, maximum = 720, description = "How many hours, the current one last: 1 to 720; default 48."),
+        ("days" = Option<u32>, Query, minimum = 1, maximum = 366, description = "How many days of the service's timezone, today last: 1 to 366; default 30."),
+    ),
+    responses((status = 200, description = "Requests and exported rows per hour, events stored per day, from the request log.", body = Stats)),
+    security(("admin_token" = []))
+)]
+async fn stats(
+    State(state): State<SharedState>,
+    AdminPath(id): AdminPath<ServiceId>,
+    RawQuery(raw): RawQuery,
+) -> AdminResult {
+    let q: StatsQuery = query(raw.as_deref())?;
+    let service = find(&state, &id)?;
+    let (hours, days) = (q.hours.unwrap_or(48), q.days.unwrap_or(30));
+    if !(1..=720).contains(&hours) {
+        return Err(AdminError::invalid(format!("hours must be 1 to 720, not {hours}")));
+    }
+    if !(1..=366).contains(&days) {
+        return Err(AdminError::invalid(format!("days must be 1 to 366, not {days}")));
+    }
+    state.log.flush().await;
+    let now = state.clock.now();
+    const HOUR_MS: i64 = 3_600_000;
+    let this_hour = now.timestamp_millis().div_euclid(HOUR_MS) * HOUR_MS;
+    let first_hour = this_hour - (i64::from(hours) - 1) * HOUR_MS;
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let hourly_query = fineport_store::RequestSumsQuery {
+        bounds: (0..=i64::from(hours)).map(|h| first_hour + h * HOUR_MS).collect(),
+        counted: names(&[EXPORT_ENDPOINTS.as_slice(), IMPORT_ENDPOINTS.as_slice()].concat()),
+        rows_of: names(&EXPORT_ENDPOINTS),
+    };
+    let today = fineport_contract::time::today_in(service.timezone, now);
+    let day_list: Vec<chrono::NaiveDate> = (0..days)
+        .rev()
+        .filter_map(|back| today.checked_sub_days(chrono::Days::new(u64::from(back))))
+        .collect();
+    let mut day_bounds: Vec<i64> = day_list
+        .iter()
+        .map(|d| fineport_contract::time::day_start_ms(*d, service.timezone))
+        .collect();
+    if let Some(last) = day_list.last() {
+        day_bounds.push(fineport_contract::time::day_bounds_ms(*last, service.timezone).1);
+    }
+    let daily_query = fineport_store::RequestSumsQuery {
+        bounds: day_bounds,
+        counted: Vec::new(),
+        rows_of: names(&[crate::import::EVENTS_ENDPOINT]),
+    };
+    let (hourly, daily) = futures::try_join!(
+        state.store.request_sums(&id, &hourly_query),
+        state.store.request_sums(&id, &daily_query)
+    )
+    .map_err(log_unreadable)?;
+    let hourly = hourly
+        .iter()
+        .zip(&hourly_query.bounds)
+        .map(|(sums, start)| HourStats {
+            hour: chrono::DateTime::from_timestamp_millis(*start)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            requests: sums.requests,
+            export_rows: sums.rows,
+        })
+        .collect();
+    let daily = daily
+        .iter()
+        .zip(&day_list)
+        .map(|(sums, day)| DayStats {
+            day: day.to_string(),
+            events: sums.rows,
+        })
+        .collect();
+    Ok(Json(Stats { hourly, daily }).into_response())
 }
 
 #[utoipa::path(
@@ -598,15 +883,62 @@ async fn requests(
     path = "/admin/v1/services/{id}/audiences",
     tag = crate::openapi::ADMIN_TAG,
     params(("id" = ServiceId, Path, description = SERVICE_ID)),
-    responses((status = 200, description = "The service's audiences.", body = AudienceList)),
+    responses((status = 200, description = "The service's audiences, each with its size now.", body = AudienceList)),
     security(("admin_token" = []))
 )]
 async fn list_audiences(State(state): State<SharedState>, AdminPath(id): AdminPath<ServiceId>) -> AdminResult {
+    let service = find(&state, &id)?;
     let audiences = state
         .catalog
         .audiences(&id)
         .ok_or_else(|| CatalogError::no_service(&id))?;
-    Ok(Json(AudienceList { audiences }).into_response())
+    let mut listed = Vec::with_capacity(audiences.len());
+    for audience in audiences {
+        let size = match audience.filter(&service.taxonomy) {
+            Ok(filter) => Some(audience_size(&state, &service, &audience.id, &filter).await?),
+            Err(_) => None,
+        };
+        listed.push(AudienceInfo { audience, size });
+    }
+    Ok(Json(AudienceList { audiences: listed }).into_response())
+}
+
+/// The profiles in an audience now: the rows of its profile export (the
+/// unified id column only), counted as the store streams them, so every
+/// backend's audience rules (and only theirs) decide.
+async fn audience_size(
+    state: &SharedState,
+    service: &crate::catalog::ServiceView,
+    audience_id: &str,
+    filter: &fineport_contract::profile::AudienceFilter,
+) -> Result<u64, AdminError> {
+    use futures::StreamExt;
+    let failed = |e: fineport_store::StoreError| {
+        tracing::error!(error = %e, audience_id, "sizing an audience failed");
+        AdminError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            INTERNAL,
+            format!("the size of audience {audience_id:?} could not be read"),
+        )
+    };
+    let plan = fineport_contract::profile::ProfileExportPlan {
+        with_external_id: false,
+        properties: Vec::new(),
+        audience: Some(audience_id.to_owned()),
+    };
+    let mut stream = state
+        .store
+        .export_profiles(&service.service.service_id, service.timezone, &plan, Some(filter))
+        .await
+        .map_err(failed)?;
+    while let Some(part) = stream.next().await {
+        if let fineport_store::ExportPart::End(summary) = part.map_err(failed)? {
+            return Ok(summary.rows);
+        }
+    }
+    Err(failed(fineport_store::StoreError::internal(
+        "the profile export stopped without finishing",
+    )))
 }
 
 #[utoipa::path(

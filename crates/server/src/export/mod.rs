@@ -47,15 +47,44 @@ struct Admitted {
     entry: RequestLogEntry,
 }
 
+/// How an export request is authorised.
+enum Access<'a> {
+    /// The Export API: `service_id` in `query`, the service's export token.
+    Token { query: Option<&'a str> },
+    /// The admin API (`/admin/v1/services/{id}/export/…`): the admin
+    /// middleware already checked the admin token; `service_id` is the
+    /// path's. The log entry has no token id.
+    Admin { service_id: &'a str },
+}
+
 /// The first checks of both export endpoints: `service_id`, then the token.
 async fn authenticate(
     state: &SharedState,
     endpoint: &str,
     caller: &Caller,
-    query: Option<&str>,
+    access: Access<'_>,
     headers: &HeaderMap,
 ) -> Result<Admitted, Box<(ExportError, RequestLogEntry)>> {
     let now = state.clock.now();
+    let query = match access {
+        Access::Token { query } => query,
+        Access::Admin { service_id } => {
+            let entry = caller.log_entry(endpoint, Some(service_id), now);
+            return match state.catalog.service(service_id) {
+                Some(service) => Ok(Admitted { service, entry }),
+                None => {
+                    let per_hour = u64::from(Limits::default().export_per_hour);
+                    let rate = state.limiter.peek(service_id, Counter::Exports, per_hour, now).await;
+                    let error = ExportError {
+                        failure: ExportFailure::invalid(format!("no service {service_id:?}")),
+                        rate: Some(rate),
+                        retry_after_secs: None,
+                    };
+                    Err(Box::new((error, entry)))
+                }
+            };
+        }
+    };
     let service_id = service_id_param(query);
     let mut entry = caller.log_entry(endpoint, service_id.as_deref(), now);
     let service = service_id.as_deref().and_then(|id| state.catalog.service(id));
@@ -127,32 +156,36 @@ pub async fn export_event(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    export(
-        EVENT_ENDPOINT,
-        state,
-        caller,
-        query,
-        headers,
-        body,
-        |state, service, json, now| {
-            let plan = EventExportRequest::parse(json)?.plan(&service.taxonomy)?;
-            check_lookback(
-                plan.from_date,
-                today_in(service.timezone, now),
-                service.service.export_lookback_days,
-            )?;
-            let (store, service_id, timezone) = (
-                state.store.clone(),
-                service.service.service_id.clone(),
-                service.timezone,
-            );
-            Ok(ExportJob {
-                filename: format!("{service_id}_events_{}_{}.csv", plan.from_date, plan.to_date),
-                start: Box::pin(async move { store.export_events(&service_id, timezone, &plan).await }),
-            })
-        },
-    )
-    .await
+    let RawQuery(query) = query;
+    let access = Access::Token {
+        query: query.as_deref(),
+    };
+    export(EVENT_ENDPOINT, state, caller, access, headers, body, event_job).await
+}
+
+/// The checks and the store call of an event export (SPEC §2.1): body,
+/// names, look-back.
+fn event_job(
+    state: &SharedState,
+    service: &ServiceView,
+    json: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<ExportJob, ExportFailure> {
+    let plan = EventExportRequest::parse(json)?.plan(&service.taxonomy)?;
+    check_lookback(
+        plan.from_date,
+        today_in(service.timezone, now),
+        service.service.export_lookback_days,
+    )?;
+    let (store, service_id, timezone) = (
+        state.store.clone(),
+        service.service.service_id.clone(),
+        service.timezone,
+    );
+    Ok(ExportJob {
+        filename: format!("{service_id}_events_{}_{}.csv", plan.from_date, plan.to_date),
+        start: Box::pin(async move { store.export_events(&service_id, timezone, &plan).await }),
+    })
 }
 
 /// `POST /api/v1/export/userprofile` (SPEC §2.4).
@@ -179,39 +212,161 @@ pub async fn export_userprofile(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let RawQuery(query) = query;
+    let access = Access::Token {
+        query: query.as_deref(),
+    };
+    export(PROFILE_ENDPOINT, state, caller, access, headers, body, profile_job).await
+}
+
+/// The checks and the store call of a user-profile export (SPEC §2.4):
+/// body, names, audience.
+fn profile_job(
+    state: &SharedState,
+    service: &ServiceView,
+    json: &serde_json::Value,
+    now: DateTime<Utc>,
+) -> Result<ExportJob, ExportFailure> {
+    let plan = plan_profile_export(json, &service.taxonomy)?;
+    let service_id = service.service.service_id.clone();
+    let audience = match &plan.audience {
+        None => None,
+        Some(id) => {
+            let audience = state
+                .catalog
+                .audience(&service_id, id)
+                .ok_or_else(|| ExportFailure::invalid(format!("audience {id:?} does not exist")))?;
+            // A rule may name things the taxonomy no longer types the same way.
+            Some(audience.filter(&service.taxonomy).map_err(ExportFailure::invalid)?)
+        }
+    };
+    let (store, timezone) = (state.store.clone(), service.timezone);
+    Ok(ExportJob {
+        filename: format!("{service_id}_userprofile_{}.csv", today_in(timezone, now)),
+        start: Box::pin(async move {
+            store
+                .export_profiles(&service_id, timezone, &plan, audience.as_ref())
+                .await
+        }),
+    })
+}
+
+/// The most rows an admin export's `?limit=N` asks for.
+pub const MAX_PREVIEW_ROWS: u64 = 1000;
+
+/// `?limit=N` of an admin export.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    limit: Option<u64>,
+}
+
+#[allow(clippy::too_many_arguments)] // the two handlers' extractors, passed on as they are
+/// An admin export: the Export API's flow for `endpoint` with `job`, the
+/// service from the path, and `?limit=N` (1 to [`MAX_PREVIEW_ROWS`]) ending
+/// the CSV after N rows; a bad `limit` is refused like a bad body.
+async fn admin_export(
+    endpoint: &'static str,
+    state: State<SharedState>,
+    caller: Caller,
+    service_id: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+    job: fn(&SharedState, &ServiceView, &serde_json::Value, DateTime<Utc>) -> Result<ExportJob, ExportFailure>,
+) -> Response {
+    let limit = serde_urlencoded::from_str::<PreviewQuery>(query.as_deref().unwrap_or_default())
+        .map_err(|e| ExportFailure::invalid(format!("invalid query string: {e}")))
+        .and_then(|q| match q.limit {
+            Some(n) if !(1..=MAX_PREVIEW_ROWS).contains(&n) => Err(ExportFailure::invalid(format!(
+                "limit must be 1 to {MAX_PREVIEW_ROWS}, not {n}"
+            ))),
+            other => Ok(other),
+        });
+    let access = Access::Admin {
+        service_id: &service_id,
+    };
     export(
-        PROFILE_ENDPOINT,
+        endpoint,
         state,
         caller,
-        query,
+        access,
         headers,
         body,
-        |state, service, json, now| {
-            let plan = plan_profile_export(json, &service.taxonomy)?;
-            let service_id = service.service.service_id.clone();
-            let audience = match &plan.audience {
-                None => None,
-                Some(id) => {
-                    let audience = state
-                        .catalog
-                        .audience(&service_id, id)
-                        .ok_or_else(|| ExportFailure::invalid(format!("audience {id:?} does not exist")))?;
-                    // A rule may name things the taxonomy no longer types the same way.
-                    Some(audience.filter(&service.taxonomy).map_err(ExportFailure::invalid)?)
-                }
-            };
-            let (store, timezone) = (state.store.clone(), service.timezone);
-            Ok(ExportJob {
-                filename: format!("{service_id}_userprofile_{}.csv", today_in(timezone, now)),
-                start: Box::pin(async move {
-                    store
-                        .export_profiles(&service_id, timezone, &plan, audience.as_ref())
-                        .await
-                }),
-            })
+        move |state, service, json, now| {
+            let limit = limit?;
+            let mut job = job(state, service, json, now)?;
+            if let Some(rows) = limit {
+                let start = job.start;
+                job.start = Box::pin(async move { start.await.map(|s| stream::first_rows(s, rows)) });
+            }
+            Ok(job)
         },
     )
     .await
+}
+
+/// `POST /admin/v1/services/{id}/export/event`: the event export as the
+/// admin (the Export API's body, admission, CSV and errors; logged as
+/// `/api/v1/export/event`).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/services/{id}/export/event",
+    operation_id = "admin_export_event",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = String, Path, description = "The service's id."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "End the CSV after this many rows (a preview); logged ok with that many rows."),
+    ),
+    request_body(content = crate::openapi::EventExportBody, content_type = "application/json"),
+    responses((
+        status = 200,
+        description = "The CSV of the Export API, streamed (SPEC §2.3); failures are its detailed responses.",
+        content_type = "text/csv; charset=utf-8",
+        body = String,
+    )),
+    security(("admin_token" = []))
+)]
+pub async fn admin_export_event(
+    state: State<SharedState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    admin_export(EVENT_ENDPOINT, state, caller, id, query, headers, body, event_job).await
+}
+
+/// `POST /admin/v1/services/{id}/export/userprofile`: the user-profile
+/// export as the admin (logged as `/api/v1/export/userprofile`).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/services/{id}/export/userprofile",
+    operation_id = "admin_export_userprofile",
+    tag = crate::openapi::ADMIN_TAG,
+    params(
+        ("id" = String, Path, description = "The service's id."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "End the CSV after this many rows (a preview); logged ok with that many rows."),
+    ),
+    request_body(content = crate::openapi::ProfileExportBody, content_type = "application/json"),
+    responses((
+        status = 200,
+        description = "The CSV of the Export API, streamed (SPEC §2.4); failures are its detailed responses.",
+        content_type = "text/csv; charset=utf-8",
+        body = String,
+    )),
+    security(("admin_token" = []))
+)]
+pub async fn admin_export_userprofile(
+    state: State<SharedState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    admin_export(PROFILE_ENDPOINT, state, caller, id, query, headers, body, profile_job).await
 }
 
 /// The flow both export endpoints share, in the documented order of
@@ -220,13 +375,13 @@ async fn export(
     endpoint: &str,
     State(state): State<SharedState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    access: Access<'_>,
     headers: HeaderMap,
     body: Body,
     check: impl FnOnce(&SharedState, &ServiceView, &serde_json::Value, DateTime<Utc>) -> Result<ExportJob, ExportFailure>,
 ) -> Response {
     let started = Instant::now();
-    let Admitted { service, entry } = match authenticate(&state, endpoint, &caller, query.as_deref(), &headers).await {
+    let Admitted { service, entry } = match authenticate(&state, endpoint, &caller, access, &headers).await {
         Ok(a) => a,
         Err(refused) => {
             // Read the unread body first, so that the connection stays usable

@@ -135,3 +135,73 @@ impl Drop for ExportBody {
         }
     }
 }
+
+/// The first `limit` rows of an export (with its header), then `End` with
+/// `rows = limit`; the rest is never read: the inner stream is dropped,
+/// which stops the store's query. An export with fewer rows passes through
+/// whole. Rows are found by the CSV's own quoting (SPEC §2.3: a newline
+/// inside a quoted cell is data), as the one encoder writes it.
+pub fn first_rows(inner: ExportStream, limit: u64) -> ExportStream {
+    struct Cut {
+        inner: Option<ExportStream>,
+        in_quotes: bool,
+        /// Records ended so far, the header included.
+        records: u64,
+        bytes: u64,
+        limit: u64,
+        done: Option<fineport_store::ExportSummary>,
+    }
+    let cut = Cut {
+        inner: Some(inner),
+        in_quotes: false,
+        records: 0,
+        bytes: 0,
+        limit,
+        done: None,
+    };
+    Box::pin(futures::stream::unfold(cut, |mut cut| async move {
+        if let Some(summary) = cut.done.take() {
+            return Some((Ok(ExportPart::End(summary)), cut));
+        }
+        let inner = cut.inner.as_mut()?;
+        match inner.next().await? {
+            Ok(ExportPart::Chunk(chunk)) => {
+                let mut end = None;
+                for (i, b) in chunk.iter().enumerate() {
+                    match b {
+                        b'"' => cut.in_quotes = !cut.in_quotes,
+                        b'\n' if !cut.in_quotes => {
+                            cut.records += 1;
+                            if cut.records == cut.limit + 1 {
+                                end = Some(i + 1);
+                                break;
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                let chunk = match end {
+                    None => chunk,
+                    Some(n) => {
+                        cut.inner = None;
+                        cut.done = Some(fineport_store::ExportSummary {
+                            rows: cut.limit,
+                            bytes: cut.bytes + n as u64,
+                        });
+                        chunk.slice(..n)
+                    }
+                };
+                cut.bytes += chunk.len() as u64;
+                Some((Ok(ExportPart::Chunk(chunk)), cut))
+            }
+            Ok(end @ ExportPart::End(_)) => {
+                cut.inner = None;
+                Some((Ok(end), cut))
+            }
+            Err(e) => {
+                cut.inner = None;
+                Some((Err(e), cut))
+            }
+        }
+    }))
+}

@@ -202,9 +202,26 @@ impl Store for MeteredStore {
             .await
     }
 
-    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
-        self.timed("recent_requests", self.inner.recent_requests(service_id, limit))
+    async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &fineport_store::RequestSumsQuery,
+    ) -> Result<Vec<fineport_store::BucketSums>, StoreError> {
+        self.timed("request_sums", self.inner.request_sums(service_id, query))
             .await
+    }
+
+    async fn recent_requests(
+        &self,
+        service_id: &ServiceId,
+        limit: usize,
+        outcome: Option<&str>,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
+        self.timed(
+            "recent_requests",
+            self.inner.recent_requests(service_id, limit, outcome),
+        )
+        .await
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -274,8 +274,21 @@ impl Store for ClusterStore {
         self.meta.append_request_log(entries).await
     }
 
-    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
-        self.meta.recent_requests(service_id, limit).await
+    async fn recent_requests(
+        &self,
+        service_id: &ServiceId,
+        limit: usize,
+        outcome: Option<&str>,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
+        self.meta.recent_requests(service_id, limit, outcome).await
+    }
+
+    async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &crate::RequestSumsQuery,
+    ) -> Result<Vec<crate::BucketSums>, StoreError> {
+        self.meta.request_sums(service_id, query).await
     }
 
     async fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {

@@ -339,7 +339,9 @@ fn register_in(state: &mut WriterState, service_id: &ServiceId, additions: &Taxo
 fn save_tokens_in(conn: &Connection, tokens: &[TokenRecord]) -> Result<(), StoreError> {
     for t in tokens {
         conn.execute(
-            "INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO tokens \
+             (token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked, reason) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             params![
                 t.token_id,
                 t.service_id.as_str(),
@@ -348,7 +350,8 @@ fn save_tokens_in(conn: &Connection, tokens: &[TokenRecord]) -> Result<(), Store
                 t.created_at.timestamp_millis(),
                 t.by_reissue,
                 t.valid_until.map(|v| v.timestamp_millis()),
-                t.revoked
+                t.revoked,
+                t.reason
             ],
         )?;
     }
@@ -369,7 +372,8 @@ impl Store for DuckDbStore {
                 snapshot.services.push(serde_json::from_str(&doc?).map_err(json_error)?);
             }
             let mut stmt = conn.prepare(
-                "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked FROM tokens ORDER BY created_ms",
+                "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked, reason \
+                 FROM tokens ORDER BY created_ms",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok((
@@ -381,11 +385,13 @@ impl Store for DuckDbStore {
                     r.get::<_, bool>(5)?,
                     r.get::<_, Option<i64>>(6)?,
                     r.get::<_, bool>(7)?,
+                    r.get::<_, Option<String>>(8)?,
                 ))
             })?;
             for row in rows {
-                let (token_id, service_id, kind, hash, created, by_reissue, until, revoked) = row?;
-                let kind = TokenKind::parse(&kind).ok_or_else(|| StoreError::internal(format!("unknown token kind {kind:?}")))?;
+                let (token_id, service_id, kind, hash, created, by_reissue, until, revoked, reason) = row?;
+                let kind = TokenKind::parse(&kind)
+                    .ok_or_else(|| StoreError::internal(format!("unknown token kind {kind:?}")))?;
                 snapshot.tokens.push(TokenRecord {
                     token_id,
                     service_id: stored_service_id(service_id)?,
@@ -393,23 +399,37 @@ impl Store for DuckDbStore {
                     hash,
                     created_at: ms_to_time(created, "a token's creation")?,
                     by_reissue,
-                    valid_until: until.map(|ms| ms_to_time(ms, "a token's end of validity")).transpose()?,
+                    valid_until: until
+                        .map(|ms| ms_to_time(ms, "a token's end of validity"))
+                        .transpose()?,
                     revoked,
+                    reason,
                 });
             }
             let mut stmt = conn.prepare("SELECT service_id, name FROM taxonomy_events")?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
                 let (service_id, name) = row?;
-                snapshot.taxonomies.entry(stored_service_id(service_id)?).or_default().events.insert(name);
+                snapshot
+                    .taxonomies
+                    .entry(stored_service_id(service_id)?)
+                    .or_default()
+                    .events
+                    .insert(name);
             }
             let mut stmt = conn.prepare("SELECT service_id, scope, name, type FROM taxonomy_properties")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
             })?;
             for row in rows {
                 let (service_id, scope, name, ty) = row?;
                 let scope = schema::parse_scope(&scope)?;
-                let ty = PropertyType::parse(&ty).ok_or_else(|| StoreError::internal(format!("unknown stored type {ty:?}")))?;
+                let ty = PropertyType::parse(&ty)
+                    .ok_or_else(|| StoreError::internal(format!("unknown stored type {ty:?}")))?;
                 let taxonomy = snapshot.taxonomies.entry(stored_service_id(service_id)?).or_default();
                 match scope {
                     PropertyScope::Event => taxonomy.event_properties.insert(name, ty),
@@ -420,7 +440,10 @@ impl Store for DuckDbStore {
             let mut stmt = conn.prepare("SELECT service_id, doc FROM audiences ORDER BY service_id, audience_id")?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
                 let (service_id, doc) = row?;
-                snapshot.audiences.push((stored_service_id(service_id)?, serde_json::from_str(&doc).map_err(json_error)?));
+                snapshot.audiences.push((
+                    stored_service_id(service_id)?,
+                    serde_json::from_str(&doc).map_err(json_error)?,
+                ));
             }
             Ok(snapshot)
         })
@@ -629,14 +652,21 @@ impl Store for DuckDbStore {
         .await
     }
 
-    async fn recent_requests(&self, service_id: &ServiceId, limit: usize) -> Result<Vec<RequestLogEntry>, StoreError> {
+    async fn recent_requests(
+        &self,
+        service_id: &ServiceId,
+        limit: usize,
+        outcome: Option<&str>,
+    ) -> Result<Vec<RequestLogEntry>, StoreError> {
         let service_id = service_id.to_string();
+        let outcome = outcome.map(str::to_owned);
         self.read(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT time_ms, service_id, endpoint, status, message, ip, user_agent, token_id, rows, bytes, duration_ms \
-                 FROM request_log WHERE service_id = ? ORDER BY time_ms DESC, rowid DESC LIMIT ?",
+                 FROM request_log WHERE service_id = ? AND (?::VARCHAR IS NULL OR message = ?) \
+                 ORDER BY time_ms DESC, rowid DESC LIMIT ?",
             )?;
-            let rows = stmt.query_map(params![service_id, limit as i64], |r| {
+            let rows = stmt.query_map(params![service_id, outcome, outcome, limit as i64], |r| {
                 Ok((r.get::<_, i64>(0)?, RequestLogEntry {
                     time: DateTime::<Utc>::UNIX_EPOCH,
                     service_id: r.get(1)?,
@@ -658,6 +688,52 @@ impl Store for DuckDbStore {
                 entries.push(entry);
             }
             Ok(entries)
+        })
+        .await
+    }
+
+    async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &crate::RequestSumsQuery,
+    ) -> Result<Vec<crate::BucketSums>, StoreError> {
+        query.check()?;
+        // The bounds are numbers and the endpoints quoted literals: no
+        // request text reaches the SQL.
+        let buckets: Vec<String> = query
+            .bounds
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| format!("({i}, {}, {})", w[0], w[1]))
+            .collect();
+        let list = |names: &[String]| {
+            let quoted: Vec<String> = names.iter().map(|n| format!("'{}'", n.replace('\'', "''"))).collect();
+            if quoted.is_empty() {
+                "NULL".to_owned()
+            } else {
+                quoted.join(", ")
+            }
+        };
+        let sql = format!(
+            "WITH b(i, lo, hi) AS (VALUES {}) \
+             SELECT b.i, count(r.time_ms) FILTER (WHERE r.endpoint IN ({})), \
+             coalesce(sum(r.rows) FILTER (WHERE r.endpoint IN ({}) AND r.message = 'ok'), 0)::BIGINT \
+             FROM b LEFT JOIN request_log r ON r.service_id = ? AND r.time_ms >= b.lo AND r.time_ms < b.hi \
+             GROUP BY b.i ORDER BY b.i",
+            buckets.join(", "),
+            list(&query.counted),
+            list(&query.rows_of),
+        );
+        let service_id = service_id.to_string();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map(params![service_id], |r| {
+                Ok(crate::BucketSums {
+                    requests: r.get::<_, i64>(1)?.max(0) as u64,
+                    rows: r.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
@@ -685,5 +761,56 @@ impl Store for DuckDbStore {
 
     fn backlog(&self) -> Option<Backlog> {
         Some(self.inner.progress.backlog())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database file made before tokens kept a reason (no `reason`
+    /// column) opens: the column is added, its tokens read without one,
+    /// and a reason saved afterwards survives a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_from_before_token_reasons_opens_and_keeps_reasons() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.duckdb");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tokens (
+                    token_id VARCHAR PRIMARY KEY, service_id VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+                    hash VARCHAR NOT NULL, created_ms BIGINT NOT NULL, by_reissue BOOLEAN NOT NULL,
+                    valid_until_ms BIGINT, revoked BOOLEAN NOT NULL);
+                 INSERT INTO tokens VALUES ('old', 'shop', 'export', 'hash-old', 1000, false, NULL, false);",
+            )
+            .unwrap();
+        }
+        let token = |id: &str, ms: i64, reason: Option<&str>| TokenRecord {
+            token_id: id.into(),
+            service_id: ServiceId::parse("shop").unwrap(),
+            kind: TokenKind::Export,
+            hash: format!("hash-{id}"),
+            created_at: ms_to_time(ms, "test").unwrap(),
+            by_reissue: false,
+            valid_until: None,
+            revoked: false,
+            reason: reason.map(str::to_owned),
+        };
+        let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
+        assert_eq!(
+            store.load_catalog().await.unwrap().tokens,
+            vec![token("old", 1000, None)]
+        );
+        store
+            .save_tokens(&[token("new", 2000, Some("rotated by policy"))])
+            .await
+            .unwrap();
+        drop(store);
+        let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
+        assert_eq!(
+            store.load_catalog().await.unwrap().tokens,
+            vec![token("old", 1000, None), token("new", 2000, Some("rotated by policy"))]
+        );
     }
 }

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     token_id VARCHAR PRIMARY KEY, service_id VARCHAR NOT NULL, kind VARCHAR NOT NULL,
     hash VARCHAR NOT NULL, created_ms BIGINT NOT NULL, by_reissue BOOLEAN NOT NULL,
     valid_until_ms BIGINT, revoked BOOLEAN NOT NULL);
+ALTER TABLE tokens ADD COLUMN IF NOT EXISTS reason VARCHAR;
 CREATE TABLE IF NOT EXISTS taxonomy_events (service_id VARCHAR NOT NULL, name VARCHAR NOT NULL);
 CREATE TABLE IF NOT EXISTS taxonomy_properties (
     service_id VARCHAR NOT NULL, scope VARCHAR NOT NULL, name VARCHAR NOT NULL,

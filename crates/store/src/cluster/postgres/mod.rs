@@ -237,7 +237,7 @@ impl Postgres {
                 .push(serde_json::from_str(row.try_get(0).map_err(pg_error)?).map_err(json_error)?);
         }
         let sql = format!(
-            "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked \
+            "SELECT token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked, reason \
              FROM tokens{filter} ORDER BY created_ms, token_id"
         );
         for row in query(&tx, &sql, &params).await? {
@@ -257,6 +257,7 @@ impl Postgres {
                     .map(|ms| ms_to_time(ms, "a token's end of validity"))
                     .transpose()?,
                 revoked: row.try_get(7).map_err(pg_error)?,
+                reason: row.try_get(8).map_err(pg_error)?,
             });
         }
         let sql = format!("SELECT service_id, name FROM taxonomy_events{filter}");
@@ -451,14 +452,16 @@ impl Postgres {
         &self,
         service_id: &ServiceId,
         limit: usize,
+        outcome: Option<&str>,
     ) -> Result<Vec<RequestLogEntry>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let client = self.client().await?;
         let rows = client
             .query(
                 "SELECT time_ms, service_id, endpoint, status, message, ip, user_agent, token_id, rows, bytes, \
-                 duration_ms FROM request_log WHERE service_id = $1 ORDER BY time_ms DESC, seq DESC LIMIT $2",
-                &[&service_id.as_str(), &limit],
+                 duration_ms FROM request_log WHERE service_id = $1 AND ($3::text IS NULL OR message = $3) \
+                 ORDER BY time_ms DESC, seq DESC LIMIT $2",
+                &[&service_id.as_str(), &limit, &outcome],
             )
             .await
             .map_err(pg_error)?;
@@ -480,6 +483,38 @@ impl Postgres {
                     rows: count(8)?,
                     bytes: count(9)?,
                     duration_ms: r.try_get::<_, i64>(10).map_err(pg_error)? as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Sums over a service's request log per time bucket
+    /// ([`crate::Store::request_sums`]): one grouped query over the
+    /// buckets' range (the `request_log_newest` index).
+    pub async fn request_sums(
+        &self,
+        service_id: &ServiceId,
+        query: &crate::RequestSumsQuery,
+    ) -> Result<Vec<crate::BucketSums>, StoreError> {
+        query.check()?;
+        let (lows, highs) = (&query.bounds[..query.bounds.len() - 1], &query.bounds[1..]);
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT b.i, count(r.seq) FILTER (WHERE r.endpoint = ANY($4)), \
+                 coalesce(sum(r.rows) FILTER (WHERE r.endpoint = ANY($5) AND r.message = 'ok'), 0)::bigint \
+                 FROM unnest($2::bigint[], $3::bigint[]) WITH ORDINALITY AS b(lo, hi, i) \
+                 LEFT JOIN request_log r ON r.service_id = $1 AND r.time_ms >= b.lo AND r.time_ms < b.hi \
+                 GROUP BY b.i ORDER BY b.i",
+                &[&service_id.as_str(), &lows, &highs, &query.counted, &query.rows_of],
+            )
+            .await
+            .map_err(pg_error)?;
+        rows.iter()
+            .map(|r| {
+                Ok(crate::BucketSums {
+                    requests: r.try_get::<_, i64>(1).map_err(pg_error)?.max(0) as u64,
+                    rows: r.try_get::<_, i64>(2).map_err(pg_error)?.max(0) as u64,
                 })
             })
             .collect()
@@ -569,11 +604,13 @@ async fn save_tokens_in(client: &impl GenericClient, tokens: &[TokenRecord]) -> 
     for t in tokens {
         client
             .execute(
-                "INSERT INTO tokens (token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (token_id) DO UPDATE SET \
+                "INSERT INTO tokens \
+                 (token_id, service_id, kind, hash, created_ms, by_reissue, valid_until_ms, revoked, reason) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (token_id) DO UPDATE SET \
                  service_id = excluded.service_id, kind = excluded.kind, hash = excluded.hash, \
                  created_ms = excluded.created_ms, by_reissue = excluded.by_reissue, \
-                 valid_until_ms = excluded.valid_until_ms, revoked = excluded.revoked",
+                 valid_until_ms = excluded.valid_until_ms, revoked = excluded.revoked, \
+                 reason = excluded.reason",
                 &[
                     &t.token_id,
                     &t.service_id.as_str(),
@@ -583,6 +620,7 @@ async fn save_tokens_in(client: &impl GenericClient, tokens: &[TokenRecord]) -> 
                     &t.by_reissue,
                     &t.valid_until.as_ref().map(DateTime::<Utc>::timestamp_millis),
                     &t.revoked,
+                    &t.reason,
                 ],
             )
             .await

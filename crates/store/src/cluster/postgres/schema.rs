@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS tokens (
     by_reissue boolean NOT NULL,
     valid_until_ms bigint,
     revoked boolean NOT NULL);
+ALTER TABLE tokens ADD COLUMN IF NOT EXISTS reason text;
 CREATE INDEX IF NOT EXISTS tokens_by_service ON tokens (service_id);
 CREATE TABLE IF NOT EXISTS taxonomy_events (
     service_id text COLLATE "C" NOT NULL,
