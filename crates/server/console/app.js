@@ -547,7 +547,7 @@
         }
         const known = entries.find((e) => e.name === n && SCOPES.find(([k]) => k === scope.value)[1] === e.scope);
         if (known && known.type && known.type !== type.value) {
-          error.replaceChildren(problem(new Error(`${n} is already a ${known.scope.toLowerCase()} of type ${known.type}.`)));
+          error.replaceChildren(problem(new Error(`${n} is already registered (${known.scope.toLowerCase()}) with the type ${known.type}.`)));
           return;
         }
         const doc = {};
@@ -565,13 +565,14 @@
     error,
     h("div", { class: "actions" }, h("button", { type: "submit" }, "Add")));
     show(`Taxonomy of ${id}`,
+      form,
+      h("h2", {}, "Registered names"),
       h("div", { class: "row" }, field("Search names", search, "By kind, name or type.")),
       count,
       h("div", { class: "table-wrap" }, h("table", {},
         h("caption", { class: "visually-hidden" }, "Registered names"),
         h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Kind"), h("th", { scope: "col" }, "Name"), h("th", { scope: "col" }, "Type"))),
-        body)),
-      form);
+        body)));
   }
 
   // ---------------------------------------------------------------- audiences
