@@ -89,7 +89,11 @@ async fn the_console_files_are_served_with_their_types_and_a_strict_policy() {
                 .unwrap_or_default()
                 .to_owned()
         };
-        assert!(header("content-type").starts_with(media_type), "{path}: {}", header("content-type"));
+        assert!(
+            header("content-type").starts_with(media_type),
+            "{path}: {}",
+            header("content-type")
+        );
         assert_eq!(header("cache-control"), "no-cache", "{path}");
         assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
         let csp = header("content-security-policy");
@@ -107,7 +111,12 @@ async fn the_console_files_are_served_with_their_types_and_a_strict_policy() {
             assert!(!body.contains(" style="), "an inline style in {path}");
         }
     }
-    let resp = server.http.get(server.url("/console/nosuch.js")).send().await.expect("GET");
+    let resp = server
+        .http
+        .get(server.url("/console/nosuch.js"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(resp.status(), 404);
 }
 
@@ -232,7 +241,10 @@ async fn a_session_expires_by_the_servers_clock() {
     server.clock.advance(chrono::Duration::seconds(1));
     let (status, body) = list_services(&server, Some(&s.cookie), Some(&s.csrf)).await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["detail"].as_str().unwrap_or_default().contains("expired"), "{body}");
+    assert!(
+        body["detail"].as_str().unwrap_or_default().contains("expired"),
+        "{body}"
+    );
     let resp = server
         .http
         .get(server.url("/console/session"))

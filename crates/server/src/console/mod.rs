@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn the_session_cookie_is_found_among_others() {
         let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; fineport_console=abc ; b=2"));
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; fineport_console=abc ; b=2"),
+        );
         assert_eq!(cookie(&headers, COOKIE), Some("abc"));
         assert_eq!(cookie(&headers, "b"), Some("2"));
         assert_eq!(cookie(&headers, "fineport"), None);

@@ -226,7 +226,10 @@ mod tests {
         let newest = sessions.create(t0() + Duration::seconds(MAX_SESSIONS as i64));
         assert_eq!(sessions.len(), MAX_SESSIONS);
         let now = t0() + Duration::seconds(MAX_SESSIONS as i64);
-        assert!(sessions.find(&first.id, now).is_none(), "the soonest to expire made room");
+        assert!(
+            sessions.find(&first.id, now).is_none(),
+            "the soonest to expire made room"
+        );
         assert!(sessions.find(&newest.id, now).is_some());
         // Once all but the newest have expired, a sign-in drops them all.
         let much_later = newest.expires_at - Duration::seconds(1);
@@ -248,6 +251,9 @@ mod tests {
         assert!(sessions.may_try(other, t0()));
         assert!(sessions.may_try(ip, t0() + FAILURE_WINDOW));
         sessions.failed(ip, t0() + FAILURE_WINDOW);
-        assert!(sessions.may_try(ip, t0() + FAILURE_WINDOW), "a new window counts from one");
+        assert!(
+            sessions.may_try(ip, t0() + FAILURE_WINDOW),
+            "a new window counts from one"
+        );
     }
 }
