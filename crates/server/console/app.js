@@ -49,8 +49,9 @@
       hintEl = h("span", { class: "hint", id: `${id}-hint` }, hint);
       input.setAttribute("aria-describedby", hintEl.id);
     }
-    if (input.type === "checkbox") {
-      return h("div", { class: `field check ${cls || ""}` }, input, h("label", { for: id }, label), hintEl);
+    if (input.type === "checkbox" || input.type === "radio") {
+      const kind = input.type === "radio" ? "check choice" : "check";
+      return h("div", { class: `field ${kind} ${cls || ""}` }, input, h("label", { for: id }, label), hintEl);
     }
     return h("div", { class: `field ${cls || ""}` }, h("label", { for: id }, label), input, hintEl);
   }
