@@ -1,5 +1,5 @@
-//! The fineport HTTP server: the DFINERY Export and Import APIs and
-//! fineport's admin API, over a [`Store`].
+//! The fineport HTTP server: the DFINERY Export and Import APIs,
+//! fineport's admin API and its web console, over a [`Store`].
 //!
 //! The caller owns the socket and the shutdown signal (as in mini-redis):
 //! build the state with [`build_state`], then [`serve`] it on a bound
@@ -10,6 +10,7 @@ pub mod admin;
 pub mod catalog;
 pub mod clock;
 pub mod connection;
+pub mod console;
 pub mod demo;
 pub mod export;
 pub mod import;
@@ -95,6 +96,7 @@ pub async fn build_state(parts: Parts) -> Result<(SharedState, Option<String>), 
         clock: parts.clock,
         config: parts.config,
         admin_token_hash,
+        sessions: console::session::Sessions::new(),
     };
     Ok((Arc::new(state), generated))
 }
@@ -139,13 +141,14 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
             ImportAnswer::new(ImportCode::InternalServerError, "internal error").into_response()
         }));
     let (admin_api, admin_doc) = admin::routes(state.clone());
+    let (console, console_doc) = console::routes();
     let (operations, operations_doc) = OpenApiRouter::new()
         .routes(routes!(health))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(metrics::serve_metrics))
         .split_for_parts();
     let mut doc = openapi::base();
-    for part in [export_doc, import_doc, admin_doc, operations_doc] {
+    for part in [export_doc, import_doc, admin_doc, console_doc, operations_doc] {
         doc.merge(part);
     }
     openapi::complete(&mut doc);
@@ -154,6 +157,7 @@ pub fn api(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(export_api)
         .merge(import_api)
         .merge(admin_api)
+        .merge(console)
         .merge(operations.layer(axum::Extension(served)))
         .fallback(admin::no_such_endpoint)
         .layer(axum::middleware::from_fn(connection::close_unless_body_read))

@@ -37,6 +37,7 @@ pub const EXPORT_TAG: &str = "Export API";
 pub const IMPORT_TAG: &str = "Import API";
 pub const ADMIN_TAG: &str = "Admin API";
 pub const OPERATIONS_TAG: &str = "Operations";
+pub const CONSOLE_TAG: &str = "Console";
 
 /// Security scheme names (SPEC §2.1, §4, §5.2).
 pub const EXPORT_TOKEN: &str = "export_token";
@@ -59,6 +60,8 @@ pub const METRICS_TOKEN: &str = "metrics_token";
         (name = "Import API", description = "DFINERY's Import API (SPEC §4): HTTP 200 with a result code for every answer."),
         (name = "Admin API", description = "fineport's admin API (SPEC §5.2), behind the admin token."),
         (name = "Operations", description = "Health and the API's own description."),
+        (name = "Console", description = "The web console's sign-in sessions (`/console`): the admin token traded for a cookie; \
+                                          the admin API then accepts that cookie with the session's `X-CSRF-Token` header."),
     ),
     components(schemas(ImportAnswerBody, ImportProblemBody, AdminErrorBody))
 )]

@@ -83,6 +83,8 @@ pub struct AppState {
     pub config: Config,
     /// SHA-256 of the admin token.
     pub admin_token_hash: String,
+    /// The web console's sign-in sessions, in this process's memory.
+    pub sessions: crate::console::session::Sessions,
 }
 
 pub type SharedState = Arc<AppState>;

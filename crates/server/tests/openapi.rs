@@ -14,8 +14,9 @@ use fineport_store::failing::FailPoint;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// Every endpoint fineport serves (SPEC §2.1, §4, §5.2, and the
-/// operations' own). A route added without its operation, or the other
+/// Every endpoint fineport serves (SPEC §2.1, §4, §5.2, the console's
+/// sessions and the operations' own; the console's static files are not
+/// an API and not in the document). A route added without its operation, or the other
 /// way round, fails `the_document_lists_every_endpoint`.
 const ENDPOINTS: &[&str] = &[
     "POST /api/v1/export/event",
@@ -41,6 +42,9 @@ const ENDPOINTS: &[&str] = &[
     "GET /admin/v1/services/{id}/audiences",
     "POST /admin/v1/services/{id}/audiences",
     "DELETE /admin/v1/services/{id}/audiences/{aid}",
+    "POST /console/session",
+    "GET /console/session",
+    "DELETE /console/session",
     "GET /health",
     "GET /openapi.json",
     "GET /metrics",
@@ -195,6 +199,12 @@ impl Conformance {
         let body = resp.text().await.expect("body");
         let documented = &operation["responses"][status.to_string()];
         assert!(documented.is_object(), "{op}: {status} is not documented: {body}");
+        if status == 204 {
+            assert!(body.is_empty(), "{op}: 204 with a body: {body}");
+            assert!(documented["content"].is_null(), "{op}: 204 documents a body");
+            self.seen.entry(op.to_owned()).or_default().insert(status);
+            return (status, body);
+        }
         let content = documented["content"].as_object().expect("a documented body");
         let content_type = headers
             .get("content-type")
@@ -530,6 +540,45 @@ async fn every_answer_conforms_to_the_document() {
 
     c.check("GET /admin/v1/timezones", admin(Method::GET, "/admin/v1/timezones"))
         .await;
+
+    // The console's sessions.
+    let session = "/console/session";
+    let cs = "POST /console/session";
+    c.check(cs, http.post(url(session)).json(&json!({"token": "wrong"})))
+        .await;
+    c.check(cs, http.post(url(session)).body("not json")).await;
+    let resp = http
+        .post(url(session))
+        .json(&json!({"token": ADMIN_TOKEN}))
+        .send()
+        .await
+        .expect("sign in");
+    let cookie = resp.headers()["set-cookie"]
+        .to_str()
+        .expect("ASCII")
+        .split(';')
+        .next()
+        .expect("the cookie")
+        .to_owned();
+    let csrf: Value = resp.json().await.expect("JSON");
+    let csrf = csrf["csrf_token"].as_str().expect("csrf_token").to_owned();
+    c.check(cs, http.post(url(session)).json(&json!({"token": ADMIN_TOKEN})))
+        .await;
+    for with_cookie in [true, false] {
+        let mut req = http.get(url(session));
+        if with_cookie {
+            req = req.header("cookie", &cookie);
+        }
+        c.check("GET /console/session", req).await;
+    }
+    for with_csrf in [false, true] {
+        let mut req = http.delete(url(session)).header("cookie", &cookie);
+        if with_csrf {
+            req = req.header("x-csrf-token", &csrf);
+        }
+        c.check("DELETE /console/session", req).await;
+    }
+
     c.check("GET /health", http.get(url("/health"))).await;
     c.check("GET /openapi.json", http.get(url("/openapi.json"))).await;
     let (status, text) = c.check("GET /metrics", http.get(url("/metrics"))).await;
@@ -548,4 +597,7 @@ async fn every_answer_conforms_to_the_document() {
     assert_eq!(seen(ep), [200, 400, 429]);
     assert_eq!(seen(reissue), [200, 400, 404, 409]);
     assert_eq!(seen(log), [200, 400]);
+    assert_eq!(seen(cs), [200, 400, 401]);
+    assert_eq!(seen("GET /console/session"), [200, 401]);
+    assert_eq!(seen("DELETE /console/session"), [204, 401]);
 }

@@ -50,7 +50,7 @@ pub fn routes(state: SharedState) -> (axum::Router<SharedState>, utoipa::openapi
 }
 
 /// 405 for a known admin path with another method (axum adds `Allow`).
-async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
+pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> AdminError {
     AdminError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         METHOD_NOT_ALLOWED,
@@ -70,7 +70,7 @@ pub async fn no_such_endpoint(method: Method, uri: Uri) -> AdminError {
 
 /// A request body, whose rejection (too large, unreadable) is an
 /// [`AdminError`] like every other admin failure.
-struct AdminBody(Bytes);
+pub(crate) struct AdminBody(pub(crate) Bytes);
 
 impl<S: Send + Sync> FromRequest<S> for AdminBody {
     type Rejection = AdminError;
@@ -104,12 +104,13 @@ fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, AdminError> {
 }
 
 /// The `error` codes of the admin API (SPEC §5.2).
-pub const ERROR_CODES: [&str; 6] = [
+pub const ERROR_CODES: [&str; 7] = [
     BAD_REQUEST,
     UNAUTHORIZED,
     NOT_FOUND,
     CONFLICT,
     METHOD_NOT_ALLOWED,
+    TOO_MANY_REQUESTS,
     INTERNAL,
 ];
 const BAD_REQUEST: &str = "invalid_request";
@@ -117,6 +118,8 @@ const UNAUTHORIZED: &str = "unauthorized";
 const NOT_FOUND: &str = "not_found";
 const CONFLICT: &str = "conflict";
 const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
+/// Too many failed console sign-ins from one address ([`crate::console`]).
+const TOO_MANY_REQUESTS: &str = "too_many_requests";
 const INTERNAL: &str = "internal";
 
 /// An admin API failure: `status` with `{"error":<code>,"detail":…}`,
@@ -150,7 +153,12 @@ impl AdminError {
 
     /// 401 `unauthorized`.
     pub(crate) fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        Self::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED, detail)
+    }
+
+    /// 429 `too_many_requests`.
+    pub(crate) fn too_many_requests(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, TOO_MANY_REQUESTS, detail)
     }
 }
 
@@ -184,21 +192,22 @@ impl IntoResponse for AdminError {
 
 type AdminResult = Result<Response, AdminError>;
 
+/// The admin API's guard: `Authorization: Bearer <admin token>`, or a
+/// console session (its cookie and `X-CSRF-Token`, [`crate::console::authorize`]);
+/// anything else is a 401.
 async fn require_admin(State(state): State<SharedState>, request: Request, next: Next) -> Response {
-    let token = bearer_token(request.headers());
-    match token {
-        Some(t) if tokens::matches(t, &state.admin_token_hash) => next.run(request).await,
-        _ => AdminError::new(
-            StatusCode::UNAUTHORIZED,
-            UNAUTHORIZED,
-            "a valid admin token is required",
-        )
-        .into_response(),
+    if bearer_token(request.headers()).is_some_and(|t| tokens::matches(t, &state.admin_token_hash)) {
+        return next.run(request).await;
+    }
+    match crate::console::authorize(&state, request.headers()) {
+        Ok(true) => next.run(request).await,
+        Ok(false) => AdminError::unauthorized("a valid admin token is required").into_response(),
+        Err(why) => AdminError::unauthorized(why).into_response(),
     }
 }
 
 /// Parses a JSON body into `T`, refusing unknown fields with a clear detail.
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, AdminError> {
     serde_json::from_slice(body).map_err(|e| AdminError::invalid(format!("invalid JSON body: {e}")))
 }
 
