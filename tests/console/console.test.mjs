@@ -243,7 +243,7 @@ test("the console, as an operator uses it", async (t) => {
     assert.match(min, /^\d{4}-\d{2}-\d{2}$/, "the look-back bounds the dates");
     const to = await page.getByLabel("To", { exact: true }).inputValue();
     const cli = await page.locator("#cli-command").textContent();
-    assert.match(cli, /fineport export --url http:\/\/127\.0\.0\.1:\d+ --service demo --from \S+ --to \S+ --events df_purchase,df_refund --exclude-properties df_items/);
+    assert.match(cli, /fineport export --base-url http:\/\/127\.0\.0\.1:\d+ --service demo --from \S+ --to \S+ --events df_purchase,df_refund --exclude-properties df_items/);
     const curl = await page.locator("#curl-command").textContent();
     assert.ok(curl.includes("/api/v1/export/event?service_id=demo"), curl);
     assert.ok(curl.includes("<export token>"), curl);
@@ -308,6 +308,8 @@ test("the console, as an operator uses it", async (t) => {
     await page.getByRole("button", { name: "Create audience" }).click();
     await page.getByRole("cell", { name: "Two users" }).waitFor();
     assert.equal(await page.getByText("does not report audience sizes").count(), 0);
+    // No empty part of the page shows up as the text "null".
+    assert.ok(!/\bnull\b/.test(await page.locator("main").innerText()), "a stray null on the page");
     await shot(page, "08-audiences");
   });
 

@@ -70,7 +70,7 @@
   }
 
   function show(title, ...content) {
-    main.replaceChildren(h("h1", {}, title), ...content);
+    main.replaceChildren(h("h1", {}, title), ...content.filter((c) => c != null));
     document.title = `${title} · fineport console`;
   }
 
@@ -441,7 +441,7 @@
           h("td", { class: "mono" }, t.token_id), h("td", {}, t.kind),
           h("td", {}, h("span", { class: `badge ${t.state}` }, t.state)),
           h("td", {}, fmtTime(t.created_at)),
-          h("td", {}, t.valid_until ? fmtDate(t.valid_until) : "—"),
+          h("td", {}, t.valid_until && t.state !== "revoked" ? fmtDate(t.valid_until) : "—"),
           h("td", {}, t.reason || ""))), "The service's tokens");
     } catch (e) {
       if (!(e instanceof Missing)) throw e;
@@ -451,7 +451,7 @@
       const out = h("div", { "aria-live": "polite" });
       const reason = h("input", { name: "reason", maxlength: 500, autocomplete: "off" });
       const confirm = h("div", { class: "confirm", hidden: true, role: "group", "aria-label": `Confirm revoking the ${kind} token` },
-        h("p", {}, `Revoke the ${kind} token? The current token and any previous one in its grace period stop working at once.`),
+        h("p", {}, `Revoke the ${kind} token? The current token and any previous one in its grace period stop working at once. A new one can be issued only once the reissue cool-down (24 hours by default) has passed since the last reissue.`),
         h("div", { class: "actions" },
           h("button", {
             type: "button", class: "danger",
@@ -558,7 +558,7 @@
           const added = Object.values(r.added).reduce((a, l) => a + l.length, 0);
           await taxonomyPage(id);
           say(added ? `${n} added.` : `${n} was already registered with that type.`);
-        } catch (e) { error.replaceChildren(problem(e)); }
+        } catch (e) { say(""); error.replaceChildren(problem(e)); }
       },
     },
     h("h2", { id: "add-title" }, "Add a name"),
@@ -806,7 +806,7 @@
         "  -H 'Authorization: Bearer <export token>' \\\n" +
         "  -H 'Content-Type: application/json' \\\n" +
         `  -d ${sh(JSON.stringify(b))} \\\n  -o ${sh(`${id}_events_${b.from_date}_${b.to_date}.csv`)}`;
-      const args = ["FINEPORT_EXPORT_TOKEN='<export token>'", "fineport", "export", "--url", origin, "--service", id,
+      const args = ["FINEPORT_EXPORT_TOKEN='<export token>'", "fineport", "export", "--base-url", origin, "--service", id,
         "--from", b.from_date, "--to", b.to_date];
       if (b.events_condition_type === "include" && b.events.length) args.push("--events", b.events.join(","));
       if (b.events_condition_type === "exclude" && b.events.length) args.push("--exclude-events", b.events.join(","));

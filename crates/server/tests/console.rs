@@ -302,6 +302,7 @@ async fn failed_sign_ins_are_bounded_per_address() {
     for token in ["guess", ADMIN_TOKEN] {
         let resp = sign_in(&server, token).await;
         assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()["retry-after"], "60");
         let body: Value = resp.json().await.expect("JSON");
         assert_eq!(body["error"], "too_many_requests");
     }

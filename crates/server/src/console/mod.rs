@@ -189,7 +189,8 @@ fn set_cookie(response: &mut Response, value: &str, max_age: i64) {
             headers(("Set-Cookie" = String, description = "The session cookie."))),
         (status = 400, description = "`invalid_request`: the body is not `{\"token\":…}`.", body = crate::openapi::AdminErrorBody),
         (status = 401, description = "`unauthorized`: not the admin token (answered after a short delay).", body = crate::openapi::AdminErrorBody),
-        (status = 429, description = "`too_many_requests`: too many failed sign-ins from this address lately.", body = crate::openapi::AdminErrorBody),
+        (status = 429, description = "`too_many_requests`: too many failed sign-ins from this address lately.", body = crate::openapi::AdminErrorBody,
+            headers(("Retry-After" = u32, description = "Seconds to wait at most (the failure window's length)."))),
     )
 )]
 async fn create_session(
@@ -200,9 +201,14 @@ async fn create_session(
     let ip = caller.ip.parse().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let now = state.clock.now();
     if !state.sessions.may_try(ip, now) {
-        return Err(AdminError::too_many_requests(
-            "too many failed sign-ins from this address; wait a minute",
-        ));
+        let mut response =
+            AdminError::too_many_requests("too many failed sign-ins from this address; wait a minute").into_response();
+        // The window's whole length: an upper bound of the wait.
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(session::FAILURE_WINDOW.num_seconds()),
+        );
+        return Ok(response);
     }
     let sign_in: SignIn = crate::admin::parse(&body)?;
     if !tokens::matches(&sign_in.token, &state.admin_token_hash) {
