@@ -51,6 +51,37 @@ pub enum Arrival {
     Shuffled,
 }
 
+/// How much each event carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventSize {
+    /// ~430 bytes of JSON per event: each of the 16 custom properties on
+    /// about half of the events (45 export columns).
+    Standard,
+    /// ~600 bytes of JSON per event, as a busy app sends: 11 more custom
+    /// properties (a user agent, a page URL and other long strings, every
+    /// type), and each of the 27 custom properties on 55 % of the events,
+    /// ~16 of them on an event besides the standard ones (56 export columns).
+    Heavy,
+}
+
+impl EventSize {
+    /// The custom event properties this profile registers and sends.
+    fn custom_event_props(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            EventSize::Standard => &CUSTOM_EVENT_PROPS[..16],
+            EventSize::Heavy => &CUSTOM_EVENT_PROPS,
+        }
+    }
+
+    /// How often each custom property is on an event (a probability).
+    fn presence(self) -> f64 {
+        match self {
+            EventSize::Standard => 0.5,
+            EventSize::Heavy => 0.55,
+        }
+    }
+}
+
 /// Share of late events in [`Arrival::Live`] order, in percent.
 const LATE_PERCENT: u32 = 3;
 /// How late a late event may be.
@@ -73,8 +104,9 @@ pub const FILTER_PROPERTIES: [&str; 6] = [
     "tags",
 ];
 
-/// Custom event properties: (name, wire type).
-const CUSTOM_EVENT_PROPS: [(&str, &str); 16] = [
+/// Custom event properties: (name, wire type). The first 16 are the
+/// standard profile's; [`EventSize::Heavy`] adds the rest.
+const CUSTOM_EVENT_PROPS: [(&str, &str); 27] = [
     ("page_title", "String"),
     ("campaign", "String"),
     ("referrer", "String"),
@@ -91,6 +123,17 @@ const CUSTOM_EVENT_PROPS: [(&str, &str); 16] = [
     ("tags", "Array of String"),
     ("slot_ids", "Array of Long"),
     ("prices_seen", "Array of Double"),
+    ("user_agent", "String"),
+    ("page_url", "String"),
+    ("screen_name", "String"),
+    ("device_model", "String"),
+    ("locale", "String"),
+    ("duration_ms", "Long"),
+    ("scroll_depth", "Double"),
+    ("push_enabled", "Boolean"),
+    ("installed_at", "Datetime"),
+    ("birth_date", "Date"),
+    ("coupon_codes", "Array of String"),
 ];
 
 const CUSTOM_ITEM_PROPS: [(&str, &str); 3] = [("color", "String"), ("size", "String"), ("is_sale", "Boolean")];
@@ -165,10 +208,26 @@ const CHANNELS: [&str; 4] = ["kakao", "naver", "apple", "email"];
 const COLORS: [&str; 5] = ["검정", "흰색", "네이비", "베이지", "red"];
 const SIZES: [&str; 4] = ["S", "M", "L", "XL"];
 const TAGS: [&str; 6] = ["신규", "추천", "할인", "베스트", "gift", "한정"];
+const USER_AGENTS: [&str; 4] = [
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) KAKAOTALK 10.9.0",
+    "Mozilla/5.0 (Linux; Android 15; SM-S928N; wv) Chrome/131.0 Mobile",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0.0.0",
+    "shopapp/4.12.0 (Android 14; Galaxy A54, \"ko-KR\")",
+];
+const SCREENS: [&str; 6] = [
+    "HomeFeed",
+    "ProductDetail",
+    "CartSheet",
+    "SearchResults, filtered",
+    "MyPage",
+    "OrderComplete",
+];
+const DEVICES: [&str; 4] = ["iPhone16,2", "SM-S928N", "Pixel 9 Pro", "SM-A546N"];
+const LOCALES: [&str; 3] = ["ko-KR", "en-US", "ja-JP"];
 
 /// The taxonomy document the bench registers (standard names are
 /// pre-registered in every service).
-pub fn taxonomy() -> Value {
+pub fn taxonomy(size: EventSize) -> Value {
     let props = |list: &[(&str, &str)]| -> Vec<Value> {
         list.iter()
             .map(|(name, ty)| json!({"name": name, "type": ty}))
@@ -181,7 +240,7 @@ pub fn taxonomy() -> Value {
         .collect();
     json!({
         "events": events,
-        "event_properties": props(&CUSTOM_EVENT_PROPS),
+        "event_properties": props(size.custom_event_props()),
         "item_properties": props(&CUSTOM_ITEM_PROPS),
     })
 }
@@ -201,7 +260,7 @@ pub struct Dataset {
 /// Builds `events` events in bodies of 100, on `threads` threads.
 /// Batch `b` depends only on `(seed, b)`, so the result does not depend on
 /// the thread count.
-pub fn generate(events: u64, seed: u64, arrival: Arrival, threads: usize) -> Dataset {
+pub fn generate(events: u64, seed: u64, arrival: Arrival, size: EventSize, threads: usize) -> Dataset {
     let batches = events.div_ceil(BATCH_EVENTS as u64) as usize;
     let users = (events / 40).max(100);
     let threads = threads.clamp(1, batches.max(1));
@@ -214,7 +273,7 @@ pub fn generate(events: u64, seed: u64, arrival: Arrival, threads: usize) -> Dat
                     for b in (t * per_thread)..((t + 1) * per_thread).min(batches) {
                         let n = (events - (b * BATCH_EVENTS) as u64).min(BATCH_EVENTS as u64) as usize;
                         let slice = Slice::new(arrival, b, batches);
-                        part.push_batch(seed, b, n, users, slice);
+                        part.push_batch(seed, b, n, users, slice, size);
                     }
                     part
                 })
@@ -254,7 +313,7 @@ struct Part {
 }
 
 impl Part {
-    fn push_batch(&mut self, seed: u64, batch: usize, n: usize, users: u64, slice: Slice) {
+    fn push_batch(&mut self, seed: u64, batch: usize, n: usize, users: u64, slice: Slice, size: EventSize) {
         let mut rng = StdRng::seed_from_u64(seed ^ (batch as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let user = rng.random_range(0..users);
         let mut w = Json::default();
@@ -266,7 +325,7 @@ impl Part {
             if i > 0 {
                 w.raw(",");
             }
-            let ev = event(&mut rng, &mut w, &mut items_left, slice);
+            let ev = event(&mut rng, &mut w, &mut items_left, slice, size);
             self.per_day[ev.day] += 1;
             if FILTER_EVENTS.contains(&ev.name) {
                 self.filtered_per_day[ev.day] += 1;
@@ -351,7 +410,7 @@ fn item_count(rng: &mut StdRng, name: &str) -> usize {
 }
 
 /// Writes one event object; returns what the counters need.
-fn event(rng: &mut StdRng, w: &mut Json, items_left: &mut usize, slice: Slice) -> EventInfo {
+fn event(rng: &mut StdRng, w: &mut Json, items_left: &mut usize, slice: Slice, size: EventSize) -> EventInfo {
     let name = event_name(rng);
     let ms = slice.moment(rng);
     let day = ((ms - FIRST_DAY_MS) / DAY_MS) as usize;
@@ -366,7 +425,7 @@ fn event(rng: &mut StdRng, w: &mut Json, items_left: &mut usize, slice: Slice) -
     w.raw(r#"","properties":{"#);
     let mut props = Props { w, first: true };
     standard_props(rng, name, &mut props);
-    custom_props(rng, ms, &mut props);
+    custom_props(rng, ms, size, &mut props);
     w.raw("}");
     let items = item_count(rng, name).min(*items_left);
     *items_left -= items;
@@ -434,15 +493,24 @@ fn standard_props(rng: &mut StdRng, name: &str, p: &mut Props<'_>) {
     }
 }
 
-/// Each custom property is present on about half of the events.
-fn custom_props(rng: &mut StdRng, ms: i64, p: &mut Props<'_>) {
-    for (name, ty) in CUSTOM_EVENT_PROPS {
-        if !rng.random_bool(0.5) {
+/// Each custom property is on [`EventSize::presence`] of the events.
+fn custom_props(rng: &mut StdRng, ms: i64, size: EventSize, p: &mut Props<'_>) {
+    for &(name, ty) in size.custom_event_props() {
+        if !rng.random_bool(size.presence()) {
             continue;
         }
         let w = p.key(name);
         match (name, ty) {
             ("page_title", _) => w.string(pick(rng, &TITLES)),
+            ("user_agent", _) => w.string(pick(rng, &USER_AGENTS)),
+            ("page_url", _) => w.string(&format!(
+                "https://m.shop.example.kr/p/{}?utm_source=kakao&ref=banner_{}",
+                rng.random_range(100_000..999_999),
+                rng.random_range(0..40)
+            )),
+            ("screen_name", _) => w.string(pick(rng, &SCREENS)),
+            ("device_model", _) => w.string(pick(rng, &DEVICES)),
+            ("locale", _) => w.string(pick(rng, &LOCALES)),
             ("campaign", _) => w.string(pick(rng, &CAMPAIGNS)),
             ("referrer", _) => w.string(pick(rng, &REFERRERS)),
             (_, "String") => w.string(&format!("{}.{}.{}", rng.random_range(1..4), rng.random_range(0..20), 0)),
@@ -564,8 +632,8 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_and_valid_json() {
-        let a = generate(250, 7, Arrival::Live, 2);
-        let b = generate(250, 7, Arrival::Live, 1);
+        let a = generate(250, 7, Arrival::Live, EventSize::Standard, 2);
+        let b = generate(250, 7, Arrival::Live, EventSize::Standard, 1);
         assert_eq!(a.bodies, b.bodies);
         assert_eq!(a.bodies.len(), 3);
         assert_eq!(a.per_day.iter().sum::<u64>(), 250);
@@ -576,9 +644,28 @@ mod tests {
             let items: usize = events.iter().map(|e| e["items"].as_array().map_or(0, Vec::len)).sum();
             assert!(items <= MAX_BATCH_ITEMS);
         }
-        let shuffled = generate(250, 7, Arrival::Shuffled, 2);
+        let shuffled = generate(250, 7, Arrival::Shuffled, EventSize::Standard, 2);
         assert_eq!(shuffled.per_day.iter().sum::<u64>(), 250);
         assert_ne!(shuffled.bodies, a.bodies);
         assert_eq!(format!("2025-09-{:02}", ONE_DAY_INDEX + 1), ONE_DAY);
+    }
+
+    #[test]
+    fn heavy_events_weigh_about_600_bytes_and_use_their_own_properties() {
+        let size = |s: EventSize| {
+            let d = generate(2_000, 3, Arrival::Live, s, 2);
+            d.bodies.iter().map(Vec::len).sum::<usize>() as f64 / d.events as f64
+        };
+        let (standard, heavy) = (size(EventSize::Standard), size(EventSize::Heavy));
+        assert!((380.0..480.0).contains(&standard), "standard: {standard} B/event");
+        assert!((550.0..700.0).contains(&heavy), "heavy: {heavy} B/event");
+        let registered = |s: EventSize| taxonomy(s)["event_properties"].as_array().map_or(0, Vec::len);
+        assert_eq!(
+            (registered(EventSize::Standard), registered(EventSize::Heavy)),
+            (16, 27)
+        );
+        let d = generate(300, 3, Arrival::Live, EventSize::Heavy, 1);
+        let text = String::from_utf8(d.bodies.concat()).expect("UTF-8");
+        assert!(text.contains("\"user_agent\"") && text.contains("\"coupon_codes\""));
     }
 }

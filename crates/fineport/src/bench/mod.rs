@@ -46,6 +46,11 @@ pub struct BenchArgs {
     /// events) or `shuffled` (every event anywhere in the month).
     #[arg(long, value_enum, default_value = "live")]
     arrival: data::Arrival,
+    /// What each event carries: `standard` (~430 bytes of JSON, 45 export
+    /// columns) or `heavy` (~600 bytes, 56 columns: long strings, 27 custom
+    /// properties of every type on most events).
+    #[arg(long, value_enum, default_value = "standard")]
+    event_size: data::EventSize,
     /// Concurrent import clients (one connection each).
     #[arg(long, default_value_t = 8)]
     clients: usize,
@@ -136,8 +141,8 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         args.events, args.seed, args.arrival
     );
     let started = Instant::now();
-    let (seed, events, arrival) = (args.seed, args.events, args.arrival);
-    let dataset = tokio::task::spawn_blocking(move || data::generate(events, seed, arrival, threads)).await?;
+    let (seed, events, arrival, size) = (args.seed, args.events, args.arrival, args.event_size);
+    let dataset = tokio::task::spawn_blocking(move || data::generate(events, seed, arrival, size, threads)).await?;
     let generate_time = started.elapsed();
     let cases = export_cases(&dataset);
     let mut report = Report::new(
@@ -148,6 +153,7 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         dataset.items,
     );
     report.arrival = format!("{:?}", args.arrival).to_lowercase();
+    report.event_size = format!("{:?}", args.event_size).to_lowercase();
     report.generate_time = generate_time;
     report.body_bytes = dataset.bodies.iter().map(|b| b.len() as u64).sum();
 
@@ -179,7 +185,7 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         "DuckDB"
     };
     let server = server::Server::start(&data_dir, store_args)?;
-    let Tokens { import, export } = http::create_service(&server.base, &data::taxonomy()).await?;
+    let Tokens { import, export } = http::create_service(&server.base, &data::taxonomy(args.event_size)).await?;
     eprintln!(
         "importing {} requests from {} clients…",
         dataset.bodies.len(),

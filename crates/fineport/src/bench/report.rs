@@ -46,6 +46,8 @@ pub struct Report {
     pub events: u64,
     pub seed: u64,
     pub arrival: String,
+    /// The generator's event profile (`standard`, `heavy`).
+    pub event_size: String,
     pub clients: usize,
     pub requests: usize,
     pub items: u64,
@@ -71,6 +73,7 @@ impl Report {
             events,
             seed,
             arrival: String::new(),
+            event_size: String::new(),
             clients,
             requests,
             items,
@@ -90,9 +93,10 @@ impl Report {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "## fineport bench ({}): {} events, seed {}, {} arrival\n\nmachine: {}\n",
+            "## fineport bench ({}): {} {} events, seed {}, {} arrival\n\nmachine: {}\n",
             self.store,
             thousands(self.events),
+            self.event_size,
             self.seed,
             self.arrival,
             machine()
