@@ -12,6 +12,8 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 use uuid::Uuid;
 
+use crate::json::JsonRead;
+
 use crate::taxonomy::{is_valid_custom_name, Taxonomy, TaxonomyDoc, ITEMS};
 use crate::time::parse_datetime;
 use crate::types::{json_kind, PropertyType, Value};
@@ -210,9 +212,9 @@ impl Identity {
     /// At least one key is required (`df_unified_id` counts).
     ///
     /// The error is the reason for the endpoint's 40001.
-    pub fn from_json(json: &Json) -> Result<Identity, String> {
+    pub fn from_json<J: JsonRead>(json: &J) -> Result<Identity, String> {
         let obj = json
-            .as_object()
+            .entries()
             .ok_or_else(|| format!("identity must be an object, not {}", json_kind(json)))?;
         let mut id = Identity::default();
         for (key, value) in obj {
@@ -227,7 +229,7 @@ impl Identity {
                 id.df_unified_id = Some(uuid);
                 continue;
             }
-            let slot = match key.as_str() {
+            let slot = match key {
                 "external_id" => &mut id.external_id,
                 "email" => &mut id.email,
                 "phone_no" => &mut id.phone_no,
@@ -296,21 +298,27 @@ pub struct EventBatch {
 
 const EVENT_FIELDS: [&str; 5] = ["event_log_id", "event_name", "event_datetime", "properties", "items"];
 
-/// Validates an `/api/v1/events` body against `taxonomy`.
-pub fn validate_events(body: &Json, taxonomy: &Taxonomy, auto_register: bool) -> Result<EventBatch, ImportRejection> {
-    let obj = body.as_object().ok_or_else(|| {
-        ImportRejection::new(
+/// Validates an `/api/v1/events` body against `taxonomy`: a
+/// `serde_json::Value`, or the borrowed [`crate::json::Doc`] the server
+/// parses request bodies into (the same rules either way).
+pub fn validate_events<J: JsonRead>(
+    body: &J,
+    taxonomy: &Taxonomy,
+    auto_register: bool,
+) -> Result<EventBatch, ImportRejection> {
+    let Some(mut keys) = body.entries() else {
+        return Err(ImportRejection::new(
             ImportCode::BadRequest,
             format!("the body must be a JSON object, not {}", json_kind(body)),
-        )
-    })?;
+        ));
+    };
     let invalid = |reason: String| ImportRejection::new(ImportCode::ValidationFailure, reason);
-    if let Some(unknown) = obj.keys().find(|k| !["common", "events"].contains(&k.as_str())) {
+    if let Some((unknown, _)) = keys.find(|(k, _)| !["common", "events"].contains(k)) {
         return Err(invalid(format!("unknown field {unknown:?}")));
     }
-    let events = match obj.get("events") {
-        Some(Json::Array(events)) => events,
-        Some(other) => return Err(invalid(format!("events must be a list, not {}", json_kind(other)))),
+    let events = match body.get("events").map(|e| (e, e.as_array())) {
+        Some((_, Some(events))) => events,
+        Some((other, None)) => return Err(invalid(format!("events must be a list, not {}", json_kind(other)))),
         None => return Err(invalid("events is required".into())),
     };
     if events.len() > MAX_EVENTS_PER_REQUEST {
@@ -325,9 +333,8 @@ pub fn validate_events(body: &Json, taxonomy: &Taxonomy, auto_register: bool) ->
     if events.is_empty() {
         return Err(invalid("events must not be empty".into()));
     }
-    let identity_json = obj
+    let identity_json = body
         .get("common")
-        .and_then(|c| c.as_object())
         .and_then(|c| c.get("identity"))
         .ok_or_else(|| invalid("common.identity is required".into()))?;
     let identity = Identity::from_json(identity_json).map_err(invalid)?;
@@ -376,16 +383,17 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     /// Validates one event, collecting every reason it is invalid.
-    fn event(&mut self, json: &Json) -> Result<EventInput, Vec<String>> {
-        let Some(obj) = json.as_object() else {
+    fn event<J: JsonRead>(&mut self, json: &J) -> Result<EventInput, Vec<String>> {
+        let Some(keys) = json.entries() else {
             return Err(vec![format!("an event must be an object, not {}", json_kind(json))]);
         };
         let mut reasons = Vec::new();
-        for key in obj.keys().filter(|k| !EVENT_FIELDS.contains(&k.as_str())) {
+        for (key, _) in keys.filter(|(k, _)| !EVENT_FIELDS.contains(k)) {
             reasons.push(format!("unknown field {key:?}"));
         }
+        let obj = json;
         let string = |field: &str, reasons: &mut Vec<String>| match obj.get(field) {
-            Some(Json::String(s)) => Some(s.as_str()),
+            Some(s) if s.as_str().is_some() => s.as_str(),
             Some(other) => {
                 reasons.push(format!("{field} must be a string, not {}", json_kind(other)));
                 None
@@ -423,20 +431,24 @@ impl Validator<'_> {
             }
         });
         let properties = match obj.get("properties") {
-            None | Some(Json::Null) => BTreeMap::new(),
+            None => BTreeMap::new(),
+            Some(p) if p.is_null() => BTreeMap::new(),
             Some(p) => self.properties(p, false, "properties", &mut reasons),
         };
         let items = match obj.get("items") {
-            None | Some(Json::Null) => Vec::new(),
-            Some(Json::Array(items)) => items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| self.properties(item, true, &format!("items[{i}]"), &mut reasons))
-                .collect(),
-            Some(other) => {
-                reasons.push(format!("items must be a list, not {}", json_kind(other)));
-                Vec::new()
-            }
+            None => Vec::new(),
+            Some(items) if items.is_null() => Vec::new(),
+            Some(items) => match items.as_array() {
+                Some(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.properties(item, true, &format!("items[{i}]"), &mut reasons))
+                    .collect(),
+                None => {
+                    reasons.push(format!("items must be a list, not {}", json_kind(items)));
+                    Vec::new()
+                }
+            },
         };
         match (event_log_id, event_name, event_datetime_ms) {
             (Some(event_log_id), Some(event_name), Some(event_datetime_ms)) if reasons.is_empty() => Ok(EventInput {
@@ -451,15 +463,15 @@ impl Validator<'_> {
     }
 
     /// Types an object of event properties (or of one item's properties).
-    fn properties(
+    fn properties<J: JsonRead>(
         &mut self,
-        json: &Json,
+        json: &J,
         item: bool,
         what: &str,
         reasons: &mut Vec<String>,
     ) -> BTreeMap<String, Value> {
         let mut out = BTreeMap::new();
-        let Some(obj) = json.as_object() else {
+        let Some(obj) = json.entries() else {
             reasons.push(format!("{what} must be an object, not {}", json_kind(json)));
             return out;
         };
@@ -486,7 +498,7 @@ impl Validator<'_> {
                 Some(ty) => *ty,
                 None if self.auto_register && is_valid_custom_name(name) => match PropertyType::infer(raw) {
                     Some(ty) => {
-                        pending.insert(name.clone(), ty);
+                        pending.insert(name.to_owned(), ty);
                         ty
                     }
                     None => {
@@ -503,7 +515,7 @@ impl Validator<'_> {
             };
             match Value::from_json(raw, ty) {
                 Ok(v) => {
-                    out.insert(name.clone(), v);
+                    out.insert(name.to_owned(), v);
                 }
                 Err(e) => reasons.push(format!("{what}.{name}: {e}")),
             }
@@ -537,9 +549,19 @@ mod tests {
 
     const ID: &str = "0b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f";
 
+    /// Validates `body` read as a `serde_json::Value` and as the server's
+    /// borrowed `Doc`, which must agree in every detail.
+    fn validate(body: &Json, taxonomy: &Taxonomy, auto: bool) -> Result<EventBatch, ImportRejection> {
+        let from_value = validate_events(body, taxonomy, auto);
+        let text = serde_json::to_vec(body).unwrap();
+        let doc = crate::json::Doc::parse(&text).unwrap();
+        assert_eq!(validate_events(&doc, taxonomy, auto), from_value, "{body}");
+        from_value
+    }
+
     #[test]
     fn correction_time_is_the_event_time_unless_it_is_later_than_receipt() {
-        let e = validate_events(&body(vec![event(ID)]), &taxonomy(), false)
+        let e = validate(&body(vec![event(ID)]), &taxonomy(), false)
             .unwrap()
             .events
             .remove(0);
@@ -572,7 +594,7 @@ mod tests {
 
     #[test]
     fn validates_and_types_a_good_batch() {
-        let batch = validate_events(&body(vec![event(ID)]), &taxonomy(), false).unwrap();
+        let batch = validate(&body(vec![event(ID)]), &taxonomy(), false).unwrap();
         let e = &batch.events[0];
         assert_eq!(e.event_log_id.to_string(), ID);
         assert_eq!(e.event_datetime_ms, 1_795_536_123_456);
@@ -588,7 +610,7 @@ mod tests {
         bad_type["properties"]["df_total_purchase_amount"] = json!("lots");
         let mut unknown = event("1b4e6f0c-1f3a-4c33-9a53-5c8f1b2d3e4f");
         unknown["event_name"] = json!("not_registered");
-        let err = validate_events(&body(vec![event(ID), bad_type, unknown]), &taxonomy(), false).unwrap_err();
+        let err = validate(&body(vec![event(ID), bad_type, unknown]), &taxonomy(), false).unwrap_err();
         assert_eq!(err.code, ImportCode::ValidationFailure);
         let indexes: Vec<_> = err.problems.iter().map(|p| p.index).collect();
         assert_eq!(indexes, vec![Some(1), Some(2)]);
@@ -598,29 +620,29 @@ mod tests {
     fn request_level_codes() {
         let t = taxonomy();
         assert_eq!(
-            validate_events(&json!([1]), &t, false).unwrap_err().code,
+            validate(&json!([1]), &t, false).unwrap_err().code,
             ImportCode::BadRequest
         );
         let many: Vec<Json> = (0..101).map(|_| event(ID)).collect();
         assert_eq!(
-            validate_events(&body(many), &t, false).unwrap_err().code,
+            validate(&body(many), &t, false).unwrap_err().code,
             ImportCode::TooManyEvents
         );
         let no_identity = json!({"events": [event(ID)]});
         assert_eq!(
-            validate_events(&no_identity, &t, false).unwrap_err().code,
+            validate(&no_identity, &t, false).unwrap_err().code,
             ImportCode::ValidationFailure
         );
         let empty_identity = json!({"common": {"identity": {}}, "events": [event(ID)]});
         assert_eq!(
-            validate_events(&empty_identity, &t, false).unwrap_err().code,
+            validate(&empty_identity, &t, false).unwrap_err().code,
             ImportCode::ValidationFailure
         );
         let items: Vec<Json> = (0..101).map(|i| json!({"df_item_id": format!("{i}")})).collect();
         let mut heavy = event(ID);
         heavy["items"] = Json::Array(items);
         assert_eq!(
-            validate_events(&body(vec![heavy]), &t, false).unwrap_err().code,
+            validate(&body(vec![heavy]), &t, false).unwrap_err().code,
             ImportCode::ValidationFailure
         );
     }
@@ -635,7 +657,7 @@ mod tests {
         ] {
             let mut e = event(ID);
             e[field] = value;
-            assert!(validate_events(&body(vec![e]), &taxonomy(), false).is_err(), "{field}");
+            assert!(validate(&body(vec![e]), &taxonomy(), false).is_err(), "{field}");
         }
     }
 
@@ -683,7 +705,7 @@ mod tests {
             let reason = Identity::from_json(&identity).unwrap_err();
             assert!(reason.contains(why), "{identity}: {reason}");
             let body = json!({"common": {"identity": identity}, "events": [event(ID)]});
-            let err = validate_events(&body, &taxonomy(), false).unwrap_err();
+            let err = validate(&body, &taxonomy(), false).unwrap_err();
             assert_eq!(err.code, ImportCode::ValidationFailure, "{identity}");
         }
     }
@@ -694,7 +716,7 @@ mod tests {
         e["event_name"] = json!("brand_new");
         e["properties"]["score"] = json!(3);
         e["items"][0]["size"] = json!("L");
-        let batch = validate_events(&body(vec![e.clone()]), &taxonomy(), true).unwrap();
+        let batch = validate(&body(vec![e.clone()]), &taxonomy(), true).unwrap();
         assert_eq!(batch.registrations.events, vec!["brand_new".to_string()]);
         assert_eq!(
             batch.registrations.event_properties,
@@ -710,6 +732,6 @@ mod tests {
                 ty: PropertyType::String
             }]
         );
-        assert!(validate_events(&body(vec![e]), &taxonomy(), false).is_err());
+        assert!(validate(&body(vec![e]), &taxonomy(), false).is_err());
     }
 }

@@ -7,6 +7,7 @@ pub mod cells;
 pub mod csv;
 pub mod export;
 pub mod import;
+pub mod json;
 pub mod profile;
 pub mod service;
 pub mod taxonomy;

@@ -5,8 +5,8 @@
 //! stores keep values typed, and the CSV encoder turns them back into text.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value as Json;
 
+use crate::json::JsonRead;
 use crate::time;
 
 /// A taxonomy type, spelled on the wire exactly as DFINERY spells it.
@@ -67,24 +67,27 @@ impl PropertyType {
 
     /// The type `auto_register` gives a name first seen with this JSON value.
     /// Strings stay `String` (a date-looking string is not guessed to be a date).
-    pub fn infer(json: &Json) -> Option<PropertyType> {
-        match json {
-            Json::String(_) => Some(PropertyType::String),
-            Json::Bool(_) => Some(PropertyType::Boolean),
-            Json::Number(n) if n.is_i64() => Some(PropertyType::Long),
-            Json::Number(_) => Some(PropertyType::Double),
-            Json::Array(items) => {
-                if items.iter().all(|v| v.is_string()) {
-                    Some(PropertyType::StringArray)
-                } else if items.iter().all(|v| v.is_i64()) {
-                    Some(PropertyType::LongArray)
-                } else if items.iter().all(|v| v.is_number()) {
-                    Some(PropertyType::DoubleArray)
-                } else {
-                    None
-                }
+    pub fn infer<J: JsonRead>(json: &J) -> Option<PropertyType> {
+        if json.as_str().is_some() {
+            Some(PropertyType::String)
+        } else if json.as_bool().is_some() {
+            Some(PropertyType::Boolean)
+        } else if json.as_i64().is_some() {
+            Some(PropertyType::Long)
+        } else if json.is_number() {
+            Some(PropertyType::Double)
+        } else if let Some(items) = json.as_array() {
+            if items.iter().all(|v| v.as_str().is_some()) {
+                Some(PropertyType::StringArray)
+            } else if items.iter().all(|v| v.as_i64().is_some()) {
+                Some(PropertyType::LongArray)
+            } else if items.iter().all(|v| v.is_number()) {
+                Some(PropertyType::DoubleArray)
+            } else {
+                None
             }
-            Json::Null | Json::Object(_) => None,
+        } else {
+            None // null, an object
         }
     }
 }
@@ -126,7 +129,7 @@ pub fn text(s: &str) -> Result<String, String> {
 
 impl Value {
     /// Converts a JSON value to `ty`, or says why it cannot be one.
-    pub fn from_json(json: &Json, ty: PropertyType) -> Result<Value, String> {
+    pub fn from_json<J: JsonRead>(json: &J, ty: PropertyType) -> Result<Value, String> {
         let wrong = || format!("expected {ty}, got {}", json_kind(json));
         Ok(match ty {
             PropertyType::String => Value::String(text(json.as_str().ok_or_else(wrong)?)?),
@@ -146,7 +149,7 @@ impl Value {
                 strings.iter().try_for_each(|s| text(s).map(drop))?;
                 Value::StringArray(strings)
             }
-            PropertyType::LongArray => Value::LongArray(array_of(json, ty, Json::as_i64)?),
+            PropertyType::LongArray => Value::LongArray(array_of(json, ty, J::as_i64)?),
             PropertyType::DoubleArray => Value::DoubleArray(array_of(json, ty, json_f64)?),
             PropertyType::Items => return Err("df_items is sent as the event's \"items\", not as a property".into()),
         })
@@ -168,11 +171,11 @@ impl Value {
 }
 
 /// Any finite JSON number as a double (integers included: `15000` is a valid Double).
-fn json_f64(json: &Json) -> Option<f64> {
+fn json_f64<J: JsonRead>(json: &J) -> Option<f64> {
     json.as_f64().filter(|f| f.is_finite())
 }
 
-fn array_of<T>(json: &Json, ty: PropertyType, item: impl Fn(&Json) -> Option<T>) -> Result<Vec<T>, String> {
+fn array_of<J: JsonRead, T>(json: &J, ty: PropertyType, item: impl Fn(&J) -> Option<T>) -> Result<Vec<T>, String> {
     let items = json
         .as_array()
         .ok_or_else(|| format!("expected {ty}, got {}", json_kind(json)))?;
@@ -184,22 +187,14 @@ fn array_of<T>(json: &Json, ty: PropertyType, item: impl Fn(&Json) -> Option<T>)
 }
 
 /// A short name for a JSON value's kind, for error messages.
-pub fn json_kind(json: &Json) -> &'static str {
-    match json {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(n) if n.is_i64() || n.is_u64() => "an integer",
-        Json::Number(_) => "a fractional number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
+pub fn json_kind<J: JsonRead>(json: &J) -> &'static str {
+    json.kind()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value as Json};
 
     #[test]
     fn converts_each_type_or_explains_why_not() {
