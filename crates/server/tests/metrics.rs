@@ -235,8 +235,13 @@ async fn every_request_is_counted_by_outcome() {
         assert_eq!(metrics.value("fineport_import_log_backlog_batches", &[]), 1.0);
         assert_eq!(metrics.value("fineport_import_log_backlog_events", &[]), 3.0);
         assert!(metrics.value("fineport_import_log_backlog_bytes", &[]) > 0.0);
+        // DuckDB's own memory, by tag: every tag is there, in use or not.
+        let tags = metrics.named("fineport_engine_memory_bytes");
+        assert!(tags.len() >= 10, "{tags:?}");
+        assert!(metrics.value("fineport_engine_memory_bytes", &[("tag", "BASE_TABLE")]) >= 0.0);
     } else {
         assert!(metrics.named("fineport_import_log_backlog_batches").is_empty());
+        assert!(metrics.named("fineport_engine_memory_bytes").is_empty());
     }
 
     // Exports: ok, invalid_parameter, unauthorized_token (a service's and

@@ -270,6 +270,10 @@ impl<S: Store + ?Sized> Store for FailingStore<S> {
     fn backlog(&self) -> Option<Backlog> {
         self.inner.backlog()
     }
+
+    async fn engine_memory(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.engine_memory().await
+    }
 }
 
 #[cfg(test)]

@@ -245,4 +245,14 @@ pub trait Store: Send + Sync + 'static {
     fn backlog(&self) -> Option<Backlog> {
         None
     }
+
+    /// The memory the embedded engine holds, by its own tags, in bytes:
+    /// DuckDB's `duckdb_memory()` (`BASE_TABLE` = table blocks kept in its
+    /// buffer pool, a cache bounded by `--duckdb-memory-limit`;
+    /// `COLUMN_DATA` = materialised query results; …).
+    /// Every tag, in use or not. Empty (the default) for a store whose
+    /// engines run elsewhere.
+    async fn engine_memory(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
 }

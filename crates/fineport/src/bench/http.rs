@@ -130,6 +130,10 @@ pub struct ExportRun {
     /// The server's RSS just before the request, and its peak during it.
     pub rss_before: u64,
     pub rss_peak: u64,
+    /// DuckDB's block cache (its `BASE_TABLE` and `METADATA` memory, from
+    /// `/metrics`) just before the request and after it; 0 on the cluster.
+    pub cache_before: u64,
+    pub cache_after: u64,
 }
 
 impl ExportRun {
@@ -137,6 +141,40 @@ impl ExportRun {
     pub fn rss_growth(&self) -> u64 {
         self.rss_peak.saturating_sub(self.rss_before)
     }
+
+    /// How much DuckDB's block cache grew: table blocks read for the
+    /// export and kept as a cache, bounded by `--duckdb-memory-limit`.
+    pub fn cache_growth(&self) -> u64 {
+        self.cache_after.saturating_sub(self.cache_before)
+    }
+
+    /// The RSS growth that is not DuckDB's block cache: the export's own
+    /// memory (slices in flight, buffers, materialised results).
+    pub fn own_growth(&self) -> u64 {
+        self.rss_growth().saturating_sub(self.cache_growth())
+    }
+}
+
+/// The bytes of DuckDB's block cache, read from the server's `/metrics`
+/// (`fineport_engine_memory_bytes` with tags `BASE_TABLE` and
+/// `METADATA`); 0 when there is none (the cluster).
+pub async fn block_cache_bytes(base: &str) -> anyhow::Result<u64> {
+    let text = client()?
+        .get(format!("{base}/metrics"))
+        .bearer_auth(super::server::ADMIN_TOKEN)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| {
+            l.starts_with("fineport_engine_memory_bytes{tag=\"BASE_TABLE\"}")
+                || l.starts_with("fineport_engine_memory_bytes{tag=\"METADATA\"}")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64)
 }
 
 /// Runs one export and reads the whole body, counting bytes and lines.
@@ -144,6 +182,7 @@ impl ExportRun {
 pub async fn export(base: &str, token: &str, body: &Value, server_pid: u32) -> anyhow::Result<(ExportRun, Vec<u8>)> {
     let http = client()?;
     let url = format!("{base}/api/v1/export/event?service_id={SERVICE_ID}");
+    let cache_before = block_cache_bytes(base).await?;
     let rss_before = super::server::rss_bytes(server_pid).unwrap_or(0);
     let sampler = RssSampler::start(server_pid);
     let started = Instant::now();
@@ -165,6 +204,7 @@ pub async fn export(base: &str, token: &str, body: &Value, server_pid: u32) -> a
     }
     let total = started.elapsed();
     let rss_peak = sampler.finish();
+    let cache_after = block_cache_bytes(base).await?;
     let first_byte = first_byte.unwrap_or(total);
     let run = ExportRun {
         rows: lines.saturating_sub(1),
@@ -174,6 +214,8 @@ pub async fn export(base: &str, token: &str, body: &Value, server_pid: u32) -> a
         total,
         rss_before,
         rss_peak,
+        cache_before,
+        cache_after,
     };
     Ok((run, header))
 }

@@ -315,17 +315,15 @@ async fn best_export(
             None => run,
             Some(b) => {
                 // Memory: the run that grew the most; times: the best of each.
-                let (before, peak) = if run.rss_growth() > b.rss_growth() {
-                    (run.rss_before, run.rss_peak)
-                } else {
-                    (b.rss_before, b.rss_peak)
-                };
+                let most = if run.rss_growth() > b.rss_growth() { run } else { b };
                 ExportRun {
                     total: b.total.min(run.total),
                     first_byte: b.first_byte.min(run.first_byte),
                     first_byte_first_run: b.first_byte_first_run,
-                    rss_before: before,
-                    rss_peak: peak,
+                    rss_before: most.rss_before,
+                    rss_peak: most.rss_peak,
+                    cache_before: most.cache_before,
+                    cache_after: most.cache_after,
                     ..run
                 }
             }

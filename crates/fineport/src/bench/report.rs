@@ -205,6 +205,16 @@ impl Report {
                 mib(c.run.rss_peak),
                 mib(c.run.rss_growth())
             );
+            if c.run.cache_after > 0 {
+                let _ = writeln!(
+                    s,
+                    "| … of which DuckDB's block cache (grew {} → {} MiB) / the export's own | +{} / **+{} MiB** |",
+                    mib(c.run.cache_before),
+                    mib(c.run.cache_after),
+                    mib(c.run.cache_growth()),
+                    mib(c.run.own_growth())
+                );
+            }
         }
         let _ = writeln!(
             s,

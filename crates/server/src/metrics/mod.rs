@@ -65,6 +65,7 @@ const BACKLOG_BYTES: &str = "fineport_import_log_backlog_bytes";
 const HTTP_REQUESTS: &str = "fineport_http_requests_total";
 const HTTP_DURATION: &str = "fineport_http_request_duration_seconds";
 const BUILD_INFO: &str = "fineport_build_info";
+const ENGINE_MEMORY: &str = "fineport_engine_memory_bytes";
 
 /// Every metric with its `# HELP` text.
 const HELP: &[(&str, &str)] = &[
@@ -97,6 +98,10 @@ const HELP: &[(&str, &str)] = &[
         "HTTP response time in seconds, by route template: until the response head (an export's streaming is in fineport_request_duration_seconds).",
     ),
     (BUILD_INFO, "Always 1; the version label is fineport's."),
+    (
+        ENGINE_MEMORY,
+        "Memory the embedded DuckDB holds, in bytes, by its duckdb_memory() tag (BASE_TABLE: table blocks cached in its buffer pool, bounded by --duckdb-memory-limit; COLUMN_DATA: materialised query results; …). DuckDB store only.",
+    ),
 ];
 
 /// What the `metrics` API asks of a call site; the Prometheus recorder
@@ -254,7 +259,11 @@ impl Metrics {
 
     /// The Prometheus text of everything recorded, with the store's import
     /// backlog as it is now (no backlog gauges for a store without one).
-    pub fn render(&self, backlog: Option<Backlog>) -> String {
+    pub fn render(&self, backlog: Option<Backlog>, engine_memory: &[(String, u64)]) -> String {
+        for (tag, bytes) in engine_memory {
+            self.gauge(ENGINE_MEMORY, vec![Label::new("tag", tag.clone())])
+                .set(*bytes as f64);
+        }
         if let Some(backlog) = backlog {
             for (name, value) in [
                 (BACKLOG_BATCHES, backlog.batches),
@@ -366,7 +375,12 @@ pub async fn serve_metrics(State(state): State<SharedState>, headers: HeaderMap)
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return response;
     }
-    let text = state.metrics.render(state.store.backlog());
+    // Best effort: a scrape still answers when the engine cannot say.
+    let engine_memory = state.store.engine_memory().await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the engine's memory");
+        Vec::new()
+    });
+    let text = state.metrics.render(state.store.backlog(), &engine_memory);
     ([(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_FORMAT))], text).into_response()
 }
 

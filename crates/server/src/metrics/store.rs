@@ -235,4 +235,8 @@ impl Store for MeteredStore {
     fn backlog(&self) -> Option<Backlog> {
         self.inner.backlog()
     }
+
+    async fn engine_memory(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.engine_memory().await
+    }
 }

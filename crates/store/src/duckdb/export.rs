@@ -270,6 +270,9 @@ impl SliceQuery {
         while let Some(rows) = stmt.step().map_err(query_error)? {
             batches.push(RecordBatch::from(&rows));
         }
+        // DuckDB's copy of the rows goes before the sort and the handover:
+        // only the Arrow copy waits for the encoder.
+        drop(stmt);
         let order = sort_order(&batches, self.keys)?;
         Ok(SortedSlice { batches, order })
     }

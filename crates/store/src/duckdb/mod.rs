@@ -762,6 +762,15 @@ impl Store for DuckDbStore {
     fn backlog(&self) -> Option<Backlog> {
         Some(self.inner.progress.backlog())
     }
+
+    async fn engine_memory(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT tag, memory_usage_bytes::UBIGINT FROM duckdb_memory() ORDER BY tag")?;
+            let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
