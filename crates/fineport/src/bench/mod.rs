@@ -11,13 +11,16 @@
 //! during each; stop the server; run the store's own export of the same rows
 //! and columns — DuckDB's `COPY … TO … (FORMAT CSV)` on the same file
 //! ([`native`]), or ClickHouse's `SELECT … FORMAT CSVWithNames` over HTTP
-//! ([`native_clickhouse`]); print the table ([`report`]).
+//! ([`native_clickhouse`]); on the DuckDB run, where a python with chdb is
+//! found, also current ClickHouse's own CSV writer on the same rows from
+//! memory ([`native_chdb`]); print the table ([`report`]).
 //! Every timing is the best of `--runs`; row counts are checked against the
 //! generator's, so a short export fails the bench instead of flattering it.
 
 mod data;
 mod http;
 mod native;
+mod native_chdb;
 mod native_clickhouse;
 mod report;
 mod server;
@@ -74,6 +77,11 @@ pub struct BenchArgs {
     /// With `--store cluster`: a PostgreSQL URL whose user may create databases.
     #[arg(long, required_if_eq("store", "cluster"))]
     postgres_url: Option<String>,
+    /// On the DuckDB store: a python that can `import chdb` (embedded
+    /// ClickHouse), for a second reference beside DuckDB's COPY. Default:
+    /// `python3` on PATH if it can; without one that reference is skipped.
+    #[arg(long, env = "FINEPORT_BENCH_CHDB_PYTHON")]
+    chdb_python: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,6 +144,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
 async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyhow::Result<Report> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Before the long part: a --chdb-python that cannot import chdb fails now.
+    let chdb_python = match args.store {
+        StoreKind::Duckdb => native_chdb::find_python(args.chdb_python.as_deref())?,
+        StoreKind::Cluster => None,
+    };
     eprintln!(
         "generating {} events (seed {}, {:?} arrival)…",
         args.events, args.seed, args.arrival
@@ -233,28 +246,83 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         return Ok(report);
     }
     let db = data_dir.join("fineport.duckdb");
-    let out = dir.join("native.csv");
     let runs = args.runs;
-    let native_runs = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(NativeRun, NativeRun)>> {
-        let native = Native::open(&db)?;
-        cases
-            .iter()
-            .zip(&headers)
-            .map(|(case, header)| {
-                eprintln!("DuckDB COPY: {}…", case.label);
-                Ok((
-                    best_native(runs, &native, &case.query(header, true), &out)?,
-                    best_native(runs, &native, &case.query(header, false), &out)?,
-                ))
-            })
-            .collect()
-    })
-    .await??;
-    for (case, (ordered, unordered)) in report.cases.iter_mut().zip(native_runs) {
+    let native_runs =
+        tokio::task::spawn_blocking(move || native_references(&db, &dir, &cases, &headers, runs, chdb_python))
+            .await??;
+    report.chdb = Some(match &native_runs.chdb {
+        Some(c) => format!("ClickHouse {} (chdb {})", c.clickhouse, c.chdb),
+        None => "not installed (pip install chdb)".to_owned(),
+    });
+    let mut chdb_best = native_runs.chdb.map(|c| c.best.into_iter());
+    for (case, (ordered, unordered)) in report.cases.iter_mut().zip(native_runs.duckdb) {
         case.native_ordered = Some(ordered);
         case.native_unordered = Some(unordered);
+        if let Some(best) = chdb_best.as_mut() {
+            case.chdb_ordered = best.next();
+            case.chdb_unordered = best.next();
+        }
     }
     Ok(report)
+}
+
+/// The store's own exports on the DuckDB run: DuckDB's COPY of each case
+/// with and without ORDER BY, then, with a python that has chdb, chdb's.
+struct NativeReferences {
+    duckdb: Vec<(NativeRun, NativeRun)>,
+    chdb: Option<native_chdb::ChdbRuns>,
+}
+
+fn native_references(
+    db: &std::path::Path,
+    dir: &std::path::Path,
+    cases: &[ExportCase],
+    headers: &[String],
+    runs: usize,
+    chdb_python: Option<PathBuf>,
+) -> anyhow::Result<NativeReferences> {
+    let native = Native::open(db)?;
+    let out = dir.join("native.csv");
+    let duckdb = cases
+        .iter()
+        .zip(headers)
+        .map(|(case, header)| {
+            eprintln!("DuckDB COPY: {}…", case.label);
+            Ok((
+                best_native(runs, &native, &case.query(header, true), &out)?,
+                best_native(runs, &native, &case.query(header, false), &out)?,
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let Some(python) = chdb_python else {
+        eprintln!("chdb: not installed (pip install chdb), skipped");
+        return Ok(NativeReferences { duckdb, chdb: None });
+    };
+    eprintln!("chdb: DuckDB writes the table's columns for ClickHouse (untimed)…");
+    let names: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let structure = native_chdb::structure(&native.source_columns(&names)?)?;
+    let table = dir.join("chdb-table.csv");
+    let select: Vec<String> = structure.iter().map(|(s, _)| s.clone()).collect();
+    native.copy_table(&select, &table)?;
+    drop(native);
+    let jobs: Vec<native_chdb::Job<'_>> = cases
+        .iter()
+        .zip(headers)
+        .flat_map(|(case, header)| {
+            [true, false].map(|ordered| native_chdb::Job {
+                label: case.label,
+                query: case.query(header, ordered),
+                rows: case.rows,
+            })
+        })
+        .collect();
+    let chdb = native_chdb::run(&python, native_chdb::load_sql(&table, &structure), dir, &jobs, runs);
+    std::fs::remove_file(&table).ok();
+    let chdb = chdb?;
+    Ok(NativeReferences {
+        duckdb,
+        chdb: Some(chdb),
+    })
 }
 
 fn export_cases(d: &data::Dataset) -> Vec<ExportCase> {

@@ -30,6 +30,12 @@ const SYSTEM: [(&str, &str); 8] = [
     ("df_platform", "platform"),
 ];
 
+/// The CSV name of one of the table's system columns
+/// (`correction_ts` → `df_correction_datetime`).
+pub fn system_csv_name(col: &str) -> Option<&'static str> {
+    SYSTEM.iter().find(|(_, c)| *c == col).map(|(n, _)| *n)
+}
+
 pub struct Native {
     conn: Connection,
     /// (scope, property name) → column.
@@ -44,6 +50,16 @@ pub struct Query<'a> {
     pub until_day: &'a str,
     pub events: Option<&'a [&'a str]>,
     pub ordered: bool,
+}
+
+/// A column of the event table behind a CSV column of fineport's header.
+pub struct SourceColumn {
+    /// The CSV column's name.
+    pub name: String,
+    /// The table's column and its DuckDB type (`VARCHAR`, `BIGINT[]`, …).
+    pub col: String,
+    pub duckdb_type: String,
+    pub nullable: bool,
 }
 
 pub struct NativeRun {
@@ -62,19 +78,70 @@ impl Native {
         Ok(Native { conn, columns })
     }
 
-    /// The SELECT expression of a CSV column of fineport's header.
-    fn column(&self, name: &str) -> anyhow::Result<String> {
+    /// The table column behind a CSV column of fineport's header: the one
+    /// mapping from export header to DuckDB column, for the COPY and for
+    /// the file chdb loads.
+    fn source(&self, name: &str) -> anyhow::Result<&str> {
         if let Some((_, col)) = SYSTEM.iter().find(|(n, _)| *n == name) {
-            return Ok((*col).to_string());
+            return Ok(col);
         }
         let key = match name.strip_prefix("df_items_") {
             Some(item) => ("item".to_string(), item.to_string()),
             None => ("event".to_string(), name.to_string()),
         };
         match self.columns.get(&key) {
-            Some(col) => Ok(format!("{col} AS \"{name}\"")),
+            Some(col) => Ok(col),
             None => bail!("no column for {name}"),
         }
+    }
+
+    /// The SELECT expression of a CSV column of fineport's header.
+    fn column(&self, name: &str) -> anyhow::Result<String> {
+        let col = self.source(name)?;
+        if SYSTEM.iter().any(|(n, _)| *n == name) {
+            return Ok(col.to_string());
+        }
+        Ok(format!("{col} AS \"{name}\""))
+    }
+
+    /// The table's columns behind the CSV columns any of `headers` names
+    /// (first seen first), with their DuckDB types.
+    pub fn source_columns(&self, headers: &[&str]) -> anyhow::Result<Vec<SourceColumn>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT column_name, data_type, is_nullable = 'YES' FROM information_schema.columns WHERE table_name = ?",
+        )?;
+        let rows = stmt.query_map([format!("events_{SERVICE_ID}")], |r| {
+            Ok((r.get::<_, String>(0)?, (r.get::<_, String>(1)?, r.get::<_, bool>(2)?)))
+        })?;
+        let types = rows.collect::<Result<HashMap<_, _>, _>>()?;
+        let mut columns: Vec<SourceColumn> = Vec::new();
+        for name in headers.iter().flat_map(|h| h.split(',')) {
+            if columns.iter().any(|c| c.name == name) {
+                continue;
+            }
+            let col = self.source(name)?;
+            let (duckdb_type, nullable) = types.get(col).with_context(|| format!("no type for {col}"))?;
+            columns.push(SourceColumn {
+                name: name.to_owned(),
+                col: col.to_owned(),
+                duckdb_type: duckdb_type.clone(),
+                nullable: *nullable,
+            });
+        }
+        Ok(columns)
+    }
+
+    /// Writes `SELECT <select> FROM` every row of the event table to a CSV
+    /// file with a header, NULL as `\N`.
+    pub fn copy_table(&self, select: &[String], out: &Path) -> anyhow::Result<()> {
+        let sql = format!(
+            "COPY (SELECT {} FROM \"events_{SERVICE_ID}\") TO '{}' (FORMAT CSV, HEADER, NULLSTR '\\N')",
+            select.join(", "),
+            out.display()
+        );
+        self.conn
+            .execute_batch(&sql)
+            .with_context(|| format!("native COPY failed: {sql}"))
     }
 
     /// Runs one COPY to `out` and returns its size and time.

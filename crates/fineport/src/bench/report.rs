@@ -14,6 +14,9 @@ pub struct Case {
     pub run: ExportRun,
     pub native_ordered: Option<NativeRun>,
     pub native_unordered: Option<NativeRun>,
+    /// chdb's `SELECT … INTO OUTFILE … FORMAT CSVWithNames`, on the DuckDB run.
+    pub chdb_ordered: Option<NativeRun>,
+    pub chdb_unordered: Option<NativeRun>,
 }
 
 impl Case {
@@ -23,6 +26,8 @@ impl Case {
             run,
             native_ordered: None,
             native_unordered: None,
+            chdb_ordered: None,
+            chdb_unordered: None,
         }
     }
 }
@@ -62,6 +67,9 @@ pub struct Report {
     pub rss_peak_lifetime: u64,
     pub cases: Vec<Case>,
     pub client: Option<ClientRun>,
+    /// On the DuckDB run: the ClickHouse (and chdb) version of the chdb
+    /// reference, or why it did not run.
+    pub chdb: Option<String>,
 }
 
 impl Report {
@@ -86,6 +94,7 @@ impl Report {
             rss_peak_lifetime: 0,
             cases: Vec::new(),
             client: None,
+            chdb: None,
         }
     }
 
@@ -110,12 +119,20 @@ impl Report {
 
     fn render_exports(&self, s: &mut String) {
         let r = self.reference;
+        let chdb = self.cases.iter().any(|c| c.chdb_ordered.is_some());
         let _ = write!(
             s,
             "### Export (best of the runs; ratio = {r}'s time / fineport's time, so ≥ 1.0× means fineport is as fast or faster)\n\n\
-             | export | rows | fineport: time | rows/s | MB/s | {r} with ORDER BY: time | MB/s | ratio | {r} without ORDER BY: time | ratio |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+             | export | rows | fineport: time | rows/s | MB/s | {r} with ORDER BY: time | MB/s | ratio | {r} without ORDER BY: time | ratio |",
         );
+        if chdb {
+            s.push_str(" chdb with ORDER BY: time | MB/s | ratio | chdb without ORDER BY: ratio |");
+        }
+        s.push_str("\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        if chdb {
+            s.push_str("---:|---:|---:|---:|");
+        }
+        s.push('\n');
         for c in &self.cases {
             let t = secs(c.run.total);
             let _ = write!(
@@ -127,24 +144,23 @@ impl Report {
                 thousands((c.run.rows as f64 / t) as u64),
                 c.run.bytes as f64 / 1e6 / t
             );
-            match &c.native_ordered {
-                Some(n) => {
-                    let _ = write!(
-                        s,
-                        " {:.2} s | {:.1} | {:.2}× |",
-                        secs(n.total),
-                        n.bytes as f64 / 1e6 / secs(n.total),
-                        secs(n.total) / t
-                    );
-                }
-                None => s.push_str(" – | – | – |"),
-            }
+            ordered_cells(s, c.native_ordered.as_ref(), t);
             match &c.native_unordered {
                 Some(n) => {
-                    let _ = writeln!(s, " {:.2} s | {:.2}× |", secs(n.total), secs(n.total) / t);
+                    let _ = write!(s, " {:.2} s | {:.2}× |", secs(n.total), secs(n.total) / t);
                 }
-                None => s.push_str(" – | – |\n"),
+                None => s.push_str(" – | – |"),
             }
+            if chdb {
+                ordered_cells(s, c.chdb_ordered.as_ref(), t);
+                match &c.chdb_unordered {
+                    Some(n) => {
+                        let _ = write!(s, " {:.2}× |", secs(n.total) / t);
+                    }
+                    None => s.push_str(" – |"),
+                }
+            }
+            s.push('\n');
         }
         let _ = writeln!(
             s,
@@ -153,17 +169,37 @@ impl Report {
                 .iter()
                 .map(|c| {
                     let native = c.native_ordered.as_ref().map_or(0, |n| n.bytes);
-                    format!(
+                    let mut sizes = format!(
                         "{}: fineport {:.1} MB, {} {:.1} MB",
                         c.label,
                         c.run.bytes as f64 / 1e6,
                         self.reference,
                         native as f64 / 1e6
-                    )
+                    );
+                    if let Some(n) = &c.chdb_ordered {
+                        let _ = write!(sizes, ", chdb {:.1} MB", n.bytes as f64 / 1e6);
+                    }
+                    sizes
                 })
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        match (&self.chdb, chdb) {
+            (Some(version), true) => {
+                let _ = writeln!(
+                    s,
+                    "chdb: {version}, `SELECT … INTO OUTFILE … FORMAT CSVWithNames` from a session table \
+                     `ENGINE = Memory` loaded (untimed) from a CSV file DuckDB wrote of the same table, DuckDB's types mapped to ClickHouse's \
+                     (TIMESTAMP as DateTime64(6)); ratio = chdb's time / fineport's time. DuckDB and chdb write their own \
+                     spellings (chdb: 6-digit fractions of seconds, `\\N` for NULL, quoted timestamps and lists), so \
+                     the sizes differ; rows, columns and order do not.\n"
+                );
+            }
+            (Some(why), false) => {
+                let _ = writeln!(s, "chdb: {why}\n");
+            }
+            (None, _) => {}
+        }
     }
 
     fn render_client(&self, s: &mut String) {
@@ -251,6 +287,22 @@ impl Report {
             stored,
             thousands((self.events as f64 / stored) as u64)
         );
+    }
+}
+
+/// A reference's "with ORDER BY" cells: time, MB/s, ratio to fineport's `t`.
+fn ordered_cells(s: &mut String, n: Option<&NativeRun>, t: f64) {
+    match n {
+        Some(n) => {
+            let _ = write!(
+                s,
+                " {:.2} s | {:.1} | {:.2}× |",
+                secs(n.total),
+                n.bytes as f64 / 1e6 / secs(n.total),
+                secs(n.total) / t
+            );
+        }
+        None => s.push_str(" – | – | – |"),
     }
 }
 
