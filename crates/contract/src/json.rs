@@ -11,12 +11,16 @@
 //!
 //! A `Doc` answers every question as `serde_json::Value` would, so a body
 //! is valid or refused, with the same reasons, whichever tree reads it: an
-//! integer is an `i64` or a `u64` as serde_json decides, a later duplicate
-//! key replaces the earlier one in its place, and the parser (serde_json's,
-//! with its nesting limit) is the same.
+//! integer is an `i64` or a `u64` as serde_json decides, and the parser
+//! (serde_json's, with its nesting limit) is the same. One difference, on
+//! purpose: an object that repeats a key is refused
+//! ([`DocError::RepeatedKey`]), where `serde_json::Value` keeps the last
+//! value and drops the others without a word. Which of two values a client
+//! meant cannot be known, and fineport does not drop data silently; every
+//! Import API body goes through [`Doc::parse`] for this (SPEC §4: 40001).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -107,15 +111,43 @@ pub enum Doc<'a> {
     Float(f64),
     Str(Cow<'a, str>),
     Array(Vec<Doc<'a>>),
-    /// Entries in the order of their first appearance; a repeated key's
-    /// last value wins, as in serde_json's ordered map.
+    /// Entries in order, each key once.
     Object(Vec<(Cow<'a, str>, Doc<'a>)>),
 }
 
+/// Why a body is not a [`Doc`].
+#[derive(Debug)]
+pub enum DocError {
+    /// Not JSON: serde_json's own error, with its line and column.
+    NotJson(serde_json::Error),
+    /// An object repeats a key: `repeated key "name" at line L column C`.
+    RepeatedKey(String),
+}
+
+impl fmt::Display for DocError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DocError::NotJson(e) => write!(f, "the body is not JSON: {e}"),
+            DocError::RepeatedKey(at) => write!(
+                f,
+                "the body has a {at}; which value was meant cannot be known, so send each key once"
+            ),
+        }
+    }
+}
+
 impl<'a> Doc<'a> {
-    /// Parses `text` with serde_json's parser; the error is serde_json's.
-    pub fn parse(text: &'a [u8]) -> Result<Doc<'a>, serde_json::Error> {
-        serde_json::from_slice(text)
+    /// Parses `text` with serde_json's parser.
+    ///
+    /// Errors: [`DocError::NotJson`] for what serde_json refuses (syntax,
+    /// nesting deeper than 128, a number out of range);
+    /// [`DocError::RepeatedKey`] for an object that repeats a key.
+    pub fn parse(text: &'a [u8]) -> Result<Doc<'a>, DocError> {
+        serde_json::from_slice(text).map_err(|e| match e.classify() {
+            // The only data error a `Doc` raises is its own.
+            serde_json::error::Category::Data => DocError::RepeatedKey(e.to_string()),
+            _ => DocError::NotJson(e),
+        })
     }
 }
 
@@ -200,8 +232,8 @@ impl<'de> Deserialize<'de> for Doc<'de> {
 
 struct DocVisitor;
 
-/// Objects up to this many keys find a repeated key by scanning; larger
-/// ones index their keys, so no body costs quadratic time.
+/// Objects up to this many keys look for a repeated key by scanning;
+/// larger ones index their keys, so no body costs quadratic time.
 const SCAN_KEYS: usize = 16;
 
 impl<'de> Visitor<'de> for DocVisitor {
@@ -244,24 +276,19 @@ impl<'de> Visitor<'de> for DocVisitor {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Doc<'de>, A::Error> {
         let mut entries: Vec<(Cow<'de, str>, Doc<'de>)> = Vec::new();
-        let mut index: Option<HashMap<Cow<'de, str>, usize>> = None;
+        let mut index: Option<HashSet<Cow<'de, str>>> = None;
         while let Some(key) = map.next_key_seed(KeySeed)? {
-            let value: Doc<'de> = map.next_value()?;
-            let at = match &mut index {
-                Some(index) => index.get(&key).copied(),
-                None => entries.iter().position(|(k, _)| *k == key),
+            let repeated = match &mut index {
+                Some(index) => !index.insert(key.clone()),
+                None => entries.iter().any(|(k, _)| *k == key),
             };
-            match at {
-                Some(at) => entries[at].1 = value,
-                None => {
-                    if let Some(index) = &mut index {
-                        index.insert(key.clone(), entries.len());
-                    }
-                    entries.push((key, value));
-                    if index.is_none() && entries.len() > SCAN_KEYS {
-                        index = Some(entries.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect());
-                    }
-                }
+            if repeated {
+                return Err(serde::de::Error::custom(format_args!("repeated key {key:?}")));
+            }
+            let value: Doc<'de> = map.next_value()?;
+            entries.push((key, value));
+            if index.is_none() && entries.len() > SCAN_KEYS {
+                index = Some(entries.iter().map(|(k, _)| k.clone()).collect());
             }
         }
         Ok(Doc::Object(entries))
@@ -339,13 +366,43 @@ mod tests {
     fn a_doc_answers_as_serde_json_does() {
         for text in [
             r#"{"a":1,"b":-1,"c":1.5,"d":18446744073709551615,"e":9223372036854775808,"f":-9223372036854775808}"#,
-            r#"{"a":"x","a":"y","b":"\u00e9\n","c":[1,"2",null,true,{"a":[]}]}"#,
+            r#"{"a":"x","b":"\u00e9\n","c":[1,"2",null,true,{"a":[]}]}"#,
             r#"[1e3, 1E-2, 0, -0, 0.0, 123456789012345678901234567890]"#,
             r#""just a string""#,
-            r#"{"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":10,"k11":11,"k12":12,"k13":13,"k14":14,"k15":15,"k16":16,"k17":17,"k1":"again","k17":"again","a":null}"#,
+            r#"{"k1":1,"k2":2,"k3":3,"k4":4,"k5":5,"k6":6,"k7":7,"k8":8,"k9":9,"k10":10,"k11":11,"k12":12,"k13":13,"k14":14,"k15":15,"k16":16,"k17":17,"k18":18,"a":null}"#,
         ] {
             same(text);
         }
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_where_serde_json_would_keep_the_last() {
+        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        for (text, key) in [
+            (r#"{"a":1,"a":2}"#.to_owned(), "a"),
+            (
+                r#"{"events":[{"properties":{"x":"first","y":0,"x":"second"}}]}"#.to_owned(),
+                "x",
+            ),
+            // Escapes are decoded before keys are compared.
+            (r#"{"caf\u00e9":1,"café":2}"#.to_owned(), "café"),
+            // Past the scan, through the index.
+            (format!("{{{many}\"k3\":0}}"), "k3"),
+        ] {
+            assert!(serde_json::from_str::<Json>(&text).is_ok(), "serde_json takes {text}");
+            match Doc::parse(text.as_bytes()) {
+                Err(DocError::RepeatedKey(at)) => {
+                    assert!(
+                        at.starts_with(&format!("repeated key {key:?} at line 1 column")),
+                        "{at}"
+                    )
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        let e = Doc::parse(b"{\"a\":").unwrap_err();
+        assert!(matches!(e, DocError::NotJson(_)), "{e:?}");
+        assert!(e.to_string().starts_with("the body is not JSON: "), "{e}");
     }
 
     #[test]

@@ -545,6 +545,61 @@ async fn a_resend_with_another_past_datetime_keeps_the_first_version_on_duckdb()
 /// Strings are kept byte for byte, control characters included, except
 /// U+0000 (NUL), which PostgreSQL's `COPY` and text type cannot hold: it is
 /// refused with 40001 and the reason, in values and identifiers alike.
+/// A body in which an object repeats a key is refused whole, `40001` with
+/// the key and its position, on every import endpoint: which value was
+/// meant cannot be known, and keeping one would drop the other silently.
+async fn a_repeated_key_is_refused_with_its_position() {
+    let server = TestServer::start().await;
+    let svc = server.service(json!({"service_id": "shop"})).await;
+    server
+        .taxonomy(&svc, json!({"event_properties": [{"name": "note", "type": "String"}]}))
+        .await;
+    let body = |properties: &str| {
+        format!(
+            r#"{{"common":{{"identity":{{"external_id":"u1"}}}},"events":[{{"event_log_id":"{}","event_name":"df_login","event_datetime":"2026-11-25T01:00:00Z","properties":{properties}}}]}}"#,
+            event_id(1)
+        )
+    };
+    for properties in [
+        r#"{"note":"first","note":"second"}"#,
+        // The same key once escaped: keys are compared decoded.
+        r#"{"note":"first","n\u006fte":"second"}"#,
+    ] {
+        let answer: Value = server
+            .import_raw(&svc.id, Some(&svc.import_token), body(properties))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_code(&answer, "40001", "VALIDATION_FAILURE");
+        let reason = answer["data"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains(r#"repeated key "note" at line 1 column"#), "{reason}");
+    }
+    for path in ["/api/v1/identities", "/api/v1/user-profile"] {
+        let r = server
+            .http
+            .post(server.url(&format!("{path}?service_id={}", svc.id)))
+            .header("access_token", &svc.import_token)
+            .header("content-type", "application/json")
+            .body(r#"{"identity":{"external_id":"u1","external_id":"u2"}}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_code(&r.json().await.unwrap(), "40001", "VALIDATION_FAILURE");
+    }
+    assert!(exported_ids(&server, &svc).await.is_empty(), "nothing stored");
+    let answer: Value = server
+        .import_raw(&svc.id, Some(&svc.import_token), body(r#"{"note":"once"}"#))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer, ok());
+    let (header, rows) = export_today(&server, &svc).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(cell(&header, &rows[0], "note"), "once");
+}
+
 async fn nul_is_refused_and_other_control_characters_are_kept() {
     let server = TestServer::start().await;
     let svc = server.service(json!({"service_id": "shop"})).await;
@@ -605,5 +660,6 @@ backend_suite!(
     a_body_must_be_sent_as_application_json,
     a_resend_with_other_content_keeps_the_first_version,
     nul_is_refused_and_other_control_characters_are_kept,
+    a_repeated_key_is_refused_with_its_position,
     events_name_their_profile_by_df_unified_id,
 );

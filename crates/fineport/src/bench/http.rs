@@ -141,18 +141,6 @@ impl ExportRun {
     pub fn rss_growth(&self) -> u64 {
         self.rss_peak.saturating_sub(self.rss_before)
     }
-
-    /// How much DuckDB's block cache grew: table blocks read for the
-    /// export and kept as a cache, bounded by `--duckdb-memory-limit`.
-    pub fn cache_growth(&self) -> u64 {
-        self.cache_after.saturating_sub(self.cache_before)
-    }
-
-    /// The RSS growth that is not DuckDB's block cache: the export's own
-    /// memory (slices in flight, buffers, materialised results).
-    pub fn own_growth(&self) -> u64 {
-        self.rss_growth().saturating_sub(self.cache_growth())
-    }
 }
 
 /// The bytes of DuckDB's block cache, read from the server's `/metrics`

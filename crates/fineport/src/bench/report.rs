@@ -242,13 +242,13 @@ impl Report {
                 mib(c.run.rss_growth())
             );
             if c.run.cache_after > 0 {
+                // From the printed MiB, so that the line adds up as read.
+                let (before, after) = (mib(c.run.cache_before), mib(c.run.cache_after));
+                let cache = after.saturating_sub(before);
                 let _ = writeln!(
                     s,
-                    "| … of which DuckDB's block cache (grew {} → {} MiB) / the export's own | +{} / **+{} MiB** |",
-                    mib(c.run.cache_before),
-                    mib(c.run.cache_after),
-                    mib(c.run.cache_growth()),
-                    mib(c.run.own_growth())
+                    "| … of which DuckDB's block cache (grew {before} → {after} MiB) / the export's own | +{cache} / **+{} MiB** |",
+                    mib(c.run.rss_growth()).saturating_sub(cache)
                 );
             }
         }

@@ -2,7 +2,8 @@
 //!
 //! Order of checks: `service_id` (40101) → `access_token` (40201) → body
 //! (40000: unreadable, not sent as `Content-Type: application/json`, or not
-//! JSON) → contents (40402, 40001) → per-minute limit (40401) → store.
+//! JSON) → contents (40001 for an object that repeats a key, then 40402,
+//! 40001) → per-minute limit (40401) → store.
 //! Invalid requests use no quota. 20000 is answered only after the store
 //! has committed the batch. A request the store refuses because it
 //! contradicts stored state (an identity conflict: `StoreErrorKind::Invalid`)
@@ -18,6 +19,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fineport_contract::import::{response_body, validate_events, ImportCode, ImportProblem, ImportRejection};
+use fineport_contract::json::{Doc, DocError};
 use fineport_store::{Limits, RequestLogEntry, StoreErrorKind, TokenKind};
 
 use crate::catalog::{CatalogError, ServiceView};
@@ -309,24 +311,28 @@ async fn import(
     if let Err(why) = require_json(headers) {
         return ImportAnswer::new(ImportCode::BadRequest, why);
     }
-    let not_json =
-        |e: serde_json::Error| ImportAnswer::new(ImportCode::BadRequest, format!("the body is not JSON: {e}"));
+    // Every body is read as a `Doc` first: a tree that borrows from the
+    // body (the events' hot path), and the check that no object repeats
+    // a key (40001), which `serde_json::Value` would hide.
+    let doc = match Doc::parse(&bytes) {
+        Ok(doc) => doc,
+        Err(e @ DocError::NotJson(_)) => return ImportAnswer::new(ImportCode::BadRequest, e.to_string()),
+        Err(e @ DocError::RepeatedKey(_)) => return ImportAnswer::new(ImportCode::ValidationFailure, e.to_string()),
+    };
     let service_id = service.service.service_id.clone();
     let auto = service.service.auto_register;
     let validated = if endpoint == Endpoint::Events {
-        // The hot path: a tree that borrows from the body (`json::Doc`).
-        match fineport_contract::json::Doc::parse(&bytes) {
-            Ok(doc) => validate_events(&doc, &service.taxonomy, auto).map(Work::Events),
-            Err(e) => return not_json(e),
-        }
+        validate_events(&doc, &service.taxonomy, auto).map(Work::Events)
     } else {
+        // Low-volume endpoints, whose rules read a `serde_json::Value`.
         let json: serde_json::Value = match serde_json::from_slice(&bytes) {
             Ok(j) => j,
-            Err(e) => return not_json(e),
+            Err(e) => return ImportAnswer::new(ImportCode::BadRequest, format!("the body is not JSON: {e}")),
         };
         match endpoint {
             Endpoint::Identities => fineport_contract::profile::validate_identity(&json).map(Work::Identity),
             Endpoint::IdentitiesDelete => fineport_contract::profile::validate_delete(&json).map(Work::Delete),
+            // `UserProfile` (events took the branch above).
             _ => fineport_contract::profile::validate_profiles(&json, &service.taxonomy, auto).map(Work::Profiles),
         }
     };
