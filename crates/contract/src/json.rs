@@ -17,7 +17,8 @@
 //! ([`DocError::RepeatedKey`]), where `serde_json::Value` keeps the last
 //! value and drops the others without a word. Which of two values a client
 //! meant cannot be known, and fineport does not drop data silently; every
-//! Import API body goes through [`Doc::parse`] for this (SPEC §4: 40001).
+//! Import API body goes through [`Doc::parse`] for this (SPEC §4: 40001),
+//! and every Export API body through [`parse_value`] (`invalid_parameter`).
 
 use std::borrow::Cow;
 use std::collections::HashSet;
@@ -134,6 +135,14 @@ impl fmt::Display for DocError {
             ),
         }
     }
+}
+
+/// Parses a request body into a `serde_json::Value`, refusing what
+/// [`Doc::parse`] refuses: the same errors, so that every DFINERY request
+/// body (the Export API's too) refuses an object that repeats a key.
+pub fn parse_value(text: &[u8]) -> Result<Json, DocError> {
+    Doc::parse(text)?;
+    serde_json::from_slice(text).map_err(DocError::NotJson)
 }
 
 impl<'a> Doc<'a> {
@@ -403,6 +412,15 @@ mod tests {
         let e = Doc::parse(b"{\"a\":").unwrap_err();
         assert!(matches!(e, DocError::NotJson(_)), "{e:?}");
         assert!(e.to_string().starts_with("the body is not JSON: "), "{e}");
+        assert!(matches!(
+            parse_value(br#"{"a":1,"a":1}"#),
+            Err(DocError::RepeatedKey(_))
+        ));
+        assert!(matches!(parse_value(b"[1,"), Err(DocError::NotJson(_))));
+        assert_eq!(
+            parse_value(br#"{"a":[1,{"b":null}]}"#).unwrap(),
+            serde_json::json!({"a":[1,{"b":null}]})
+        );
     }
 
     #[test]

@@ -76,6 +76,9 @@ async fn invalid_parameter_for_every_malformed_request() {
         json!({"events_condition_type": "all", "properties_condition_type": "include", "properties": ["nope"],
                "from_date": "2026-11-20", "to_date": "2026-11-21"}).to_string(),
         "x".repeat(70_000),
+        // Which to_date was meant cannot be known.
+        r#"{"events_condition_type":"all","from_date":"2026-11-20","to_date":"2026-11-21","to_date":"2026-11-25"}"#
+            .to_string(),
     ];
     for body in bad_bodies {
         let resp = server

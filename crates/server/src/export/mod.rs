@@ -398,7 +398,7 @@ async fn export(
         Ok(bytes) => require_json(&headers)
             .map_err(ExportFailure::invalid)
             .and_then(|()| {
-                serde_json::from_slice(&bytes).map_err(|e| ExportFailure::invalid(format!("the body is not JSON: {e}")))
+                fineport_contract::json::parse_value(&bytes).map_err(|e| ExportFailure::invalid(e.to_string()))
             })
             .and_then(|json| check(&state, &service, &json, now)),
     };
