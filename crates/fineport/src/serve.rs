@@ -148,31 +148,6 @@ pub struct ServeArgs {
     metrics_public: bool,
 }
 
-/// Caps glibc's malloc arenas at one per core (at least 2), before DuckDB
-/// starts its threads, unless `MALLOC_ARENA_MAX` is set.
-///
-/// DuckDB allocates with glibc's malloc (fineport's own code with
-/// mimalloc), and glibc gives each thread that allocates under contention
-/// an arena of its own, up to 8 per core, each keeping freed memory for
-/// itself. Exports allocate and free a slice's rows on several DuckDB
-/// threads, so with the default the server's memory crept up export after
-/// export: a first 30-day export of the 4M heavy bench service grew +145
-/// MiB beside DuckDB's block cache, and three in a row ended 133 MiB
-/// higher than with 2 arenas, for the same time (docs/benchmarks.md,
-/// item 9).
-fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
-        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
-        // SAFETY: mallopt only sets an allocator parameter; glibc applies
-        // M_ARENA_MAX to arenas created from now on and is thread-safe.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, arenas);
-        }
-    }
-}
-
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // A file-size limit (`ulimit -f`) reached by the store must fail that
     // write with EFBIG, which the store reports (an import answered 50000,
@@ -181,7 +156,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     #[cfg(unix)]
     let _file_size_signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ))
         .context("cannot handle SIGXFSZ")?;
-    bound_malloc_arenas();
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
     let store = open_store(&args).await?;
