@@ -391,8 +391,7 @@ impl Validator<'_> {
         for (key, _) in keys.filter(|(k, _)| !EVENT_FIELDS.contains(k)) {
             reasons.push(format!("unknown field {key:?}"));
         }
-        let obj = json;
-        let string = |field: &str, reasons: &mut Vec<String>| match obj.get(field) {
+        let string = |field: &str, reasons: &mut Vec<String>| match json.get(field) {
             Some(s) if s.as_str().is_some() => s.as_str(),
             Some(other) => {
                 reasons.push(format!("{field} must be a string, not {}", json_kind(other)));
@@ -430,12 +429,12 @@ impl Validator<'_> {
                 None
             }
         });
-        let properties = match obj.get("properties") {
+        let properties = match json.get("properties") {
             None => BTreeMap::new(),
             Some(p) if p.is_null() => BTreeMap::new(),
             Some(p) => self.properties(p, false, "properties", &mut reasons),
         };
-        let items = match obj.get("items") {
+        let items = match json.get("items") {
             None => Vec::new(),
             Some(items) if items.is_null() => Vec::new(),
             Some(items) => match items.as_array() {

@@ -346,11 +346,7 @@
         ev.preventDefault();
         error.replaceChildren();
         const f = form.elements;
-        if (!zones.includes(f.timezone.value)) {
-          error.replaceChildren(problem(new Error(`Unknown timezone "${f.timezone.value}": pick one from the list.`)));
-          f.timezone.focus();
-          return;
-        }
+        if (!knownTimezone(f.timezone, zones, error, ": pick one from the list.")) return;
         const body = { timezone: f.timezone.value, export_lookback_days: Number(f.lookback.value), auto_register: f.auto.checked };
         if (f.service_id.value) body.service_id = f.service_id.value;
         if (f.name.value) body.name = f.name.value;
@@ -389,6 +385,14 @@
       created, form);
   }
 
+  /** True when `input` holds one of `zones`; else shows why in `error` and focuses it. */
+  function knownTimezone(input, zones, error, hint) {
+    if (zones.includes(input.value)) return true;
+    error.replaceChildren(problem(new Error(`Unknown timezone "${input.value}"${hint || "."}`)));
+    input.focus();
+    return false;
+  }
+
   async function settingsPage(id) {
     const [s, zones] = await Promise.all([api("GET", `/admin/v1/services/${encodeURIComponent(id)}`), loadTimezones()]);
     const error = h("div");
@@ -398,11 +402,7 @@
         ev.preventDefault();
         error.replaceChildren();
         const f = form.elements;
-        if (!zones.includes(f.timezone.value)) {
-          error.replaceChildren(problem(new Error(`Unknown timezone "${f.timezone.value}".`)));
-          f.timezone.focus();
-          return;
-        }
+        if (!knownTimezone(f.timezone, zones, error, "")) return;
         const body = {
           name: f.name.value, timezone: f.timezone.value,
           export_lookback_days: Number(f.lookback.value), auto_register: f.auto.checked, limits: readLimits(form),

@@ -57,6 +57,15 @@ async fn signed_in(server: &TestServer) -> Session {
     }
 }
 
+/// `GET /console/session` with the given `Cookie` header.
+async fn get_session(server: &TestServer, cookie: Option<&str>) -> reqwest::Response {
+    let mut req = server.http.get(server.url("/console/session"));
+    if let Some(c) = cookie {
+        req = req.header(COOKIE, c);
+    }
+    req.send().await.expect("GET")
+}
+
 /// `GET /admin/v1/services` with the given cookie and CSRF header.
 async fn list_services(server: &TestServer, cookie: Option<&str>, csrf: Option<&str>) -> (StatusCode, Value) {
     let mut req = server.http.get(server.url("/admin/v1/services"));
@@ -211,23 +220,12 @@ async fn the_admin_api_takes_the_cookie_only_with_its_csrf_token() {
     assert_eq!(body["error"], "unauthorized");
 
     // A reload recovers the CSRF token from the cookie alone.
-    let resp = server
-        .http
-        .get(server.url("/console/session"))
-        .header(COOKIE, format!("fineport_console={}", s.cookie))
-        .send()
-        .await
-        .expect("GET");
+    let resp = get_session(&server, Some(&format!("fineport_console={}", s.cookie))).await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.expect("JSON");
     assert_eq!(body["csrf_token"], s.csrf.as_str());
     for cookie in [None, Some("fineport_console=nosuch")] {
-        let mut req = server.http.get(server.url("/console/session"));
-        if let Some(c) = cookie {
-            req = req.header(COOKIE, c);
-        }
-        let resp = req.send().await.expect("GET");
-        assert_eq!(resp.status(), 401, "{cookie:?}");
+        assert_eq!(get_session(&server, cookie).await.status(), 401, "{cookie:?}");
     }
 }
 
@@ -245,13 +243,7 @@ async fn a_session_expires_by_the_servers_clock() {
         body["detail"].as_str().unwrap_or_default().contains("expired"),
         "{body}"
     );
-    let resp = server
-        .http
-        .get(server.url("/console/session"))
-        .header(COOKIE, format!("fineport_console={}", s.cookie))
-        .send()
-        .await
-        .expect("GET");
+    let resp = get_session(&server, Some(&format!("fineport_console={}", s.cookie))).await;
     assert_eq!(resp.status(), 401);
     assert!(server.state.sessions.is_empty(), "the expired session was dropped");
 }

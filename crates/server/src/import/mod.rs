@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fineport_contract::import::{response_body, validate_events, ImportCode, ImportProblem, ImportRejection};
-use fineport_contract::json::{Doc, DocError};
+use fineport_contract::json::{parse_value, Doc, DocError};
 use fineport_store::{Limits, RequestLogEntry, StoreErrorKind, TokenKind};
 
 use crate::catalog::{CatalogError, ServiceView};
@@ -311,23 +311,25 @@ async fn import(
     if let Err(why) = require_json(headers) {
         return ImportAnswer::new(ImportCode::BadRequest, why);
     }
-    // Every body is read as a `Doc` first: a tree that borrows from the
-    // body (the events' hot path), and the check that no object repeats
-    // a key (40001), which `serde_json::Value` would hide.
-    let doc = match Doc::parse(&bytes) {
-        Ok(doc) => doc,
-        Err(e @ DocError::NotJson(_)) => return ImportAnswer::new(ImportCode::BadRequest, e.to_string()),
-        Err(e @ DocError::RepeatedKey(_)) => return ImportAnswer::new(ImportCode::ValidationFailure, e.to_string()),
+    // Not JSON is 40000; an object that repeats a key, which
+    // `serde_json::Value` would hide, 40001.
+    let unreadable = |e: DocError| match e {
+        DocError::NotJson(_) => ImportAnswer::new(ImportCode::BadRequest, e.to_string()),
+        DocError::RepeatedKey(_) => ImportAnswer::new(ImportCode::ValidationFailure, e.to_string()),
     };
     let service_id = service.service.service_id.clone();
     let auto = service.service.auto_register;
     let validated = if endpoint == Endpoint::Events {
-        validate_events(&doc, &service.taxonomy, auto).map(Work::Events)
+        // The hot path: a tree that borrows from the body.
+        match Doc::parse(&bytes) {
+            Ok(doc) => validate_events(&doc, &service.taxonomy, auto).map(Work::Events),
+            Err(e) => return unreadable(e),
+        }
     } else {
         // Low-volume endpoints, whose rules read a `serde_json::Value`.
-        let json: serde_json::Value = match serde_json::from_slice(&bytes) {
-            Ok(j) => j,
-            Err(e) => return ImportAnswer::new(ImportCode::BadRequest, format!("the body is not JSON: {e}")),
+        let json = match parse_value(&bytes) {
+            Ok(json) => json,
+            Err(e) => return unreadable(e),
         };
         match endpoint {
             Endpoint::Identities => fineport_contract::profile::validate_identity(&json).map(Work::Identity),
