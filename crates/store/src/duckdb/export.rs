@@ -11,11 +11,13 @@
 //! A slice is not sorted by DuckDB: an `ORDER BY` would copy every row
 //! into DuckDB's sort layout (buffer-managed memory the size of the slice,
 //! and a third of the CPU of a sorted COPY). Instead a worker fetches the
-//! slice's rows unordered as Arrow batches and sorts only their keys, the
-//! order the encoder then walks. A slice worker with its own connection
-//! fetches slice *k + 1* (DuckDB runs the query on all its threads) while
-//! this thread encodes slice *k*. A second worker was measured: 3 % faster
-//! on 2 cores for 8 % more CPU and one more slice in memory, so one it is.
+//! slice's rows unordered, as DuckDB's own chunks (`chunks.rs`: no Arrow
+//! copy), and sorts only their keys, the order the encoder then walks. A
+//! slice worker with its own connection fetches slice *k + 1* (DuckDB runs
+//! the query on its threads, one less than the cores by default) while
+//! this thread encodes slice *k* from the chunks' vectors. A second worker
+//! was measured: 3 % faster on 2 cores for 8 % more CPU and one more slice
+//! in memory, so one it is.
 //! Every slice query reads only rows with `rowid <=` the last one in the
 //! histogram's snapshot: events are only ever appended, so all slices see
 //! the same committed set even though they run in a separate transaction
@@ -23,12 +25,6 @@
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
-use duckdb::arrow::array::{
-    Array, BooleanArray, Date32Array, Float64Array, Int64Array, ListArray, StringArray, TimestampMicrosecondArray,
-};
-use duckdb::arrow::datatypes::{DataType, TimeUnit};
-use duckdb::arrow::record_batch::RecordBatch;
-use duckdb::{params_from_iter, Connection};
 use fineport_contract::csv;
 use fineport_contract::export::{ColumnSource, EventExportPlan, EventFilterKind, SystemColumn};
 use fineport_contract::taxonomy::PropertyScope;
@@ -36,9 +32,10 @@ use fineport_contract::time::day_bounds_ms;
 use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
+use super::chunks::{self, string_bytes, Chunk, Column, ColumnType, Database, RawConnection};
 use super::schema::{events_table, Layout};
 use super::stream::{cancelled, Sink};
-use crate::{ExportSummary, StoreError, StoreErrorKind, CHUNK_BYTES};
+use crate::{ExportSummary, StoreError, CHUNK_BYTES};
 
 /// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
 /// 45 columns of a full export. Three slices are in memory at most (one
@@ -80,17 +77,20 @@ struct Slice {
 
 /// Rows as fetched, and the order to write them in.
 struct SortedSlice {
-    batches: Vec<RecordBatch>,
-    /// `(batch, row)` in `(correction_ts, event_log_id)` order.
+    chunks: Vec<Chunk>,
+    /// The type of each of the chunks' columns.
+    types: Vec<ColumnType>,
+    /// `(chunk, row)` in `(correction_ts, event_log_id)` order.
     order: Vec<(u32, u32)>,
 }
 
 impl SortedSlice {
-    /// A batch already in order.
-    fn in_order(batch: RecordBatch) -> SortedSlice {
-        let order = (0..batch.num_rows() as u32).map(|r| (0, r)).collect();
+    /// A chunk already in order.
+    fn in_order(chunk: Chunk, types: Vec<ColumnType>) -> SortedSlice {
+        let order = (0..chunk.rows() as u32).map(|r| (0, r)).collect();
         SortedSlice {
-            batches: vec![batch],
+            chunks: vec![chunk],
+            types,
             order,
         }
     }
@@ -104,7 +104,7 @@ enum Piece {
 }
 
 pub(crate) fn run(
-    conn: &Connection,
+    database: &Database,
     layout: &Layout,
     service_id: &ServiceId,
     timezone: Tz,
@@ -112,9 +112,12 @@ pub(crate) fn run(
     sink: &mut Sink,
     Settings { slice_cells }: Settings,
 ) -> Result<ExportSummary, StoreError> {
-    let worker_conn = conn.try_clone()?;
-    let interrupts = [conn.interrupt_handle(), worker_conn.interrupt_handle()];
-    let interrupt_all = move || interrupts.iter().for_each(|i| i.interrupt());
+    let (conn, worker_conn) = (database.connect()?, database.connect()?);
+    let (planner, worker) = (conn.interrupt_handle(), worker_conn.interrupt_handle());
+    let interrupt_all = move || {
+        planner();
+        worker();
+    };
     sink.set_interrupt(interrupt_all.clone())?;
 
     let mut select: Vec<String> = plan.columns.iter().map(|c| column_expr(layout, &c.source)).collect();
@@ -146,7 +149,7 @@ pub(crate) fn run(
     let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
     let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
     let rows_per_slice = (slice_cells / csv_columns.max(1) as u64).max(1);
-    let (last_rowid, slices) = plan_slices(conn, &table, &filter, &names, (start_ms, end_ms), rows_per_slice)?;
+    let (last_rowid, slices) = plan_slices(&conn, &table, &filter, &names, (start_ms, end_ms), rows_per_slice)?;
     let query = SliceQuery {
         sql_head: format!("SELECT {} FROM {table} WHERE rowid <= {last_rowid}", select.join(", ")),
         filter,
@@ -193,18 +196,19 @@ fn encode_slices(
             // Never a silent end: a worker that stops says so first.
             Err(_) => return Err(StoreError::internal("an export worker stopped")),
         };
-        let columns = slice
-            .batches
+        let columns: Vec<Vec<Column>> = slice
+            .chunks
             .iter()
-            .map(|batch| {
-                batch.columns()[..csv_columns]
+            .map(|chunk| {
+                slice.types[..csv_columns]
                     .iter()
-                    .map(|a| Col::new(a.as_ref()))
+                    .enumerate()
+                    .map(|(c, ty)| chunk.column(c, ty))
                     .collect()
             })
-            .collect::<Result<Vec<Vec<Col>>, _>>()?;
-        for &(batch, row) in &slice.order {
-            encode_row(&columns[batch as usize], row as usize, out, &mut scratch)?;
+            .collect();
+        for &(chunk, row) in &slice.order {
+            encode_row(&columns[chunk as usize], row as usize, out, &mut scratch)?;
         }
     }
 }
@@ -231,7 +235,7 @@ impl SliceQuery {
     /// Runs `slices` in order, handing their rows on sorted, then `Done`;
     /// stops at the first error (which it hands on) or when the encoder
     /// has gone.
-    fn run_all(&self, conn: &Connection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
+    fn run_all(&self, conn: &RawConnection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
         for slice in slices {
             let handed_over = if slice.rows > self.sorted_by_duckdb_above {
                 self.stream_sorted(conn, *slice, tx)
@@ -262,21 +266,22 @@ impl SliceQuery {
     }
 
     /// The usual slice: fetched whole and unordered, then its keys sorted.
-    fn fetch_and_sort(&self, conn: &Connection, slice: Slice) -> Result<SortedSlice, StoreError> {
-        let mut stmt = conn.prepare(&self.sql(slice, "")).map_err(query_error)?;
-        // Materialised, not streamed: a streamed scan hands on each of its
-        // vectors as its own batch, and the few late events that match in
-        // the next days' vectors made thousands of batches of a few rows.
-        stmt.execute(params_from_iter(self.names.iter())).map_err(query_error)?;
-        let mut batches = Vec::new();
-        while let Some(rows) = stmt.step().map_err(query_error)? {
-            batches.push(RecordBatch::from(&rows));
+    fn fetch_and_sort(&self, conn: &RawConnection, slice: Slice) -> Result<SortedSlice, StoreError> {
+        // Streamed, not materialised: a materialised result's collection is
+        // one more copy of every row (17 % of a 30-day export's CPU). Each
+        // chunk is sized to its rows, so the few late events that match in
+        // the next days' vectors cost small chunks.
+        let mut result = conn.query(&self.sql(slice, ""), &self.names)?;
+        let mut chunks = Vec::new();
+        while let Some(chunk) = result.next_chunk()? {
+            chunks.push(chunk);
         }
-        // DuckDB's copy of the rows goes before the sort and the handover:
-        // only the Arrow copy waits for the encoder.
-        drop(stmt);
-        let order = sort_order(&batches, self.keys)?;
-        Ok(SortedSlice { batches, order })
+        let types = result.types().to_vec();
+        // The query's state goes before the sort and the handover: only the
+        // fetched chunks wait for the encoder.
+        drop(result);
+        let order = sort_order(&chunks, &types, self.keys)?;
+        Ok(SortedSlice { chunks, types, order })
     }
 
     /// A slice too big to hold (a minute of many rows): DuckDB sorts it
@@ -284,18 +289,15 @@ impl SliceQuery {
     /// handed on a batch at a time. `Ok(false)` when the encoder has gone.
     fn stream_sorted(
         &self,
-        conn: &Connection,
+        conn: &RawConnection,
         slice: Slice,
         tx: &SyncSender<Result<Piece, StoreError>>,
     ) -> Result<bool, StoreError> {
         let sql = self.sql(slice, " ORDER BY correction_ts, event_log_id");
-        let mut stmt = conn.prepare(&sql).map_err(query_error)?;
-        for batch in stmt
-            .stream_arrow(params_from_iter(self.names.iter()))
-            .map_err(query_error)?
-        {
-            let batch = batch.map_err(query_error)?;
-            if tx.send(Ok(Piece::Rows(SortedSlice::in_order(batch)))).is_err() {
+        let mut result = conn.query(&sql, &self.names)?;
+        while let Some(chunk) = result.next_chunk()? {
+            let piece = SortedSlice::in_order(chunk, result.types().to_vec());
+            if tx.send(Ok(Piece::Rows(piece))).is_err() {
                 return Ok(false);
             }
         }
@@ -303,30 +305,37 @@ impl SliceQuery {
     }
 }
 
-/// The rows of `batches` in `(correction_ts, event_log_id)` order, the
-/// order of `ORDER BY correction_ts, event_log_id` (strings compare by
-/// their bytes in both). Rows arrive nearly in that order already.
-fn sort_order(batches: &[RecordBatch], keys: SortKeys) -> Result<Vec<(u32, u32)>, StoreError> {
-    let key_columns = batches
-        .iter()
-        .map(|batch| {
-            let ts = batch
-                .column(keys.correction_ts)
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>();
-            let id = batch.column(keys.event_log_id).as_any().downcast_ref::<StringArray>();
-            ts.zip(id)
-                .ok_or_else(|| StoreError::internal("unexpected types of the export's sort keys"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut order = Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
-    for (b, (ts, _)) in key_columns.iter().enumerate() {
-        // Both columns are NOT NULL, so `values()` is every row's key.
-        order.extend(ts.values().iter().enumerate().map(|(r, &t)| (t, b as u32, r as u32)));
+/// The rows of `chunks` (columns of `types`) in `(correction_ts,
+/// event_log_id)` order, the order of `ORDER BY correction_ts,
+/// event_log_id` (strings compare by their bytes in both). Rows arrive
+/// nearly in that order already.
+fn sort_order(chunks: &[Chunk], types: &[ColumnType], keys: SortKeys) -> Result<Vec<(u32, u32)>, StoreError> {
+    let (ts_type, id_type) = (&types[keys.correction_ts], &types[keys.event_log_id]);
+    if (ts_type, id_type) != (&ColumnType::Timestamp, &ColumnType::Varchar) {
+        return Err(StoreError::internal("unexpected types of the export's sort keys"));
     }
-    let id = |b: u32, r: u32| key_columns[b as usize].1.value(r as usize);
+    let key_columns: Vec<(Column, Column)> = chunks
+        .iter()
+        .map(|chunk| {
+            (
+                chunk.column(keys.correction_ts, ts_type),
+                chunk.column(keys.event_log_id, id_type),
+            )
+        })
+        .collect();
+    let mut order = Vec::with_capacity(chunks.iter().map(Chunk::rows).sum());
+    for (c, (ts, _)) in key_columns.iter().enumerate() {
+        if let Column::Timestamp(ts) = ts {
+            // Both columns are NOT NULL: every row has its key.
+            order.extend((0..chunks[c].rows()).map(|r| (ts.get(r).copied().unwrap_or(i64::MIN), c as u32, r as u32)));
+        }
+    }
+    let id = |c: u32, r: u32| match &key_columns[c as usize].1 {
+        Column::Varchar(ids) => ids.get(r as usize).map_or(&[][..], string_bytes),
+        _ => &[],
+    };
     order.sort_unstable_by(|x, y| x.0.cmp(&y.0).then_with(|| id(x.1, x.2).cmp(id(y.1, y.2))));
-    Ok(order.into_iter().map(|(_, b, r)| (b, r)).collect())
+    Ok(order.into_iter().map(|(_, c, r)| (c, r)).collect())
 }
 
 /// Cuts `[start_ms, end_ms)` into slices from a per-minute histogram of the
@@ -334,7 +343,7 @@ fn sort_order(batches: &[RecordBatch], keys: SortKeys) -> Result<Vec<(u32, u32)>
 /// the histogram's snapshot. Minutes without rows cost nothing: a range of
 /// years with a few events is one or two queries.
 fn plan_slices(
-    conn: &Connection,
+    conn: &RawConnection,
     table: &str,
     filter: &str,
     names: &[String],
@@ -350,13 +359,28 @@ fn plan_slices(
         start_ms * 1000,
         end_ms * 1000,
     );
-    let mut stmt = conn.prepare(&sql).map_err(query_error)?;
+    let mut result = conn.query(&sql, names)?;
+    if result.types() != [ColumnType::BigInt, ColumnType::BigInt, ColumnType::BigInt] {
+        return Err(StoreError::internal("unexpected types of the export's histogram"));
+    }
+    let types = result.types().to_vec();
     let mut buckets = Vec::new();
     let mut last_rowid = -1;
-    let mut rows = stmt.query(params_from_iter(names.iter())).map_err(query_error)?;
-    while let Some(row) = rows.next().map_err(query_error)? {
-        buckets.push((row.get::<_, i64>(0)?, row.get::<_, u64>(1)?));
-        last_rowid = row.get(2)?;
+    while let Some(chunk) = result.next_chunk()? {
+        let column = |c: usize| match chunk.column(c, &types[c]) {
+            Column::BigInt(values) => Some(values),
+            _ => None,
+        };
+        let (Some(bucket), Some(n), Some(rowid)) = (column(0), column(1), column(2)) else {
+            continue;
+        };
+        for r in 0..chunk.rows() {
+            // `bucket` is NULL for no row (a NOT NULL time); the rest never are.
+            if let (Some(&b), Some(&n)) = (bucket.get(r), n.get(r)) {
+                buckets.push((b, n.max(0) as u64));
+            }
+            last_rowid = rowid.get(r).copied().unwrap_or(last_rowid);
+        }
     }
     Ok((
         last_rowid,
@@ -416,14 +440,9 @@ fn cut_slices(buckets: &[(i64, u64)], target: SliceTarget, start_ms: i64, end_ms
     slices
 }
 
+/// A failed duckdb-rs query; see [`chunks::failure`].
 pub(crate) fn query_error(e: duckdb::Error) -> StoreError {
-    // An interrupted query is one whose client left; report it as such.
-    let message = e.to_string();
-    if message.contains("INTERRUPT") || message.contains("nterrupted") {
-        StoreError::new(StoreErrorKind::Cancelled, message)
-    } else {
-        StoreError::query(message)
-    }
+    chunks::failure(e.to_string())
 }
 
 /// The SELECT expression of one CSV column.
@@ -444,7 +463,7 @@ fn column_expr(layout: &Layout, source: &ColumnSource) -> String {
         ColumnSource::ItemProperty { name, .. } => layout.column(PropertyScope::Item, name),
     };
     // A registered property always has a column; NULL keeps the export whole if not.
-    column.map_or_else(|| "NULL".to_string(), |c| c.col.clone())
+    column.map_or_else(|| "NULL::VARCHAR".to_string(), |c| c.col.clone())
 }
 
 /// The CSV being written: a buffer handed to the sink in ~64 KiB chunks.
@@ -486,118 +505,74 @@ impl<'a> Out<'a> {
     }
 }
 
-/// A column of a batch, downcast once per batch.
-enum Col<'a> {
-    Str(&'a StringArray),
-    Long(&'a Int64Array),
-    Double(&'a Float64Array),
-    Bool(&'a BooleanArray),
-    Micros(&'a TimestampMicrosecondArray),
-    Date(&'a Date32Array),
-    List(&'a ListArray, Box<Col<'a>>),
-    /// An all-null column (an unregistered property).
-    Null,
+/// Row `i` of `col` as a CSV cell; a NULL is an empty cell.
+fn cell(col: &Column<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>, i: usize) {
+    match col {
+        Column::Varchar(f) => f.get(i).map(|s| csv::push_field(out, string_bytes(s))),
+        Column::BigInt(f) => f.get(i).map(|&v| csv::push_i64(out, v)),
+        Column::Double(f) => f.get(i).map(|&v| csv::push_f64(out, v)),
+        Column::Boolean(f) => f.get(i).map(|&v| csv::push_bool(out, v != 0)),
+        Column::Timestamp(f) => f.get(i).map(|&v| csv::push_datetime_ms(out, v.div_euclid(1000))),
+        Column::Date(f) => f.get(i).map(|&v| csv::push_date_days(out, v)),
+        Column::List(f, _) => f.get(i).map(|_| {
+            scratch.clear();
+            json(col, scratch, i);
+            csv::push_field(out, scratch);
+        }),
+    };
 }
 
-impl<'a> Col<'a> {
-    fn new(array: &'a dyn Array) -> Result<Col<'a>, StoreError> {
-        let any = array.as_any();
-        let unexpected = || StoreError::internal(format!("unexpected column type {}", array.data_type()));
-        Ok(match array.data_type() {
-            DataType::Utf8 => Col::Str(any.downcast_ref().ok_or_else(unexpected)?),
-            DataType::Int64 => Col::Long(any.downcast_ref().ok_or_else(unexpected)?),
-            DataType::Float64 => Col::Double(any.downcast_ref().ok_or_else(unexpected)?),
-            DataType::Boolean => Col::Bool(any.downcast_ref().ok_or_else(unexpected)?),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => Col::Micros(any.downcast_ref().ok_or_else(unexpected)?),
-            DataType::Date32 => Col::Date(any.downcast_ref().ok_or_else(unexpected)?),
-            DataType::List(_) => {
-                let list: &ListArray = any.downcast_ref().ok_or_else(unexpected)?;
-                Col::List(list, Box::new(Col::new(list.values().as_ref())?))
-            }
-            DataType::Null => Col::Null,
-            _ => return Err(unexpected()),
-        })
+/// Row `i` of `col` as a JSON value (inside an array cell).
+fn json(col: &Column<'_>, out: &mut Vec<u8>, i: usize) {
+    if col.is_null(i) {
+        out.extend_from_slice(b"null");
+        return;
     }
-
-    fn is_null(&self, i: usize) -> bool {
-        match self {
-            Col::Str(a) => a.is_null(i),
-            Col::Long(a) => a.is_null(i),
-            Col::Double(a) => a.is_null(i),
-            Col::Bool(a) => a.is_null(i),
-            Col::Micros(a) => a.is_null(i),
-            Col::Date(a) => a.is_null(i),
-            Col::List(a, _) => a.is_null(i),
-            Col::Null => true,
-        }
-    }
-
-    /// Row `i` as a CSV cell; a null is an empty cell.
-    fn cell(&self, out: &mut Vec<u8>, scratch: &mut Vec<u8>, i: usize) {
-        if self.is_null(i) {
-            return;
-        }
-        match self {
-            Col::Str(a) => csv::push_field(out, a.value(i).as_bytes()),
-            Col::Long(a) => csv::push_i64(out, a.value(i)),
-            Col::Double(a) => csv::push_f64(out, a.value(i)),
-            Col::Bool(a) => csv::push_bool(out, a.value(i)),
-            Col::Micros(a) => csv::push_datetime_ms(out, a.value(i).div_euclid(1000)),
-            Col::Date(a) => csv::push_date_days(out, a.value(i)),
-            Col::List(..) => {
-                scratch.clear();
-                self.json(scratch, i);
-                csv::push_field(out, scratch);
-            }
-            Col::Null => {}
-        }
-    }
-
-    /// Row `i` as a JSON value (inside an array cell).
-    fn json(&self, out: &mut Vec<u8>, i: usize) {
-        if self.is_null(i) {
-            out.extend_from_slice(b"null");
-            return;
-        }
-        match self {
-            Col::Str(a) => csv::push_json_string(out, a.value(i)),
-            Col::Long(a) => csv::push_i64(out, a.value(i)),
-            Col::Double(a) if a.value(i).is_finite() => csv::push_f64(out, a.value(i)),
-            Col::Double(_) | Col::Null => out.extend_from_slice(b"null"),
-            Col::Bool(a) => csv::push_bool(out, a.value(i)),
-            Col::Micros(a) => {
-                out.push(b'"');
-                csv::push_datetime_ms(out, a.value(i).div_euclid(1000));
-                out.push(b'"');
-            }
-            Col::Date(a) => {
-                out.push(b'"');
-                csv::push_date_days(out, a.value(i));
-                out.push(b'"');
-            }
-            Col::List(a, child) => {
-                let offsets = a.value_offsets();
-                let (start, end) = (offsets[i] as usize, offsets[i + 1] as usize);
-                out.push(b'[');
-                for (n, j) in (start..end).enumerate() {
-                    if n > 0 {
-                        out.push(b',');
-                    }
-                    child.json(out, j);
+    let quoted = |out: &mut Vec<u8>, push: &dyn Fn(&mut Vec<u8>)| {
+        out.push(b'"');
+        push(out);
+        out.push(b'"');
+    };
+    match col {
+        Column::Varchar(f) => f
+            .get(i)
+            .into_iter()
+            .for_each(|s| csv::push_json_string(out, &String::from_utf8_lossy(string_bytes(s)))),
+        Column::BigInt(f) => f.get(i).into_iter().for_each(|&v| csv::push_i64(out, v)),
+        Column::Double(f) => match f.get(i) {
+            Some(&v) if v.is_finite() => csv::push_f64(out, v),
+            _ => out.extend_from_slice(b"null"),
+        },
+        Column::Boolean(f) => f.get(i).into_iter().for_each(|&v| csv::push_bool(out, v != 0)),
+        Column::Timestamp(f) => f
+            .get(i)
+            .into_iter()
+            .for_each(|&v| quoted(out, &|o| csv::push_datetime_ms(o, v.div_euclid(1000)))),
+        Column::Date(f) => f
+            .get(i)
+            .into_iter()
+            .for_each(|&v| quoted(out, &|o| csv::push_date_days(o, v))),
+        Column::List(f, child) => {
+            let Some(entry) = f.get(i) else { return };
+            out.push(b'[');
+            for (n, j) in (entry.offset..entry.offset + entry.length).enumerate() {
+                if n > 0 {
+                    out.push(b',');
                 }
-                out.push(b']');
+                json(child, out, j as usize);
             }
+            out.push(b']');
         }
     }
 }
 
-/// Writes row `row` of a batch's columns as one CSV line.
-fn encode_row(cols: &[Col<'_>], row: usize, out: &mut Out<'_>, scratch: &mut Vec<u8>) -> Result<(), StoreError> {
+/// Writes row `row` of a chunk's columns as one CSV line.
+fn encode_row(cols: &[Column<'_>], row: usize, out: &mut Out<'_>, scratch: &mut Vec<u8>) -> Result<(), StoreError> {
     for (c, col) in cols.iter().enumerate() {
         if c > 0 {
             out.buf.push(b',');
         }
-        col.cell(&mut out.buf, scratch, row);
+        cell(col, &mut out.buf, scratch, row);
     }
     out.end_row()
 }
@@ -638,34 +613,65 @@ mod tests {
     }
 
     #[test]
-    fn sort_order_is_by_time_then_event_log_id_across_batches() {
-        use duckdb::arrow::datatypes::{Field, Schema};
-        use std::sync::Arc;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("event_log_id", DataType::Utf8, false),
-            Field::new("correction_ts", DataType::Timestamp(TimeUnit::Microsecond, None), false),
-        ]));
-        let batch = |ids: &[&str], ts: &[i64]| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![
-                    Arc::new(StringArray::from(ids.to_vec())),
-                    Arc::new(TimestampMicrosecondArray::from(ts.to_vec())),
-                ],
-            )
-            .unwrap()
+    fn sort_order_is_by_time_then_event_log_id_across_chunks() {
+        let (db, _conn) = Database::open(None).unwrap();
+        let conn = db.connect().unwrap();
+        // A late row in the second chunk, and a tie on time broken by id.
+        let query = |rows: &str| {
+            let sql = format!("SELECT id, make_timestamp(ts) AS ts FROM (VALUES {rows}) t(id, ts, ord) ORDER BY ord");
+            let mut result = conn.query(&sql, &[]).unwrap();
+            let types = result.types().to_vec();
+            let chunk = result.next_chunk().unwrap().unwrap();
+            assert!(result.next_chunk().unwrap().is_none());
+            (chunk, types)
         };
-        // A late row in the second batch, and a tie on time broken by id.
-        let batches = [
-            batch(&["b", "a", "z"], &[20, 30, 40]),
-            batch(&["y", "c", "a0"], &[40, 10, 50]),
-        ];
+        let (first, types) = query("('b', 20, 0), ('a', 30, 1), ('z', 40, 2)");
+        let (second, _) = query("('y', 40, 0), ('c', 10, 1), ('a0', 50, 2)");
+        assert_eq!(types, vec![ColumnType::Varchar, ColumnType::Timestamp]);
         let keys = SortKeys {
             correction_ts: 1,
             event_log_id: 0,
         };
-        let order = sort_order(&batches, keys).unwrap();
+        let order = sort_order(&[first, second], &types, keys).unwrap();
         assert_eq!(order, vec![(1, 1), (0, 0), (0, 1), (1, 0), (0, 2), (1, 2)]);
+    }
+
+    #[test]
+    fn chunks_read_every_exported_type_and_null() {
+        let (db, _conn) = Database::open(None).unwrap();
+        let conn = db.connect().unwrap();
+        let sql = "SELECT * FROM (VALUES \
+            ('a long string over twelve bytes, \"quoted\"', 42::BIGINT, 1.5::DOUBLE, true, \
+             make_timestamp(1795564800123000), DATE '2026-11-25', ['x', NULL, 'y,\"'], [1.0, 2.5]::DOUBLE[]), \
+            (NULL, NULL, NULL, NULL, NULL, NULL, NULL, []::DOUBLE[]), \
+            ('short', -7::BIGINT, -0.25::DOUBLE, false, make_timestamp(-1000), DATE '1969-12-31', [], NULL)) \
+            t(s, l, d, b, ts, dt, sl, dl) ORDER BY s NULLS FIRST";
+        let mut result = conn.query(sql, &[]).unwrap();
+        let types = result.types().to_vec();
+        let chunk = result.next_chunk().unwrap().unwrap();
+        drop(result);
+        let cols: Vec<Column> = types.iter().enumerate().map(|(c, ty)| chunk.column(c, ty)).collect();
+        let mut scratch = Vec::new();
+        let lines: Vec<String> = (0..chunk.rows())
+            .map(|r| {
+                let mut out = Vec::new();
+                for (c, col) in cols.iter().enumerate() {
+                    if c > 0 {
+                        out.push(b',');
+                    }
+                    cell(col, &mut out, &mut scratch, r);
+                }
+                String::from_utf8(out).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                ",,,,,,,[]".to_string(),
+                r#""a long string over twelve bytes, ""quoted""",42,1.5,true,2026-11-25T00:00:00.123Z,2026-11-25,"[""x"",null,""y,\""""]","[1.0,2.5]""#.to_string(),
+                "short,-7,-0.25,false,1969-12-31T23:59:59.999Z,1969-12-31,[],".to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! sees only committed data. See [`schema`] for the table layout.
 
 mod batch;
+mod chunks;
 mod event_ids;
 mod export;
 mod identity;
@@ -30,6 +31,7 @@ use fineport_contract::types::PropertyType;
 use fineport_contract::{ServiceId, Tz};
 use tokio::sync::oneshot;
 
+use self::chunks::Database;
 use self::import_log::{ImportLog, LoggedBatch};
 use self::schema::{Layout, Layouts, PropertyColumn};
 pub use self::writer::MovePolicy;
@@ -43,7 +45,8 @@ use crate::{
 /// Tuning for the embedded store.
 #[derive(Debug, Clone)]
 pub struct DuckDbOptions {
-    /// DuckDB worker threads (default: the machine's cores).
+    /// DuckDB's threads (default: one less than the machine's cores, at
+    /// least 1; see `default_threads`).
     pub threads: Option<usize>,
     /// DuckDB memory limit, e.g. `"2GB"`.
     pub memory_limit: Option<String>,
@@ -74,6 +77,17 @@ impl Default for DuckDbOptions {
     }
 }
 
+/// DuckDB's threads unless told: one less than the machine's cores, at
+/// least 1. An event export's encoder runs beside DuckDB's query on a
+/// core of its own; with DuckDB on every core the two compete and the
+/// querying thread spins in DuckDB's scheduler while it waits for the
+/// others (1M heavy events on 2 cores: the 30-day export 2.77 s with one
+/// DuckDB thread against 3.16 s with two, its own memory growth +12
+/// against +87 MiB, the import the same; docs/benchmarks.md, item 11).
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 pub struct DuckDbStore {
     inner: Arc<Inner>,
 }
@@ -88,6 +102,9 @@ struct Inner {
     export_slice_cells: u64,
     /// The imports acknowledged and not yet moved ([`Store::backlog`]).
     progress: Arc<Progress>,
+    /// Last: closed after the connections above (and the writer's, which
+    /// `drop` waits for).
+    database: Database,
 }
 
 impl DuckDbStore {
@@ -95,26 +112,24 @@ impl DuckDbStore {
     /// import log beside it (`<path>.import-log`), and first stores
     /// whatever the log still holds from before a crash.
     pub fn open(path: &Path, options: &DuckDbOptions) -> Result<DuckDbStore, StoreError> {
-        let conn =
-            Connection::open(path).map_err(|e| StoreError::internal(format!("cannot open {}: {e}", path.display())))?;
+        let db = Database::open(Some(path))?;
         let mut log_path = path.as_os_str().to_owned();
         log_path.push(".import-log");
-        Self::from_connection(conn, options, Some(ImportLog::open(Path::new(&log_path))?))
+        Self::from_database(db, options, Some(ImportLog::open(Path::new(&log_path))?))
     }
 
     /// An in-memory database, for tests.
     pub fn open_in_memory() -> Result<DuckDbStore, StoreError> {
-        Self::from_connection(Connection::open_in_memory()?, &DuckDbOptions::default(), None)
+        Self::from_database(Database::open(None)?, &DuckDbOptions::default(), None)
     }
 
-    fn from_connection(
-        conn: Connection,
+    fn from_database(
+        (database, conn): (Database, Connection),
         options: &DuckDbOptions,
         log: Option<(ImportLog, Vec<LoggedBatch>)>,
     ) -> Result<DuckDbStore, StoreError> {
-        if let Some(t) = options.threads {
-            conn.execute_batch(&format!("SET threads = {t}"))?;
-        }
+        let threads = options.threads.unwrap_or_else(default_threads).max(1);
+        conn.execute_batch(&format!("SET threads = {threads}"))?;
         for (setting, value) in [
             ("memory_limit", &options.memory_limit),
             ("checkpoint_threshold", &options.checkpoint_threshold),
@@ -144,6 +159,7 @@ impl DuckDbStore {
                 layouts,
                 export_slice_cells: options.export_slice_cells,
                 progress,
+                database,
             }),
         })
     }
@@ -188,7 +204,6 @@ impl DuckDbStore {
         sink: &mut stream::Sink,
     ) -> Result<ExportSummary, StoreError> {
         self.sync_imports(service_id)?;
-        let conn = self.connection()?;
         let layout = self
             .inner
             .layouts
@@ -200,7 +215,15 @@ impl DuckDbStore {
         let settings = export::Settings {
             slice_cells: self.inner.export_slice_cells,
         };
-        export::run(&conn, &layout, service_id, timezone, plan, sink, settings)
+        export::run(
+            &self.inner.database,
+            &layout,
+            service_id,
+            timezone,
+            plan,
+            sink,
+            settings,
+        )
     }
 
     /// A user-profile export into `sink`. Blocking, like [`Self::run_event_export`].
