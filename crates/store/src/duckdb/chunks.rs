@@ -11,9 +11,10 @@
 //!
 //! Everything unsafe about DuckDB's C API is in this module, and what it
 //! relies on is said where it does:
-//! - a fetched chunk owns its data: DuckDB copies each chunk of a streamed
-//!   result into one of its own, sized to its rows (`CopyForBuffering`),
-//!   so a [`Chunk`] outlives the [`QueryResult`] it came from;
+//! - a fetched chunk owns its data: DuckDB copies a materialised result's
+//!   rows out of its collection (`DISALLOW_ZERO_COPY`) and each chunk of a
+//!   streamed result into one of its own (`CopyForBuffering`), so a
+//!   [`Chunk`] outlives the [`QueryResult`] it came from;
 //! - a fetched chunk's vectors are flat (`QueryResult::Fetch` flattens
 //!   them), so a column is a plain array with a validity bitmask;
 //! - a NULL row's value is never read (it may be anything).
@@ -124,11 +125,10 @@ impl RawConnection {
         }
     }
 
-    /// Runs `sql` with `params` bound as VARCHAR to its `?`s in order, its
-    /// rows produced as they are fetched ([`QueryResult::next_chunk`]; a
-    /// materialised result would hold one more copy of them). Errors:
-    /// `Query` (refused or failed), `Cancelled` (interrupted).
-    pub fn query(&self, sql: &str, params: &[String]) -> Result<QueryResult, StoreError> {
+    /// Runs `sql` with `params` bound as VARCHAR to its `?`s in order; its
+    /// rows are then fetched a chunk at a time ([`QueryResult::next_chunk`]).
+    /// Errors: `Query` (refused or failed), `Cancelled` (interrupted).
+    pub fn query(&self, sql: &str, params: &[String], execution: Execution) -> Result<QueryResult, StoreError> {
         let conn = self.lock().0;
         let c_sql = CString::new(sql).map_err(|_| StoreError::query("a query cannot hold a NUL byte"))?;
         let mut stmt = Prepared(ptr::null_mut());
@@ -153,7 +153,12 @@ impl RawConnection {
         };
         let stmt = result._stmt.0;
         // SAFETY: a prepared statement with every parameter bound.
-        let state = unsafe { ffi::duckdb_execute_prepared_streaming(stmt, &mut result.raw) };
+        let state = unsafe {
+            match execution {
+                Execution::Materialised => ffi::duckdb_execute_prepared(stmt, &mut result.raw),
+                Execution::Streamed => ffi::duckdb_execute_prepared_streaming(stmt, &mut result.raw),
+            }
+        };
         if state != ffi::DuckDBSuccess {
             // SAFETY: the message lives until the result is destroyed.
             return Err(failure(unsafe { message(ffi::duckdb_result_error(&mut result.raw)) }));
@@ -181,6 +186,19 @@ impl Drop for RawConnection {
         unsafe { ffi::duckdb_disconnect(&mut conn.0) };
         conn.0 = ptr::null_mut();
     }
+}
+
+/// How a query's rows reach [`QueryResult::next_chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Execution {
+    /// The whole result is collected before `query` returns, then read
+    /// back in chunks of up to 2,048 rows: one more copy of every row,
+    /// but a query whose matches are scattered (an export's late events)
+    /// comes back in full chunks.
+    Materialised,
+    /// Rows are produced as they are fetched, each scanned vector's
+    /// matches a chunk of its own, so memory stays that of a chunk.
+    Streamed,
 }
 
 /// A prepared statement, destroyed when dropped.
@@ -257,7 +275,8 @@ impl ColumnType {
 /// An executed query: its column types, and its rows a chunk at a time.
 pub(crate) struct QueryResult {
     raw: ffi::duckdb_result,
-    /// Kept until the result is destroyed (the result runs it as it is fetched).
+    /// Kept until the result is destroyed (a streamed result runs it as it
+    /// is fetched).
     _stmt: Prepared,
     types: Vec<ColumnType>,
 }
