@@ -147,11 +147,11 @@ fn put_digits(slot: &mut [u8], mut v: u32) {
     }
 }
 
-/// Appends `s` as a JSON string literal (inside array cells).
-pub fn push_json_string(out: &mut Vec<u8>, s: &str) {
+/// Appends `s`, UTF-8 text, as a JSON string literal (inside array cells).
+pub fn push_json_string(out: &mut Vec<u8>, s: impl AsRef<[u8]>) {
     out.push(b'"');
     let mut start = 0;
-    let bytes = s.as_bytes();
+    let bytes = s.as_ref();
     for (i, &c) in bytes.iter().enumerate() {
         let escape: Option<&[u8]> = match c {
             b'"' => Some(b"\\\""),

@@ -539,7 +539,8 @@ fn json(col: &Column<'_>, out: &mut Vec<u8>, i: usize) {
         Column::Varchar(f) => f
             .get(i)
             .into_iter()
-            .for_each(|s| csv::push_json_string(out, &String::from_utf8_lossy(string_bytes(s)))),
+            // DuckDB's VARCHAR is always UTF-8.
+            .for_each(|s| csv::push_json_string(out, string_bytes(s))),
         Column::BigInt(f) => f.get(i).into_iter().for_each(|&v| csv::push_i64(out, v)),
         Column::Double(f) => match f.get(i) {
             Some(&v) if v.is_finite() => csv::push_f64(out, v),
