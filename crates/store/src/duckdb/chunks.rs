@@ -149,7 +149,7 @@ impl RawConnection {
         let mut result = QueryResult {
             raw: unsafe { std::mem::zeroed() },
             _stmt: stmt,
-            types: Vec::new(),
+            types: Arc::new([]),
         };
         let stmt = result._stmt.0;
         // SAFETY: a prepared statement with every parameter bound.
@@ -173,7 +173,8 @@ impl RawConnection {
                 unsafe { ffi::duckdb_destroy_logical_type(&mut lt) };
                 ty
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?
+            .into();
         Ok(result)
     }
 }
@@ -236,7 +237,7 @@ pub(crate) fn failure(message: String) -> StoreError {
 /// The types a fetched column can have: what the event table's columns
 /// hold (`schema.rs`), and lists of them for item properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum ColumnType {
+enum ColumnType {
     Varchar,
     BigInt,
     Double,
@@ -278,7 +279,8 @@ pub(crate) struct QueryResult {
     /// Kept until the result is destroyed (a streamed result runs it as it
     /// is fetched).
     _stmt: Prepared,
-    types: Vec<ColumnType>,
+    /// Shared with every chunk, which reads its vectors by them.
+    types: Arc<[ColumnType]>,
 }
 
 // SAFETY: a result is used by one thread at a time (`next_chunk` takes
@@ -286,10 +288,6 @@ pub(crate) struct QueryResult {
 unsafe impl Send for QueryResult {}
 
 impl QueryResult {
-    pub fn types(&self) -> &[ColumnType] {
-        &self.types
-    }
-
     /// The next chunk of rows, `None` after the last. Errors: the query
     /// failed or was interrupted on its way (see [`failure`]).
     pub fn next_chunk(&mut self) -> Result<Option<Chunk>, StoreError> {
@@ -304,7 +302,10 @@ impl QueryResult {
                 Err(failure(unsafe { message(error) }))
             };
         }
-        let chunk = Chunk { raw };
+        let chunk = Chunk {
+            raw,
+            types: self.types.clone(),
+        };
         Ok((chunk.rows() > 0).then_some(chunk))
     }
 }
@@ -319,6 +320,8 @@ impl Drop for QueryResult {
 /// Rows of a result, owning their data (see the module doc).
 pub(crate) struct Chunk {
     raw: ffi::duckdb_data_chunk,
+    /// The result's column types: what each vector holds.
+    types: Arc<[ColumnType]>,
 }
 
 // SAFETY: a chunk owns its data and is read by one thread at a time.
@@ -330,15 +333,14 @@ impl Chunk {
         unsafe { ffi::duckdb_data_chunk_get_size(self.raw) as usize }
     }
 
-    /// Column `index`, of type `ty` (from [`QueryResult::types`]).
-    ///
-    /// # Panics
-    /// Never for an index below the result's column count.
-    pub fn column(&self, index: usize, ty: &ColumnType) -> Column<'_> {
+    /// Column `index`, read as its type says; `None` past the last column.
+    pub fn column(&self, index: usize) -> Option<Column<'_>> {
+        let ty = self.types.get(index)?;
         // SAFETY: a live chunk and one of its columns.
         let vector = unsafe { ffi::duckdb_data_chunk_get_vector(self.raw, index as u64) };
-        // SAFETY: a vector of this chunk, of `ty`, holding `rows` values.
-        unsafe { Column::new(vector, ty, self.rows()) }
+        // SAFETY: a vector of this chunk, of the result's type `ty` (DuckDB
+        // gives every chunk the result's types), holding `rows` values.
+        (!vector.is_null()).then(|| unsafe { Column::new(vector, ty, self.rows()) })
     }
 }
 

@@ -32,7 +32,7 @@ use fineport_contract::time::day_bounds_ms;
 use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
-use super::chunks::{self, string_bytes, Chunk, Column, ColumnType, Database, Execution, RawConnection};
+use super::chunks::{self, string_bytes, Chunk, Column, Database, Execution, RawConnection};
 use super::schema::{events_table, Layout};
 use super::stream::{cancelled, Sink};
 use crate::{ExportSummary, StoreError, CHUNK_BYTES};
@@ -78,19 +78,16 @@ struct Slice {
 /// Rows as fetched, and the order to write them in.
 struct SortedSlice {
     chunks: Vec<Chunk>,
-    /// The type of each of the chunks' columns.
-    types: Vec<ColumnType>,
     /// `(chunk, row)` in `(correction_ts, event_log_id)` order.
     order: Vec<(u32, u32)>,
 }
 
 impl SortedSlice {
     /// A chunk already in order.
-    fn in_order(chunk: Chunk, types: Vec<ColumnType>) -> SortedSlice {
+    fn in_order(chunk: Chunk) -> SortedSlice {
         let order = (0..chunk.rows() as u32).map(|r| (0, r)).collect();
         SortedSlice {
             chunks: vec![chunk],
-            types,
             order,
         }
     }
@@ -199,14 +196,9 @@ fn encode_slices(
         let columns: Vec<Vec<Column>> = slice
             .chunks
             .iter()
-            .map(|chunk| {
-                slice.types[..csv_columns]
-                    .iter()
-                    .enumerate()
-                    .map(|(c, ty)| chunk.column(c, ty))
-                    .collect()
-            })
-            .collect();
+            .map(|chunk| (0..csv_columns).map(|c| chunk.column(c)).collect::<Option<_>>())
+            .collect::<Option<_>>()
+            .ok_or_else(|| StoreError::internal("a slice has fewer columns than the CSV"))?;
         for &(chunk, row) in &slice.order {
             encode_row(&columns[chunk as usize], row as usize, out, &mut scratch)?;
         }
@@ -278,12 +270,11 @@ impl SliceQuery {
         while let Some(chunk) = result.next_chunk()? {
             chunks.push(chunk);
         }
-        let types = result.types().to_vec();
         // DuckDB's collection of the rows goes before the sort and the
         // handover: only the fetched chunks wait for the encoder.
         drop(result);
-        let order = sort_order(&chunks, &types, self.keys)?;
-        Ok(SortedSlice { chunks, types, order })
+        let order = sort_order(&chunks, self.keys)?;
+        Ok(SortedSlice { chunks, order })
     }
 
     /// A slice too big to hold (a minute of many rows): DuckDB sorts it
@@ -298,7 +289,7 @@ impl SliceQuery {
         let sql = self.sql(slice, " ORDER BY correction_ts, event_log_id");
         let mut result = conn.query(&sql, &self.names, Execution::Streamed)?;
         while let Some(chunk) = result.next_chunk()? {
-            let piece = SortedSlice::in_order(chunk, result.types().to_vec());
+            let piece = SortedSlice::in_order(chunk);
             if tx.send(Ok(Piece::Rows(piece))).is_err() {
                 return Ok(false);
             }
@@ -307,35 +298,25 @@ impl SliceQuery {
     }
 }
 
-/// The rows of `chunks` (columns of `types`) in `(correction_ts,
-/// event_log_id)` order, the order of `ORDER BY correction_ts,
-/// event_log_id` (strings compare by their bytes in both). Rows arrive
-/// nearly in that order already.
-fn sort_order(chunks: &[Chunk], types: &[ColumnType], keys: SortKeys) -> Result<Vec<(u32, u32)>, StoreError> {
-    let (ts_type, id_type) = (&types[keys.correction_ts], &types[keys.event_log_id]);
-    if (ts_type, id_type) != (&ColumnType::Timestamp, &ColumnType::Varchar) {
-        return Err(StoreError::internal("unexpected types of the export's sort keys"));
-    }
-    let key_columns: Vec<(Column, Column)> = chunks
+/// The rows of `chunks` in `(correction_ts, event_log_id)` order, the
+/// order of `ORDER BY correction_ts, event_log_id` (strings compare by
+/// their bytes in both). Rows arrive nearly in that order already.
+fn sort_order(chunks: &[Chunk], keys: SortKeys) -> Result<Vec<(u32, u32)>, StoreError> {
+    let key_columns = chunks
         .iter()
-        .map(|chunk| {
-            (
-                chunk.column(keys.correction_ts, ts_type),
-                chunk.column(keys.event_log_id, id_type),
-            )
-        })
-        .collect();
+        .map(
+            |chunk| match (chunk.column(keys.correction_ts), chunk.column(keys.event_log_id)) {
+                (Some(Column::Timestamp(ts)), Some(Column::Varchar(ids))) => Ok((ts, ids)),
+                _ => Err(StoreError::internal("unexpected types of the export's sort keys")),
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()?;
     let mut order = Vec::with_capacity(chunks.iter().map(Chunk::rows).sum());
     for (c, (ts, _)) in key_columns.iter().enumerate() {
-        if let Column::Timestamp(ts) = ts {
-            // Both columns are NOT NULL: every row has its key.
-            order.extend((0..chunks[c].rows()).map(|r| (ts.get(r).copied().unwrap_or(i64::MIN), c as u32, r as u32)));
-        }
+        // Both columns are NOT NULL: every row has its key.
+        order.extend((0..chunks[c].rows()).map(|r| (ts.get(r).copied().unwrap_or(i64::MIN), c as u32, r as u32)));
     }
-    let id = |c: u32, r: u32| match &key_columns[c as usize].1 {
-        Column::Varchar(ids) => ids.get(r as usize).map_or(&[][..], string_bytes),
-        _ => &[],
-    };
+    let id = |c: u32, r: u32| key_columns[c as usize].1.get(r as usize).map_or(&[][..], string_bytes);
     order.sort_unstable_by(|x, y| x.0.cmp(&y.0).then_with(|| id(x.1, x.2).cmp(id(y.1, y.2))));
     Ok(order.into_iter().map(|(_, c, r)| (c, r)).collect())
 }
@@ -362,20 +343,14 @@ fn plan_slices(
         end_ms * 1000,
     );
     let mut result = conn.query(&sql, names, Execution::Materialised)?;
-    if result.types() != [ColumnType::BigInt, ColumnType::BigInt, ColumnType::BigInt] {
-        return Err(StoreError::internal("unexpected types of the export's histogram"));
-    }
-    let types = result.types().to_vec();
     let mut buckets = Vec::new();
     let mut last_rowid = -1;
     while let Some(chunk) = result.next_chunk()? {
-        let column = |c: usize| match chunk.column(c, &types[c]) {
-            Column::BigInt(values) => Some(values),
-            _ => None,
+        let column = |c: usize| match chunk.column(c) {
+            Some(Column::BigInt(values)) => Ok(values),
+            _ => Err(StoreError::internal("unexpected types of the export's histogram")),
         };
-        let (Some(bucket), Some(n), Some(rowid)) = (column(0), column(1), column(2)) else {
-            continue;
-        };
+        let (bucket, n, rowid) = (column(0)?, column(1)?, column(2)?);
         for r in 0..chunk.rows() {
             // `bucket` is NULL for no row (a NOT NULL time); the rest never are.
             if let (Some(&b), Some(&n)) = (bucket.get(r), n.get(r)) {
@@ -623,19 +598,21 @@ mod tests {
         let query = |rows: &str| {
             let sql = format!("SELECT id, make_timestamp(ts) AS ts FROM (VALUES {rows}) t(id, ts, ord) ORDER BY ord");
             let mut result = conn.query(&sql, &[], Execution::Materialised).unwrap();
-            let types = result.types().to_vec();
             let chunk = result.next_chunk().unwrap().unwrap();
             assert!(result.next_chunk().unwrap().is_none());
-            (chunk, types)
+            chunk
         };
-        let (first, types) = query("('b', 20, 0), ('a', 30, 1), ('z', 40, 2)");
-        let (second, _) = query("('y', 40, 0), ('c', 10, 1), ('a0', 50, 2)");
-        assert_eq!(types, vec![ColumnType::Varchar, ColumnType::Timestamp]);
+        let first = query("('b', 20, 0), ('a', 30, 1), ('z', 40, 2)");
+        let second = query("('y', 40, 0), ('c', 10, 1), ('a0', 50, 2)");
+        assert!(matches!(
+            (first.column(0), first.column(1)),
+            (Some(Column::Varchar(_)), Some(Column::Timestamp(_)))
+        ));
         let keys = SortKeys {
             correction_ts: 1,
             event_log_id: 0,
         };
-        let order = sort_order(&[first, second], &types, keys).unwrap();
+        let order = sort_order(&[first, second], keys).unwrap();
         assert_eq!(order, vec![(1, 1), (0, 0), (0, 1), (1, 0), (0, 2), (1, 2)]);
     }
 
@@ -650,10 +627,10 @@ mod tests {
             ('short', -7::BIGINT, -0.25::DOUBLE, false, make_timestamp(-1000), DATE '1969-12-31', [], NULL)) \
             t(s, l, d, b, ts, dt, sl, dl) ORDER BY s NULLS FIRST";
         let mut result = conn.query(sql, &[], Execution::Streamed).unwrap();
-        let types = result.types().to_vec();
         let chunk = result.next_chunk().unwrap().unwrap();
         drop(result);
-        let cols: Vec<Column> = types.iter().enumerate().map(|(c, ty)| chunk.column(c, ty)).collect();
+        assert!(chunk.column(8).is_none());
+        let cols: Vec<Column> = (0..8).map(|c| chunk.column(c).unwrap()).collect();
         let mut scratch = Vec::new();
         let lines: Vec<String> = (0..chunk.rows())
             .map(|r| {
