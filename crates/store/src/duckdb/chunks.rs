@@ -148,10 +148,10 @@ impl RawConnection {
         // SAFETY: zeroed is the C API's "no result yet"; destroyed by `QueryResult`.
         let mut result = QueryResult {
             raw: unsafe { std::mem::zeroed() },
-            _stmt: stmt,
+            stmt,
             types: Arc::new([]),
         };
-        let stmt = result._stmt.0;
+        let stmt = result.stmt.0;
         // SAFETY: a prepared statement with every parameter bound.
         let state = unsafe {
             match execution {
@@ -278,7 +278,7 @@ pub(crate) struct QueryResult {
     raw: ffi::duckdb_result,
     /// Kept until the result is destroyed (a streamed result runs it as it
     /// is fetched).
-    _stmt: Prepared,
+    stmt: Prepared,
     /// Shared with every chunk, which reads its vectors by them.
     types: Arc<[ColumnType]>,
 }
@@ -385,17 +385,6 @@ impl<'a> Column<'a> {
                     Column::List(Flat::new(vector, len), Box::new(Column::new(child_vector, child, size)))
                 }
             }
-        }
-    }
-
-    pub fn is_null(&self, i: usize) -> bool {
-        match self {
-            Column::Varchar(f) => f.is_null(i),
-            Column::BigInt(f) | Column::Timestamp(f) => f.is_null(i),
-            Column::Double(f) => f.is_null(i),
-            Column::Boolean(f) => f.is_null(i),
-            Column::Date(f) => f.is_null(i),
-            Column::List(f, _) => f.is_null(i),
         }
     }
 }

@@ -499,39 +499,27 @@ fn cell(col: &Column<'_>, out: &mut Vec<u8>, scratch: &mut Vec<u8>, i: usize) {
     };
 }
 
-/// Row `i` of `col` as a JSON value (inside an array cell).
+/// Row `i` of `col` as a JSON value (inside an array cell): `null` for a
+/// NULL and for a double JSON cannot spell.
 fn json(col: &Column<'_>, out: &mut Vec<u8>, i: usize) {
-    if col.is_null(i) {
-        out.extend_from_slice(b"null");
-        return;
-    }
-    let quoted = |out: &mut Vec<u8>, push: &dyn Fn(&mut Vec<u8>)| {
-        out.push(b'"');
-        push(out);
-        out.push(b'"');
-    };
-    match col {
-        Column::Varchar(f) => f
-            .get(i)
-            .into_iter()
-            // DuckDB's VARCHAR is always UTF-8.
-            .for_each(|s| csv::push_json_string(out, string_bytes(s))),
-        Column::BigInt(f) => f.get(i).into_iter().for_each(|&v| csv::push_i64(out, v)),
-        Column::Double(f) => match f.get(i) {
-            Some(&v) if v.is_finite() => csv::push_f64(out, v),
-            _ => out.extend_from_slice(b"null"),
-        },
-        Column::Boolean(f) => f.get(i).into_iter().for_each(|&v| csv::push_bool(out, v != 0)),
-        Column::Timestamp(f) => f
-            .get(i)
-            .into_iter()
-            .for_each(|&v| quoted(out, &|o| csv::push_datetime_ms(o, v.div_euclid(1000)))),
-        Column::Date(f) => f
-            .get(i)
-            .into_iter()
-            .for_each(|&v| quoted(out, &|o| csv::push_date_days(o, v))),
-        Column::List(f, child) => {
-            let Some(entry) = f.get(i) else { return };
+    let written = match col {
+        // DuckDB's VARCHAR is always UTF-8.
+        Column::Varchar(f) => f.get(i).map(|s| csv::push_json_string(out, string_bytes(s))),
+        Column::BigInt(f) => f.get(i).map(|&v| csv::push_i64(out, v)),
+        Column::Double(f) => f.get(i).filter(|v| v.is_finite()).map(|&v| csv::push_f64(out, v)),
+        Column::Boolean(f) => f.get(i).map(|&v| csv::push_bool(out, v != 0)),
+        // Times and dates as JSON strings.
+        Column::Timestamp(f) => f.get(i).map(|&v| {
+            out.push(b'"');
+            csv::push_datetime_ms(out, v.div_euclid(1000));
+            out.push(b'"');
+        }),
+        Column::Date(f) => f.get(i).map(|&v| {
+            out.push(b'"');
+            csv::push_date_days(out, v);
+            out.push(b'"');
+        }),
+        Column::List(f, child) => f.get(i).map(|entry| {
             out.push(b'[');
             for (n, j) in (entry.offset..entry.offset + entry.length).enumerate() {
                 if n > 0 {
@@ -540,7 +528,10 @@ fn json(col: &Column<'_>, out: &mut Vec<u8>, i: usize) {
                 json(child, out, j as usize);
             }
             out.push(b']');
-        }
+        }),
+    };
+    if written.is_none() {
+        out.extend_from_slice(b"null");
     }
 }
 
