@@ -98,10 +98,10 @@ pub struct ServeArgs {
           default_value_t = Config::default().catalog_refresh_every.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     catalog_refresh_secs: u64,
-    /// DuckDB's threads (default: one less than the machine's cores, at
-    /// least 1: an export's encoder keeps a core of its own).
-    #[arg(long, env = "FINEPORT_DUCKDB_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
-    duckdb_threads: Option<u64>,
+    /// DuckDB's threads, 1 or more (default: one less than the machine's
+    /// cores, at least 1: an export's encoder keeps a core of its own).
+    #[arg(long, env = "FINEPORT_DUCKDB_THREADS")]
+    duckdb_threads: Option<std::num::NonZeroUsize>,
     /// DuckDB memory limit, e.g. 4GB or 512MB.
     #[arg(long, env = "FINEPORT_DUCKDB_MEMORY_LIMIT", default_value = "4GB")]
     duckdb_memory_limit: String,
@@ -285,7 +285,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     }
     let db_path = args.data.join("fineport.duckdb");
     let options = DuckDbOptions {
-        threads: args.duckdb_threads.map(|t| t as usize),
+        threads: args.duckdb_threads.map(std::num::NonZeroUsize::get),
         memory_limit: Some(args.duckdb_memory_limit.clone()),
         export_slice_cells: args.export_slice_cells,
         import_moves: MovePolicy {

@@ -57,7 +57,7 @@ pub enum EventSize {
     /// ~430 bytes of JSON per event: each of the 16 custom properties on
     /// about half of the events (45 export columns).
     Standard,
-    /// ~600 bytes of JSON per event, as a busy app sends: 11 more custom
+    /// ~660 bytes of JSON per event, as a busy app sends: 11 more custom
     /// properties (a user agent, a page URL and other long strings, every
     /// type), and each of the 27 custom properties on 55 % of the events,
     /// ~16 of them on an event besides the standard ones (56 export columns).

@@ -50,7 +50,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "live")]
     arrival: data::Arrival,
     /// What each event carries: `standard` (~430 bytes of JSON, 45 export
-    /// columns) or `heavy` (~600 bytes, 56 columns: long strings, 27 custom
+    /// columns) or `heavy` (~660 bytes, 56 columns: long strings, 27 custom
     /// properties of every type on most events).
     #[arg(long, value_enum, default_value = "standard")]
     event_size: data::EventSize,

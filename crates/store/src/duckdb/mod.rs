@@ -130,6 +130,7 @@ impl DuckDbStore {
     ) -> Result<DuckDbStore, StoreError> {
         let threads = options.threads.unwrap_or_else(default_threads).max(1);
         conn.execute_batch(&format!("SET threads = {threads}"))?;
+        tracing::info!(threads, "DuckDB's threads");
         for (setting, value) in [
             ("memory_limit", &options.memory_limit),
             ("checkpoint_threshold", &options.checkpoint_threshold),
