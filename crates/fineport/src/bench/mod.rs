@@ -35,7 +35,7 @@ use serde_json::{json, Value};
 
 use self::http::{ExportRun, Tokens};
 use self::native::{Native, NativeRun, Query};
-use self::report::{Case, Report};
+use self::report::{Case, Report, Threads};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -254,6 +254,10 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
         Some(c) => format!("ClickHouse {} (chdb {})", c.clickhouse, c.chdb),
         None => "not installed (pip install chdb)".to_owned(),
     });
+    report.threads = Some(Threads {
+        server: fineport_store::duckdb::default_threads(),
+        copy: native_runs.duckdb_threads,
+    });
     let mut chdb_best = native_runs.chdb.map(|c| c.best.into_iter());
     for (case, (ordered, unordered)) in report.cases.iter_mut().zip(native_runs.duckdb) {
         case.native_ordered = Some(ordered);
@@ -270,6 +274,8 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
 /// with and without ORDER BY, then, with a python that has chdb, chdb's.
 struct NativeReferences {
     duckdb: Vec<(NativeRun, NativeRun)>,
+    /// DuckDB's threads in the COPYs.
+    duckdb_threads: i64,
     chdb: Option<native_chdb::ChdbRuns>,
 }
 
@@ -282,6 +288,7 @@ fn native_references(
     chdb_python: Option<PathBuf>,
 ) -> anyhow::Result<NativeReferences> {
     let native = Native::open(db)?;
+    let duckdb_threads = native.threads()?;
     let out = dir.join("native.csv");
     let duckdb = cases
         .iter()
@@ -296,7 +303,11 @@ fn native_references(
         .collect::<anyhow::Result<Vec<_>>>()?;
     let Some(python) = chdb_python else {
         eprintln!("chdb: not installed (pip install chdb), skipped");
-        return Ok(NativeReferences { duckdb, chdb: None });
+        return Ok(NativeReferences {
+            duckdb,
+            duckdb_threads,
+            chdb: None,
+        });
     };
     eprintln!("chdb: DuckDB writes the table's columns for ClickHouse (untimed)…");
     let names: Vec<&str> = headers.iter().map(String::as_str).collect();
@@ -321,6 +332,7 @@ fn native_references(
     let chdb = chdb?;
     Ok(NativeReferences {
         duckdb,
+        duckdb_threads,
         chdb: Some(chdb),
     })
 }

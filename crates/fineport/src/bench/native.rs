@@ -78,6 +78,13 @@ impl Native {
         Ok(Native { conn, columns })
     }
 
+    /// DuckDB's threads on this connection (its default: the cores).
+    pub fn threads(&self) -> anyhow::Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT current_setting('threads')::BIGINT", [], |r| r.get(0))?)
+    }
+
     /// The table column behind a CSV column of fineport's header: the one
     /// mapping from export header to DuckDB column, for the COPY and for
     /// the file chdb loads.

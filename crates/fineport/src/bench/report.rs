@@ -70,6 +70,16 @@ pub struct Report {
     /// On the DuckDB run: the ClickHouse (and chdb) version of the chdb
     /// reference, or why it did not run.
     pub chdb: Option<String>,
+    /// On the DuckDB run: DuckDB's threads on each side.
+    pub threads: Option<Threads>,
+}
+
+/// DuckDB's threads in the server (its default, as the bench starts it)
+/// and in the COPYs (DuckDB's default).
+#[derive(Debug, Clone, Copy)]
+pub struct Threads {
+    pub server: usize,
+    pub copy: i64,
 }
 
 impl Report {
@@ -95,6 +105,7 @@ impl Report {
             cases: Vec::new(),
             client: None,
             chdb: None,
+            threads: None,
         }
     }
 
@@ -184,6 +195,13 @@ impl Report {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        if let Some(Threads { server, copy }) = self.threads {
+            let _ = writeln!(
+                s,
+                "DuckDB's threads: the server's {server} (its default, the cores less one, beside the export's \
+                 encoder thread); DuckDB COPY's {copy} (DuckDB's default, the cores).\n"
+            );
+        }
         match (&self.chdb, chdb) {
             (Some(version), true) => {
                 let _ = writeln!(

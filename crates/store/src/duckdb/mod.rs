@@ -84,7 +84,7 @@ impl Default for DuckDbOptions {
 /// others (1M heavy events on 2 cores: the 30-day export 2.77 s with one
 /// DuckDB thread against 3.16 s with two, its own memory growth +12
 /// against +87 MiB, the import the same; docs/benchmarks.md, item 11).
-fn default_threads() -> usize {
+pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
 }
 
