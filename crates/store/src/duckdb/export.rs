@@ -49,13 +49,6 @@ pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 /// DuckDB instead of held whole: slower, but within DuckDB's memory limit.
 const SORTED_BY_DUCKDB_ABOVE: u64 = 2;
 
-/// The first slice has this share (1/8) of a slice's rows: it holds up the
-/// first byte (one day of the 4M bench service, first export after a start:
-/// 82 ms with a quarter against 126–140 ms with a whole first slice; one
-/// day of the 1M heavy service: 47 ms with an eighth against 54–56 ms with
-/// a quarter; the total the same).
-const FIRST_SLICE_SHARE: u64 = 8;
-
 /// The histogram's bucket, and so the finest cut between slices.
 const BUCKET_MS: i64 = 60_000;
 
@@ -201,6 +194,11 @@ fn encode_slices(
             .ok_or_else(|| StoreError::internal("a slice has fewer columns than the CSV"))?;
         for &(chunk, row) in &slice.order {
             encode_row(&columns[chunk as usize], row as usize, out, &mut scratch)?;
+        }
+        if out.summary.bytes == 0 {
+            // The header and the first slice go out now, not when 64 KiB
+            // are full: see `SliceTarget`.
+            out.flush()?;
         }
     }
 }
@@ -365,8 +363,16 @@ fn plan_slices(
     ))
 }
 
-/// Rows per slice: the first slice is smaller, so that the first byte
-/// waits for less.
+/// Rows per slice. The first slice is the range's first minute with rows
+/// alone, and is handed on as soon as it is written (`encode_slices`): the
+/// first byte waits for the histogram and one minute's query, however busy
+/// the service. The query of a slice reads the blocks its late rows are
+/// in, which the first export after a start reads cold; a first slice of
+/// many minutes has more late rows in more blocks (one day of the 4M heavy
+/// bench service, the first export after a start: first byte 46–58 ms with
+/// one minute, 83–97 ms with an eighth of a slice, ~36 minutes, before a
+/// 64 KiB chunk was full; warm, 23–30 against 44–48 ms; the whole export
+/// the same).
 #[derive(Debug, Clone, Copy)]
 struct SliceTarget {
     first_rows: u64,
@@ -375,10 +381,7 @@ struct SliceTarget {
 
 impl SliceTarget {
     fn new(rows: u64) -> Self {
-        SliceTarget {
-            first_rows: (rows / FIRST_SLICE_SHARE).max(1),
-            rows,
-        }
+        SliceTarget { first_rows: 1, rows }
     }
 }
 

@@ -800,6 +800,72 @@ impl Store for DuckDbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ExportPart, Limits};
+    use fineport_contract::export::EventExportRequest;
+    use fineport_contract::import::EventInput;
+    use futures::StreamExt;
+
+    /// The first slice of an event export is the range's first minute
+    /// with rows, and it is handed on alone, before any later row has been
+    /// read or 64 KiB are full: the first byte waits for one minute.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_export_hands_on_its_first_minute_at_once() {
+        let store = DuckDbStore::open_in_memory().unwrap();
+        let service_id = ServiceId::parse("shop").unwrap();
+        let taxonomy = Taxonomy::standard();
+        let service = Service {
+            service_id: service_id.clone(),
+            name: "shop".into(),
+            timezone: "UTC".into(),
+            export_lookback_days: 0,
+            auto_register: false,
+            limits: Limits::default(),
+            created_at: Utc::now(),
+        };
+        store.create_service(&service, &[], &taxonomy).await.unwrap();
+        // 2026-11-25 (UTC): two events in 10:00, one in 10:01, one in 10:05.
+        let day_ms = 1_795_564_800_000;
+        let events = [(0, 36_005), (1, 36_030), (2, 36_070), (3, 36_300)]
+            .map(|(n, second): (u128, i64)| EventInput {
+                event_log_id: fineport_contract::Uuid::from_u128(n + 1),
+                event_name: "df_login".into(),
+                event_datetime_ms: day_ms + second * 1000,
+                properties: Default::default(),
+                items: Vec::new(),
+            })
+            .to_vec();
+        let batch = EventBatch {
+            identity: Identity {
+                external_id: Some("u1".into()),
+                ..Default::default()
+            },
+            events,
+            registrations: Default::default(),
+        };
+        store
+            .insert_events(&service_id, batch, day_ms + 37_000_000)
+            .await
+            .unwrap();
+        let request =
+            serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+        let plan = EventExportRequest::parse(&request).unwrap().plan(&taxonomy).unwrap();
+        let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
+        let mut chunks = Vec::new();
+        while let Some(part) = stream.next().await {
+            match part.unwrap() {
+                ExportPart::Chunk(chunk) => chunks.push(String::from_utf8(chunk.to_vec()).unwrap()),
+                ExportPart::End(summary) => assert_eq!(summary.rows, 4),
+            }
+        }
+        let lines = |chunk: &str| chunk.lines().count();
+        // The header and the two rows of 10:00; then the rest.
+        assert_eq!(
+            chunks.iter().map(|c| lines(c)).collect::<Vec<_>>(),
+            vec![3, 2],
+            "{chunks:?}"
+        );
+        assert!(chunks[0].contains("2026-11-25T10:00:30.000Z") && !chunks[0].contains("T10:01:"));
+    }
 
     /// A database file made before tokens kept a reason (no `reason`
     /// column) opens: the column is added, its tokens read without one,
