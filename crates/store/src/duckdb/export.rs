@@ -18,10 +18,24 @@
 //! this thread encodes slice *k* from the chunks' vectors. A second worker
 //! was measured: 3 % faster on 2 cores for 8 % more CPU and one more slice
 //! in memory, so one it is.
-//! Every slice query reads only rows with `rowid <=` the last one in the
-//! histogram's snapshot: events are only ever appended, so all slices see
-//! the same committed set even though they run in a separate transaction
-//! from the histogram.
+//! Every query of an export reads only rows with `rowid <=` the table's
+//! last one when the export started: events are only ever appended, so
+//! the histogram and all slices see the same committed set even though
+//! each runs in a transaction of its own.
+//!
+//! The first byte waits for one minute: the worker queries the range's
+//! first minute (sorted by DuckDB: its rows are not counted yet) while this
+//! thread runs the histogram of the rest, and the encoder hands the first
+//! slice on as soon as it is written, not when 64 KiB are full. A slice's
+//! query reads the blocks its late rows are in (events that arrived hours
+//! or days after their time are stored among the next days' rows), which
+//! the first export after a start reads cold: a first slice of many minutes
+//! has more late rows in more blocks. One day of the 4M heavy bench
+//! service, the first export after a start (restarts alternating, one
+//! host): first byte 45–55 ms with the first minute queried beside the
+//! histogram, 48–72 ms with it after the histogram, 83–97 ms with an
+//! eighth of a slice (~36 minutes) as the first slice; warm, 18–25, 22–32
+//! and 44–48 ms; the whole export the same (docs/benchmarks.md, item 5).
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -139,7 +153,7 @@ pub(crate) fn run(
     let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
     let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
     let rows_per_slice = (slice_cells / csv_columns.max(1) as u64).max(1);
-    let (last_rowid, slices) = plan_slices(&conn, &table, &filter, &names, (start_ms, end_ms), rows_per_slice)?;
+    let last_rowid = last_rowid(&conn, &table)?;
     let query = SliceQuery {
         sql_head: format!("SELECT {} FROM {table} WHERE rowid <= {last_rowid}", select.join(", ")),
         filter,
@@ -147,21 +161,39 @@ pub(crate) fn run(
         keys,
         sorted_by_duckdb_above: rows_per_slice.saturating_mul(SORTED_BY_DUCKDB_ABOVE),
     };
+    // The range's first minute, queried before the histogram is known;
+    // the histogram covers the rest.
+    let first = Slice {
+        start_ms,
+        end_ms: (start_ms + BUCKET_MS).min(end_ms),
+        rows: 0,
+    };
 
     let mut out = Out::new(plan.header_line(), sink);
     std::thread::scope(|scope| -> Result<(), StoreError> {
         // Rendezvous: the worker holds at most the slice it is fetching
         // and the one it waits to hand over.
         let (tx, rx) = sync_channel(0);
-        let (query, slices) = (&query, &slices);
+        let (planned_tx, planned_rx) = sync_channel::<Vec<Slice>>(1);
+        let query = &query;
         std::thread::Builder::new()
             .name("fineport-slices".into())
-            .spawn_scoped(scope, move || query.run_all(&worker_conn, slices, &tx))
+            .spawn_scoped(scope, move || query.run_all(&worker_conn, first, &planned_rx, &tx))
             .map_err(|e| StoreError::internal(format!("cannot start an export worker: {e}")))?;
-        let result = encode_slices(&rx, csv_columns, &mut out);
+        let histogram = Histogram {
+            table: &table,
+            filter: &query.filter,
+            names: &query.names,
+            last_rowid,
+        };
+        let result = plan_slices(&conn, histogram, (first.end_ms, end_ms), rows_per_slice).and_then(|slices| {
+            // Never full: the worker is told its slices once.
+            let _ = planned_tx.send(slices);
+            encode_slices(&rx, csv_columns, &mut out)
+        });
         if result.is_err() {
             // Stop a worker that is still fetching slices nobody will read.
-            drop(rx);
+            drop((rx, planned_tx));
             interrupt_all();
         }
         result
@@ -196,8 +228,8 @@ fn encode_slices(
             encode_row(&columns[chunk as usize], row as usize, out, &mut scratch)?;
         }
         if out.summary.bytes == 0 {
-            // The header and the first slice go out now, not when 64 KiB
-            // are full: see `SliceTarget`.
+            // The header and the first rows go out now, not when 64 KiB
+            // are full (see the module doc).
             out.flush()?;
         }
     }
@@ -222,11 +254,32 @@ struct SliceQuery {
 }
 
 impl SliceQuery {
-    /// Runs `slices` in order, handing their rows on sorted, then `Done`;
-    /// stops at the first error (which it hands on) or when the encoder
-    /// has gone.
-    fn run_all(&self, conn: &RawConnection, slices: &[Slice], tx: &SyncSender<Result<Piece, StoreError>>) {
-        for slice in slices {
+    /// Runs the `first` minute, then the slices `planned` sends, in order,
+    /// handing their rows on sorted, then `Done`; stops at the first error
+    /// (which it hands on), when the encoder has gone, or when no slices
+    /// come (planning failed).
+    fn run_all(
+        &self,
+        conn: &RawConnection,
+        first: Slice,
+        planned: &Receiver<Vec<Slice>>,
+        tx: &SyncSender<Result<Piece, StoreError>>,
+    ) {
+        // The first minute's rows are not counted yet: DuckDB sorts them,
+        // within its memory limit however many they are.
+        let handed_over = self.stream_sorted(conn, first, tx);
+        let slices = match handed_over {
+            Ok(true) => match planned.recv() {
+                Ok(slices) => slices,
+                Err(_) => return,
+            },
+            Ok(false) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for slice in &slices {
             let handed_over = if slice.rows > self.sorted_by_duckdb_above {
                 self.stream_sorted(conn, *slice, tx)
             } else {
@@ -319,60 +372,75 @@ fn sort_order(chunks: &[Chunk], keys: SortKeys) -> Result<Vec<(u32, u32)>, Store
     Ok(order.into_iter().map(|(_, c, r)| (c, r)).collect())
 }
 
+/// What the histogram counts: the export's rows of `table` (its event
+/// filter, `?` for each of `names`) up to `last_rowid`.
+#[derive(Debug, Clone, Copy)]
+struct Histogram<'a> {
+    table: &'a str,
+    filter: &'a str,
+    names: &'a [String],
+    last_rowid: i64,
+}
+
+/// The last `rowid` of `table` now: every query of the export reads only
+/// rows up to it. Events are only ever appended, so the export's queries,
+/// each in a transaction of its own, all see the same committed rows.
+fn last_rowid(conn: &RawConnection, table: &str) -> Result<i64, StoreError> {
+    let mut result = conn.query(
+        &format!("SELECT coalesce(max(rowid), -1) FROM {table}"),
+        &[],
+        Execution::Materialised,
+    )?;
+    let chunk = result.next_chunk()?;
+    match chunk.as_ref().map(|c| c.column(0)) {
+        Some(Some(Column::BigInt(values))) => Ok(values.get(0).copied().unwrap_or(-1)),
+        _ => Err(StoreError::internal("unexpected result of the export's last rowid")),
+    }
+}
+
 /// Cuts `[start_ms, end_ms)` into slices from a per-minute histogram of the
-/// rows the export will read, and returns them with the last `rowid` of
-/// the histogram's snapshot. Minutes without rows cost nothing: a range of
+/// rows the export will read. Minutes without rows cost nothing: a range of
 /// years with a few events is one or two queries.
 fn plan_slices(
     conn: &RawConnection,
-    table: &str,
-    filter: &str,
-    names: &[String],
+    histogram: Histogram<'_>,
     (start_ms, end_ms): (i64, i64),
     rows_per_slice: u64,
-) -> Result<(i64, Vec<Slice>), StoreError> {
-    // One statement, so the histogram and the rowid bound share a snapshot.
+) -> Result<Vec<Slice>, StoreError> {
+    let Histogram {
+        table,
+        filter,
+        names,
+        last_rowid,
+    } = histogram;
     let sql = format!(
-        "WITH hist AS (SELECT epoch_ms(correction_ts) // {BUCKET_MS} AS bucket, count(*) AS n FROM {table} \
-         WHERE correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){filter} \
-         GROUP BY bucket) \
-         SELECT bucket, n, (SELECT coalesce(max(rowid), -1) FROM {table}) FROM hist ORDER BY bucket",
+        "SELECT epoch_ms(correction_ts) // {BUCKET_MS} AS bucket, count(*) AS n FROM {table} \
+         WHERE rowid <= {last_rowid} AND correction_ts >= make_timestamp({}::BIGINT) \
+         AND correction_ts < make_timestamp({}::BIGINT){filter} GROUP BY bucket ORDER BY bucket",
         start_ms * 1000,
         end_ms * 1000,
     );
     let mut result = conn.query(&sql, names, Execution::Materialised)?;
     let mut buckets = Vec::new();
-    let mut last_rowid = -1;
     while let Some(chunk) = result.next_chunk()? {
         let column = |c: usize| match chunk.column(c) {
             Some(Column::BigInt(values)) => Ok(values),
             _ => Err(StoreError::internal("unexpected types of the export's histogram")),
         };
-        let (bucket, n, rowid) = (column(0)?, column(1)?, column(2)?);
+        let (bucket, n) = (column(0)?, column(1)?);
         for r in 0..chunk.rows() {
-            // `bucket` is NULL for no row (a NOT NULL time); the rest never are.
+            // Neither is ever NULL (a NOT NULL time).
             if let (Some(&b), Some(&n)) = (bucket.get(r), n.get(r)) {
                 buckets.push((b, n.max(0) as u64));
             }
-            last_rowid = rowid.get(r).copied().unwrap_or(last_rowid);
         }
     }
-    Ok((
-        last_rowid,
-        cut_slices(&buckets, SliceTarget::new(rows_per_slice), start_ms, end_ms),
-    ))
+    Ok(cut_slices(&buckets, SliceTarget::new(rows_per_slice), start_ms, end_ms))
 }
 
-/// Rows per slice. The first slice is the range's first minute with rows
-/// alone, and is handed on as soon as it is written (`encode_slices`): the
-/// first byte waits for the histogram and one minute's query, however busy
-/// the service. The query of a slice reads the blocks its late rows are
-/// in, which the first export after a start reads cold; a first slice of
-/// many minutes has more late rows in more blocks (one day of the 4M heavy
-/// bench service, the first export after a start: first byte 46–58 ms with
-/// one minute, 83–97 ms with an eighth of a slice, ~36 minutes, before a
-/// 64 KiB chunk was full; warm, 23–30 against 44–48 ms; the whole export
-/// the same).
+/// Rows per slice. The first slice is one minute (the first with rows) as
+/// well: when the range's first minute, queried apart, has none, the first
+/// byte waits for one minute's query still (see the module doc).
 #[derive(Debug, Clone, Copy)]
 struct SliceTarget {
     first_rows: u64,

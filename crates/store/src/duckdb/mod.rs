@@ -805,9 +805,10 @@ mod tests {
     use fineport_contract::import::EventInput;
     use futures::StreamExt;
 
-    /// The first slice of an event export is the range's first minute
-    /// with rows, and it is handed on alone, before any later row has been
-    /// read or 64 KiB are full: the first byte waits for one minute.
+    /// An event export hands its first rows on alone, before any later
+    /// row has been read or 64 KiB are full: the range's first minute when
+    /// it has rows (queried while the histogram runs), else the first
+    /// minute with rows. The first byte waits for one minute.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_event_export_hands_on_its_first_minute_at_once() {
         let store = DuckDbStore::open_in_memory().unwrap();
@@ -823,17 +824,20 @@ mod tests {
             created_at: Utc::now(),
         };
         store.create_service(&service, &[], &taxonomy).await.unwrap();
-        // 2026-11-25 (UTC): two events in 10:00, one in 10:01, one in 10:05.
+        // 2026-11-25 (UTC): 00:00:30, 10:00:05, 10:01:10; 2026-11-26:
+        // 10:00:05, 10:00:30, 10:05:00 (seconds since 2026-11-25).
         let day_ms = 1_795_564_800_000;
-        let events = [(0, 36_005), (1, 36_030), (2, 36_070), (3, 36_300)]
-            .map(|(n, second): (u128, i64)| EventInput {
+        let seconds = [30, 36_005, 36_070, 122_405, 122_430, 122_700];
+        let events = (0u128..)
+            .zip(seconds)
+            .map(|(n, second)| EventInput {
                 event_log_id: fineport_contract::Uuid::from_u128(n + 1),
                 event_name: "df_login".into(),
                 event_datetime_ms: day_ms + second * 1000,
                 properties: Default::default(),
                 items: Vec::new(),
             })
-            .to_vec();
+            .collect();
         let batch = EventBatch {
             identity: Identity {
                 external_id: Some("u1".into()),
@@ -843,28 +847,49 @@ mod tests {
             registrations: Default::default(),
         };
         store
-            .insert_events(&service_id, batch, day_ms + 37_000_000)
+            .insert_events(&service_id, batch, day_ms + 200_000_000)
             .await
             .unwrap();
-        let request =
-            serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
-        let plan = EventExportRequest::parse(&request).unwrap().plan(&taxonomy).unwrap();
-        let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
-        let mut chunks = Vec::new();
-        while let Some(part) = stream.next().await {
-            match part.unwrap() {
-                ExportPart::Chunk(chunk) => chunks.push(String::from_utf8(chunk.to_vec()).unwrap()),
-                ExportPart::End(summary) => assert_eq!(summary.rows, 4),
+        // The lines of each chunk an export of `day` hands on.
+        let export = |day: &'static str| {
+            let (store, service_id, taxonomy) = (&store, &service_id, &taxonomy);
+            async move {
+                let request = serde_json::json!({"events_condition_type": "all", "from_date": day, "to_date": day});
+                let plan = EventExportRequest::parse(&request).unwrap().plan(taxonomy).unwrap();
+                let mut stream = store.export_events(service_id, Tz::UTC, &plan).await.unwrap();
+                let (mut chunks, mut rows) = (Vec::new(), None);
+                while let Some(part) = stream.next().await {
+                    match part.unwrap() {
+                        ExportPart::Chunk(chunk) => {
+                            let text = String::from_utf8(chunk.to_vec()).unwrap();
+                            chunks.push(text.lines().map(str::to_owned).collect::<Vec<_>>());
+                        }
+                        ExportPart::End(summary) => rows = Some(summary.rows),
+                    }
+                }
+                assert_eq!(rows, Some(3));
+                chunks
             }
-        }
-        let lines = |chunk: &str| chunk.lines().count();
-        // The header and the two rows of 10:00; then the rest.
-        assert_eq!(
-            chunks.iter().map(|c| lines(c)).collect::<Vec<_>>(),
-            vec![3, 2],
-            "{chunks:?}"
-        );
-        assert!(chunks[0].contains("2026-11-25T10:00:30.000Z") && !chunks[0].contains("T10:01:"));
+        };
+        let times = |lines: &[String]| -> Vec<String> {
+            lines
+                .iter()
+                .filter_map(|l| l.split(',').nth(1))
+                .filter(|t| t.starts_with("2026"))
+                .map(|t| t[11..19].to_owned())
+                .collect()
+        };
+        // The range's first minute has a row: it goes out with the header.
+        let chunks = export("2026-11-25").await;
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert!(chunks[0][0].starts_with("df_api_version,df_correction_datetime"));
+        assert_eq!(times(&chunks[0]), ["00:00:30"]);
+        assert_eq!(times(&chunks[1]), ["10:00:05", "10:01:10"]);
+        // It has none: the first minute with rows goes out with the header.
+        let chunks = export("2026-11-26").await;
+        assert_eq!(chunks.len(), 2, "{chunks:?}");
+        assert_eq!(times(&chunks[0]), ["10:00:05", "10:00:30"]);
+        assert_eq!(times(&chunks[1]), ["10:05:00"]);
     }
 
     /// A database file made before tokens kept a reason (no `reason`
