@@ -283,7 +283,7 @@ mod tests {
 
     use super::*;
     use crate::duckdb::DuckDbStore;
-    use crate::{ExportSummary, Limits, StoreErrorKind};
+    use crate::{ExportSummary, StoreErrorKind};
     use bytes::Bytes;
 
     /// What an export handed on: its chunks, and how it ended (`None`:
@@ -312,15 +312,7 @@ mod tests {
     async fn store_with_service() -> (FailingStore<DuckDbStore>, ServiceId) {
         let store = FailingStore::new(Arc::new(DuckDbStore::open_in_memory().expect("in-memory store")));
         let service_id = ServiceId::parse("shop").expect("service id");
-        let service = Service {
-            service_id: service_id.clone(),
-            name: "shop".into(),
-            timezone: "UTC".into(),
-            export_lookback_days: 0,
-            auto_register: false,
-            limits: Limits::default(),
-            created_at: chrono::Utc::now(),
-        };
+        let service = crate::records::utc_test_service(&service_id);
         store
             .create_service(&service, &[], &Taxonomy::standard())
             .await

@@ -178,3 +178,18 @@ pub(crate) fn parse_scope(s: &str) -> Result<PropertyScope, StoreError> {
         other => Err(StoreError::internal(format!("unknown stored scope {other:?}"))),
     }
 }
+
+/// A service named `service_id` in UTC with the default limits, no
+/// look-back limit and no auto-registration: the store's own tests'.
+#[cfg(test)]
+pub(crate) fn utc_test_service(service_id: &ServiceId) -> Service {
+    Service {
+        service_id: service_id.clone(),
+        name: service_id.to_string(),
+        timezone: "UTC".into(),
+        export_lookback_days: 0,
+        auto_register: false,
+        limits: Limits::default(),
+        created_at: Utc::now(),
+    }
+}

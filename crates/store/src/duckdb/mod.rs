@@ -800,7 +800,7 @@ impl Store for DuckDbStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ExportPart, Limits};
+    use crate::ExportPart;
     use fineport_contract::export::EventExportRequest;
     use fineport_contract::import::EventInput;
     use futures::StreamExt;
@@ -814,15 +814,7 @@ mod tests {
         let store = DuckDbStore::open_in_memory().unwrap();
         let service_id = ServiceId::parse("shop").unwrap();
         let taxonomy = Taxonomy::standard();
-        let service = Service {
-            service_id: service_id.clone(),
-            name: "shop".into(),
-            timezone: "UTC".into(),
-            export_lookback_days: 0,
-            auto_register: false,
-            limits: Limits::default(),
-            created_at: Utc::now(),
-        };
+        let service = crate::records::utc_test_service(&service_id);
         store.create_service(&service, &[], &taxonomy).await.unwrap();
         // 2026-11-25 (UTC): 00:00:30, 10:00:05, 10:01:10; 2026-11-26:
         // 10:00:05, 10:00:30, 10:05:00 (seconds since 2026-11-25).
