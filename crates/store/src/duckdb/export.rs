@@ -265,37 +265,40 @@ impl SliceQuery {
         planned: &Receiver<Vec<Slice>>,
         tx: &SyncSender<Result<Piece, StoreError>>,
     ) {
+        if let Err(e) = self.hand_over_all(conn, first, planned, tx) {
+            let _ = tx.send(Err(e));
+        }
+    }
+
+    /// [`SliceQuery::run_all`]'s work, up to its first error.
+    fn hand_over_all(
+        &self,
+        conn: &RawConnection,
+        first: Slice,
+        planned: &Receiver<Vec<Slice>>,
+        tx: &SyncSender<Result<Piece, StoreError>>,
+    ) -> Result<(), StoreError> {
         // The first minute's rows are not counted yet: DuckDB sorts them,
         // within its memory limit however many they are.
-        let handed_over = self.stream_sorted(conn, first, tx);
-        let slices = match handed_over {
-            Ok(true) => match planned.recv() {
-                Ok(slices) => slices,
-                Err(_) => return,
-            },
-            Ok(false) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return;
-            }
+        if !self.stream_sorted(conn, first, tx)? {
+            return Ok(());
+        }
+        let Ok(slices) = planned.recv() else {
+            return Ok(());
         };
-        for slice in &slices {
+        for slice in slices {
             let handed_over = if slice.rows > self.sorted_by_duckdb_above {
-                self.stream_sorted(conn, *slice, tx)
+                self.stream_sorted(conn, slice, tx)?
             } else {
-                self.fetch_and_sort(conn, *slice)
-                    .map(|rows| tx.send(Ok(Piece::Rows(rows))).is_ok())
+                let rows = self.fetch_and_sort(conn, slice)?;
+                tx.send(Ok(Piece::Rows(rows))).is_ok()
             };
-            match handed_over {
-                Ok(true) => {}
-                Ok(false) => return,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    return;
-                }
+            if !handed_over {
+                return Ok(());
             }
         }
         let _ = tx.send(Ok(Piece::Done));
+        Ok(())
     }
 
     fn sql(&self, slice: Slice, order_by: &str) -> String {
