@@ -39,7 +39,8 @@ pub struct ServeArgs {
     #[arg(long, env = "FINEPORT_LISTEN", default_value = "127.0.0.1:8080")]
     listen: String,
     /// Data directory (created if absent); holds fineport.duckdb and its
-    /// import log, fineport.duckdb.import-log (back up both, together). In
+    /// import log, fineport.duckdb.import-log and its segments .1, .2, …
+    /// (back up all of them, together). In
     /// cluster mode it only keeps the demo's tokens (cluster-<database>/).
     #[arg(long, env = "FINEPORT_DATA", default_value = "./fineport-data")]
     data: PathBuf,

@@ -6,7 +6,9 @@
 //! far below what the disk can take. Instead the writer appends each batch
 //! to this file, syncs it (one `fdatasync` per group), acknowledges, and
 //! moves the batches into the tables later in large transactions. After a
-//! move commits, the log is emptied. On start, whatever the log still holds
+//! move commits, what it moved is freed: whole segment files are deleted,
+//! and the newest is emptied once everything is moved. On start, whatever
+//! the log still holds
 //! is moved again: the in-memory event-id set makes that idempotent, so a
 //! crash between a move's commit and the log's truncation stores nothing
 //! twice.
@@ -19,7 +21,7 @@
 //! cut short by a crash fails its length or checksum, and it and anything
 //! after it are dropped: it was never acknowledged.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -39,69 +41,128 @@ pub(crate) struct LoggedBatch {
     pub batch: EventBatch,
 }
 
-/// The open log file.
+/// Bytes at which the log starts a new segment file: segments whose
+/// batches are all in the tables are deleted while the newest is still
+/// being written, so a log under a load that never pauses neither grows
+/// nor has to wait for the writer to catch up before it can be emptied.
+const SEGMENT_BYTES: u64 = 32 << 20;
+
+/// The log: segment files `<path>`, `<path>.1`, `<path>.2`, … (the number
+/// only grows; `<path>` alone is segment 0, the file earlier versions
+/// wrote), read in order on start and appended to in the newest.
+///
+/// Positions (`end`, [`ImportLog::release`]) count the bytes appended since
+/// the log was opened, starting from the bytes it held then: they only
+/// grow, whatever is deleted.
 pub(crate) struct ImportLog {
-    file: File,
     path: PathBuf,
-    /// Bytes of whole, synced records.
+    /// [`SEGMENT_BYTES`], but in tests.
+    segment_bytes: u64,
+    /// The segment appended to: its number and file.
+    seq: u64,
+    file: File,
+    /// Bytes of whole, synced records in `file`.
     len: u64,
+    /// Older segments still held: number and position of their end.
+    older: VecDeque<(u64, u64)>,
+    /// Position after the last synced record.
+    end: u64,
+    /// Position where the oldest segment held starts.
+    held_from: u64,
 }
 
 impl ImportLog {
-    /// Opens (creating) the log at `path` and returns it with the batches it
-    /// holds; a torn record at the end is cut off.
+    /// Opens (creating) the log at `path` and returns it with the batches
+    /// it holds, oldest first; a torn record at the end of the newest
+    /// segment is cut off. A damaged record anywhere else is an error: the
+    /// records after it were acknowledged, so nothing is dropped silently.
     pub fn open(path: &Path) -> Result<(ImportLog, Vec<LoggedBatch>), StoreError> {
-        let io = |e: std::io::Error| StoreError::internal(format!("import log {}: {e}", path.display()));
-        let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io)?;
-        if !existed {
-            // Make the new file's directory entry durable too.
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-            }
-        }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io)?;
-        let (batches, good) = read_records(&bytes)?;
-        if good < bytes.len() {
-            tracing::warn!(
-                path = %path.display(),
-                dropped_bytes = bytes.len() - good,
-                "the import log ends with an incomplete record (never acknowledged); dropping it"
-            );
-            file.set_len(good as u64).map_err(io)?;
-        }
-        file.seek(SeekFrom::Start(good as u64)).map_err(io)?;
-        let log = ImportLog {
-            file,
-            path: path.to_owned(),
-            len: good as u64,
-        };
-        Ok((log, batches))
+        Self::open_with(path, SEGMENT_BYTES)
     }
 
-    /// Bytes in the log.
+    fn open_with(path: &Path, segment_bytes: u64) -> Result<(ImportLog, Vec<LoggedBatch>), StoreError> {
+        let io = |p: &Path, e: std::io::Error| StoreError::internal(format!("import log {}: {e}", p.display()));
+        let mut seqs = segments(path).map_err(|e| io(path, e))?;
+        if seqs.is_empty() {
+            seqs.push(0);
+        }
+        let last = seqs.len() - 1;
+        let mut batches = Vec::new();
+        let mut older = VecDeque::new();
+        let mut end = 0;
+        for (i, &seq) in seqs.iter().enumerate() {
+            let at = segment_path(path, seq);
+            let (mut file, created) = open_segment(&at).map_err(|e| io(&at, e))?;
+            if created {
+                sync_dir(&at).map_err(|e| io(&at, e))?;
+            }
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map_err(|e| io(&at, e))?;
+            let (found, good) = read_records(&bytes)
+                .map_err(|e| StoreError::internal(format!("import log {}: {}", at.display(), e.message)))?;
+            batches.extend(found);
+            end += good as u64;
+            if i < last {
+                if good < bytes.len() {
+                    return Err(StoreError::internal(format!(
+                        "import log {}: a damaged record at byte {good}, with acknowledged batches after it \
+                         (in later segments); move the file away to start without what it holds",
+                        at.display()
+                    )));
+                }
+                older.push_back((seq, end));
+                continue;
+            }
+            if good < bytes.len() {
+                tracing::warn!(
+                    path = %at.display(),
+                    dropped_bytes = bytes.len() - good,
+                    "the import log ends with an incomplete record (never acknowledged); dropping it"
+                );
+                file.set_len(good as u64).map_err(|e| io(&at, e))?;
+            }
+            file.seek(SeekFrom::Start(good as u64)).map_err(|e| io(&at, e))?;
+            let log = ImportLog {
+                path: path.to_owned(),
+                segment_bytes,
+                seq,
+                file,
+                len: good as u64,
+                older,
+                end,
+                held_from: 0,
+            };
+            return Ok((log, batches));
+        }
+        Err(StoreError::internal("import log: no segment to open"))
+    }
+
+    /// Bytes held in every segment.
     pub fn len(&self) -> u64 {
-        self.len
+        self.end - self.held_from
+    }
+
+    /// Position after the last synced record.
+    pub fn end(&self) -> u64 {
+        self.end
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.older.is_empty() && self.len == 0
     }
 
-    /// Appends `records` (made by [`record`]) and syncs them to disk. On
-    /// failure the log is cut back to what it held before.
+    /// Appends `records` (made by [`record`]) and syncs them to disk, in a
+    /// new segment when the newest is full. On failure the log is cut back
+    /// to what it held before.
     pub fn append(&mut self, records: &[u8]) -> Result<(), StoreError> {
+        if self.len >= self.segment_bytes {
+            self.next_segment()?;
+        }
         let written = self.file.write_all(records).and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
                 self.len += records.len() as u64;
+                self.end += records.len() as u64;
                 Ok(())
             }
             Err(e) => {
@@ -111,12 +172,49 @@ impl ImportLog {
         }
     }
 
-    /// Empties the log once everything in it is in the tables. Not synced:
-    /// if the truncation is lost, a restart moves the same batches again,
-    /// which stores nothing twice.
-    pub fn clear(&mut self) -> Result<(), StoreError> {
-        self.truncate_to(0).map_err(|e| self.error(e))?;
+    /// Starts the next segment; the full one is kept until
+    /// [`ImportLog::release`] passes its end.
+    fn next_segment(&mut self) -> Result<(), StoreError> {
+        let seq = self.seq + 1;
+        let at = segment_path(&self.path, seq);
+        let io = |e: std::io::Error| StoreError::internal(format!("import log {}: {e}", at.display()));
+        let (mut file, _) = open_segment(&at).map_err(io)?;
+        // Left over from a failed start: nothing in it was acknowledged.
+        file.set_len(0)
+            .and_then(|()| file.seek(SeekFrom::Start(0)))
+            .map_err(io)?;
+        sync_dir(&at).map_err(io)?;
+        self.older.push_back((self.seq, self.end));
+        self.seq = seq;
+        self.file = file;
         self.len = 0;
+        Ok(())
+    }
+
+    /// Frees what is in the tables up to position `moved`: deletes the
+    /// older segments that end there or before, and empties the newest
+    /// once everything is. Not synced: if a deletion or the truncation is
+    /// lost in a crash, a restart moves the same batches again, which
+    /// stores nothing twice.
+    pub fn release(&mut self, moved: u64) -> Result<(), StoreError> {
+        while let Some(&(seq, end)) = self.older.front() {
+            if end > moved {
+                return Ok(());
+            }
+            let at = segment_path(&self.path, seq);
+            match std::fs::remove_file(&at) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::internal(format!("import log {}: {e}", at.display()))),
+            }
+            self.older.pop_front();
+            self.held_from = end;
+        }
+        if moved >= self.end && self.len > 0 {
+            self.truncate_to(0).map_err(|e| self.error(e))?;
+            self.len = 0;
+            self.held_from = self.end;
+        }
         Ok(())
     }
 
@@ -126,7 +224,69 @@ impl ImportLog {
     }
 
     fn error(&self, e: std::io::Error) -> StoreError {
-        StoreError::internal(format!("import log {}: {e}", self.path.display()))
+        StoreError::internal(format!(
+            "import log {}: {e}",
+            segment_path(&self.path, self.seq).display()
+        ))
+    }
+}
+
+/// The file of segment `seq`.
+fn segment_path(path: &Path, seq: u64) -> PathBuf {
+    if seq == 0 {
+        return path.to_owned();
+    }
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{seq}"));
+    PathBuf::from(name)
+}
+
+/// The numbers of the segments that exist at `path`, in order.
+fn segments(path: &Path) -> std::io::Result<Vec<u64>> {
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_owned(),
+        None => PathBuf::from("."),
+    };
+    let Some(base) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let mut seqs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name == base {
+            seqs.push(0);
+        } else if let Some(n) = name.strip_prefix(base).and_then(|r| r.strip_prefix('.')) {
+            // Only `<path>.<digits>`: never another file that shares the prefix.
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+                if let Ok(seq) = n.parse::<u64>() {
+                    seqs.push(seq);
+                }
+            }
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+/// Opens (creating) a segment file for reading and appending; whether it
+/// was created.
+fn open_segment(at: &Path) -> std::io::Result<(File, bool)> {
+    let existed = at.exists();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(at)?;
+    Ok((file, !existed))
+}
+
+/// Makes a new file's directory entry durable.
+fn sync_dir(at: &Path) -> std::io::Result<()> {
+    match at.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(dir) => File::open(dir).and_then(|d| d.sync_all()),
+        None => Ok(()),
     }
 }
 
@@ -459,7 +619,8 @@ mod tests {
         assert_eq!(found, vec![sample(1), sample(2), sample(4)]);
 
         // A flipped byte fails the checksum: that record and the rest go.
-        log.clear().expect("clear");
+        log.release(log.end()).expect("empty");
+        assert!(log.is_empty());
         log.append(&records(&[sample(5), sample(6)])).expect("append");
         drop(log);
         let mut bytes = std::fs::read(&path).expect("read");
@@ -468,6 +629,83 @@ mod tests {
         std::fs::write(&path, &bytes).expect("write");
         let (log, found) = ImportLog::open(&path).expect("open");
         assert_eq!(found, vec![sample(5)]);
-        assert_eq!(log.len, std::fs::metadata(&path).expect("meta").len());
+        assert_eq!(log.len(), std::fs::metadata(&path).expect("meta").len());
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn full_segments_are_freed_once_moved_while_the_newest_is_written() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("log");
+        // A new segment after every record.
+        let (mut log, _) = ImportLog::open_with(&path, 1).expect("open");
+        let mut ends = Vec::new();
+        for n in 1..=4 {
+            log.append(&records(&[sample(n * 10)])).expect("append");
+            ends.push(log.end());
+        }
+        assert_eq!(files(dir.path()), ["log", "log.1", "log.2", "log.3"]);
+        // Segment `log` ends at ends[0]: moved up to ends[1] frees it and `log.1`.
+        log.release(ends[1]).expect("release");
+        assert_eq!(files(dir.path()), ["log.2", "log.3"]);
+        assert_eq!(log.len(), ends[3] - ends[1]);
+        // Part of a segment moved frees nothing more.
+        log.release(ends[2] - 1).expect("release");
+        assert_eq!(files(dir.path()), ["log.2", "log.3"]);
+        drop(log);
+        // A restart reads the segments left, in order, and goes on after them.
+        let (mut log, found) = ImportLog::open_with(&path, 1).expect("reopen");
+        assert_eq!(found, vec![sample(30), sample(40)]);
+        assert_eq!(log.end(), ends[3] - ends[1]);
+        log.append(&records(&[sample(50)])).expect("append");
+        assert_eq!(files(dir.path()), ["log.2", "log.3", "log.4"]);
+        // Everything moved: the older segments go and the newest is emptied.
+        log.release(log.end()).expect("release");
+        assert_eq!(files(dir.path()), ["log.4"]);
+        assert!(log.is_empty());
+        drop(log);
+        let (_, found) = ImportLog::open_with(&path, 1).expect("reopen");
+        assert!(found.is_empty());
+        // Files that only share the name's prefix are not segments.
+        std::fs::write(dir.path().join("log.4.tmp"), b"x").expect("write");
+        std::fs::write(dir.path().join("logx"), b"x").expect("write");
+        assert_eq!(segments(&path).expect("list"), [4]);
+    }
+
+    #[test]
+    fn a_torn_newest_segment_is_cut_but_damage_before_it_refuses_to_start() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("log");
+        let (mut log, _) = ImportLog::open_with(&path, 1).expect("open");
+        for n in 1..=3 {
+            log.append(&records(&[sample(n * 10)])).expect("append");
+        }
+        drop(log);
+        // A crash in the middle of a record of the newest segment.
+        let newest = dir.path().join("log.2");
+        let bytes = std::fs::read(&newest).expect("read");
+        std::fs::write(&newest, &bytes[..bytes.len() / 2]).expect("write");
+        let (log, found) = ImportLog::open_with(&path, 1).expect("open after crash");
+        assert_eq!(found, vec![sample(10), sample(20)]);
+        assert_eq!(std::fs::metadata(&newest).expect("meta").len(), 0);
+        drop(log);
+        // A damaged record in an older segment: later segments hold
+        // acknowledged batches, so the log refuses to open.
+        let older = dir.path().join("log.1");
+        let mut bytes = std::fs::read(&older).expect("read");
+        let last = bytes.len() - 3;
+        bytes[last] ^= 0xff;
+        std::fs::write(&older, &bytes).expect("write");
+        let error = ImportLog::open_with(&path, 1).err().expect("refused");
+        assert!(error.message.contains("log.1"), "{}", error.message);
+        assert!(error.message.contains("damaged record"), "{}", error.message);
     }
 }

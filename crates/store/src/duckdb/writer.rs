@@ -1,6 +1,6 @@
 //! The writer: the only connection that writes, fed by the import log.
 //!
-//! Two threads. **`fineport-import-log`** acknowledges event batches: the
+//! Three threads. **`fineport-import-log`** acknowledges event batches: the
 //! batches that arrived together are appended to the import log
 //! ([`super::import_log`]) with one sync, answered, and handed on.
 //! **`fineport-writer`** owns the write connection, the identity index and
@@ -10,10 +10,11 @@
 //! write, before a read that needs them ([`Job::Sync`]), and at shutdown.
 //! A DuckDB transaction costs ~5 ms however small it is; moving thousands
 //! of events at a time, while the next ones are being acknowledged, is
-//! what makes imports fast. The log is emptied once everything in it has
-//! been moved. Each request is still atomic: if a move's transaction
-//! fails, its batches are retried one by one, and a batch that still fails
-//! stays unmoved (and in the log) to be tried again, never lost.
+//! what makes imports fast. The log frees each segment once everything in
+//! it has been moved. **`fineport-free`** frees moved batches. Each request
+//! is still atomic: if a move's transaction fails, its batches are retried
+//! one by one, and a batch that still fails stays unmoved (and in the log)
+//! to be tried again, never lost.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,9 +48,10 @@ const MOVES_AHEAD: usize = 2;
 /// the writer waits for that thread.
 const FREES_AHEAD: usize = 2;
 
-/// Log size at which acknowledging waits for the writer to catch up so the
-/// log can be emptied: bounds the log (and a replay after a crash) under a
-/// load that never pauses.
+/// Bytes held in the import log at which acknowledging waits for the writer
+/// to catch up: bounds the log (and a replay after a crash) when the writer
+/// falls behind or cannot move. (Under a load the writer keeps up with, the
+/// log's moved segments are freed as it goes, and it never gets there.)
 const LOG_CATCH_UP_BYTES: u64 = 256 << 20;
 
 pub(crate) type ExecFn = Box<dyn FnOnce(&mut WriterState) -> Result<(), StoreError> + Send>;
@@ -271,6 +273,7 @@ impl WriterState {
 
     /// Stores what the log holds from before a crash, and empties the log
     /// if all of it went in (what did not stays unmoved and is retried).
+    /// Log positions go on from the log's end ([`ImportLog::end`]).
     pub fn replay(&mut self, log: &mut ImportLog, batches: Vec<LoggedBatch>) -> Result<(), StoreError> {
         if batches.is_empty() {
             return Ok(());
@@ -282,14 +285,11 @@ impl WriterState {
         self.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
         self.progress.acknowledged(batches.len(), self.unmoved_events);
         self.unmoved = batches;
-        self.unmoved_through = log.len();
-        self.progress.appended.store(log.len(), Ordering::Release);
+        self.unmoved_through = log.end();
+        self.progress.appended.store(log.end(), Ordering::Release);
         self.move_unmoved();
         if self.unmoved.is_empty() {
-            log.clear()?;
-            self.unmoved_through = 0;
-            self.progress.moved.store(0, Ordering::Release);
-            self.progress.appended.store(0, Ordering::Release);
+            log.release(log.end())?;
         }
         Ok(())
     }
@@ -518,7 +518,7 @@ impl Acker {
                 }
             }
             self.acknowledge(group);
-            self.empty_log_if_moved();
+            self.release_moved();
         }
         // Closing: the writer moves what is left and stops; then the log
         // can be emptied.
@@ -526,10 +526,9 @@ impl Acker {
         if writer.join().is_err() {
             tracing::error!("the writer thread panicked");
         }
-        if self.progress.moved.load(Ordering::Acquire) == self.appended {
-            if let Some(Err(e)) = self.log.as_mut().map(ImportLog::clear) {
-                tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
-            }
+        let moved = self.progress.moved.load(Ordering::Acquire);
+        if let Some(Err(e)) = self.log.as_mut().map(|log| log.release(moved)) {
+            tracing::error!(error = %e, "cannot empty the import log (a restart moves what it holds again, storing nothing twice)");
         }
     }
 
@@ -568,10 +567,11 @@ impl Acker {
         });
     }
 
-    /// Empties the log when everything in it is in the tables; when it has
-    /// grown large under a load that never lets that happen, first waits
-    /// for the writer to catch up.
-    fn empty_log_if_moved(&mut self) {
+    /// Frees the log's segments whose batches are all in the tables (and
+    /// empties it when everything is); when what it holds has grown large
+    /// because the writer cannot keep up or cannot move, first waits for
+    /// the writer to catch up.
+    fn release_moved(&mut self) {
         let Some(log) = &mut self.log else { return };
         if log.is_empty() {
             return;
@@ -584,10 +584,8 @@ impl Acker {
             });
             let _ = done.blocking_recv();
         }
-        if self.progress.moved.load(Ordering::Acquire) == self.appended {
-            if let Err(e) = log.clear() {
-                tracing::error!(error = %e, "cannot empty the import log (a restart will skip what it holds)");
-            }
+        if let Err(e) = log.release(self.progress.moved.load(Ordering::Acquire)) {
+            tracing::error!(error = %e, "cannot free the import log (a restart moves what it holds again, storing nothing twice)");
         }
     }
 }
