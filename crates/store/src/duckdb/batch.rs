@@ -6,7 +6,6 @@
 //! for an event with items, a list with one element per item (null where
 //! that item lacks the property); for an event without items, null.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use duckdb::arrow::array::{
@@ -18,6 +17,7 @@ use duckdb::arrow::record_batch::RecordBatch;
 use fineport_contract::import::{EventInput, API_VERSION, PLATFORM_HTTP_API};
 use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::types::{PropertyType, Value};
+use foldhash::HashMap;
 
 use super::schema::{Layout, PropertyColumn, SysType, SYSTEM_COLUMNS};
 use crate::StoreError;
@@ -97,13 +97,14 @@ const PARALLEL_ROWS: usize = 4096;
 /// Every value of a batch placed by column: each event's properties (and
 /// each item's) are looked up once, by name, in the layout, instead of
 /// once per column of the table (a profile of heavy imports had those
-/// `BTreeMap` searches at 8 % of the server's CPU).
+/// `BTreeMap` searches at 8 % of the server's CPU). Column-major, so that
+/// building a column reads its values in order.
 struct Slots<'a> {
-    columns: usize,
-    /// `rows × columns`: the event property of each row in each
+    rows: usize,
+    /// `columns × rows`: the event property of each row in each
     /// event-scope column (`None` also in item columns).
     events: Vec<Option<&'a Value>>,
-    /// `items × columns`, the items of every row one after another.
+    /// `columns × items`: the items of every row one after another.
     items: Vec<Option<&'a Value>>,
     /// Each row's items: `items_of[r]..items_of[r + 1]`.
     items_of: Vec<usize>,
@@ -116,38 +117,47 @@ impl<'a> Slots<'a> {
         for (i, c) in layout.columns.iter().enumerate() {
             by_name[usize::from(c.scope == PropertyScope::Item)].insert(c.name.as_str(), i);
         }
+        let n = rows.len();
+        let mut items_of = Vec::with_capacity(n + 1);
+        items_of.push(0);
+        for row in rows {
+            items_of.push(items_of[items_of.len() - 1] + row.event.items.len());
+        }
+        let n_items = items_of[n];
         let mut slots = Slots {
-            columns,
-            events: vec![None; rows.len() * columns],
-            items: Vec::new(),
-            items_of: Vec::with_capacity(rows.len() + 1),
+            rows: n,
+            events: vec![None; n * columns],
+            items: vec![None; n_items * columns],
+            items_of,
         };
-        slots.items_of.push(0);
         for (r, row) in rows.iter().enumerate() {
-            let line = &mut slots.events[r * columns..(r + 1) * columns];
             for (name, value) in &row.event.properties {
                 // A name without a column cannot be here: properties are
                 // checked against the taxonomy, and every taxonomy name has one.
                 if let Some(&c) = by_name[0].get(name.as_str()) {
-                    line[c] = Some(value);
+                    slots.events[c * n + r] = Some(value);
                 }
             }
-            for item in &row.event.items {
-                let start = slots.items.len();
-                slots.items.resize(start + columns, None);
+            for (i, item) in (slots.items_of[r]..).zip(&row.event.items) {
                 for (name, value) in item {
                     if let Some(&c) = by_name[1].get(name.as_str()) {
-                        slots.items[start + c] = Some(value);
+                        slots.items[c * n_items + i] = Some(value);
                     }
                 }
             }
-            slots.items_of.push(slots.items_of[r] + row.event.items.len());
         }
         slots
     }
 
-    fn rows(&self) -> usize {
-        self.items_of.len() - 1
+    /// Column `c`'s event property in every row.
+    fn events(&self, c: usize) -> &[Option<&'a Value>] {
+        &self.events[c * self.rows..(c + 1) * self.rows]
+    }
+
+    /// Column `c`'s item property of every item.
+    fn items(&self, c: usize) -> &[Option<&'a Value>] {
+        let n = self.items_of[self.rows];
+        &self.items[c * n..(c + 1) * n]
     }
 }
 
@@ -156,28 +166,26 @@ fn property_columns(
     columns: &[(usize, &PropertyColumn)],
     slots: &Slots<'_>,
 ) -> Result<Vec<(Field, ArrayRef)>, StoreError> {
-    let width = slots.columns;
     columns
         .iter()
         .map(|&(c, column)| {
             let data_type = column.arrow_type();
-            let mut builder = make_builder(&data_type, slots.rows());
-            for r in 0..slots.rows() {
-                match column.scope {
-                    PropertyScope::Item => {
+            let mut builder = make_builder(&data_type, slots.rows);
+            match column.scope {
+                PropertyScope::Item => {
+                    let values = slots.items(c);
+                    let lb = list(&mut builder)?;
+                    for r in 0..slots.rows {
                         let items = slots.items_of[r]..slots.items_of[r + 1];
-                        let lb = list(&mut builder)?;
                         if items.is_empty() {
                             lb.append(false);
                             continue;
                         }
-                        for i in items {
-                            append_value(lb.values().as_mut(), column.ty, slots.items[i * width + c])?;
-                        }
+                        append_values(lb.values().as_mut(), column.ty, &values[items])?;
                         lb.append(true);
                     }
-                    _ => append_value(builder.as_mut(), column.ty, slots.events[r * width + c])?,
                 }
+                _ => append_values(builder.as_mut(), column.ty, slots.events(c))?,
             }
             Ok((Field::new(&column.col, data_type, true), builder.finish()))
         })
@@ -196,29 +204,34 @@ fn downcast<T: 'static>(b: &mut dyn ArrayBuilder) -> Result<&mut T, StoreError> 
         .ok_or_else(|| StoreError::internal("arrow builder of an unexpected type"))
 }
 
-/// Appends one value (or a null) of type `ty` to a builder made for `ty`.
-fn append_value(b: &mut dyn ArrayBuilder, ty: PropertyType, v: Option<&Value>) -> Result<(), StoreError> {
+/// Appends `values` (a null for `None` or a value of another type) of type
+/// `ty` to a builder made for `ty`; the builder is downcast once for all.
+fn append_values(b: &mut dyn ArrayBuilder, ty: PropertyType, values: &[Option<&Value>]) -> Result<(), StoreError> {
     macro_rules! scalar {
         ($builder:ty, $variant:ident, $conv:expr) => {{
             let b = downcast::<$builder>(b)?;
-            match v {
-                Some(Value::$variant(x)) => b.append_value($conv(x)),
-                _ => b.append_null(),
+            for v in values {
+                match v {
+                    Some(Value::$variant(x)) => b.append_value($conv(x)),
+                    _ => b.append_null(),
+                }
             }
         }};
     }
     macro_rules! array {
         ($inner:ty, $variant:ident, $conv:expr) => {{
             let lb = downcast::<DynList>(b)?;
-            match v {
-                Some(Value::$variant(xs)) => {
-                    let inner = downcast::<$inner>(lb.values().as_mut())?;
-                    for x in xs {
-                        inner.append_value($conv(x));
+            for v in values {
+                match v {
+                    Some(Value::$variant(xs)) => {
+                        let inner = downcast::<$inner>(lb.values().as_mut())?;
+                        for x in xs {
+                            inner.append_value($conv(x));
+                        }
+                        lb.append(true);
                     }
-                    lb.append(true);
+                    _ => lb.append(false),
                 }
-                _ => lb.append(false),
             }
         }};
     }
@@ -232,7 +245,10 @@ fn append_value(b: &mut dyn ArrayBuilder, ty: PropertyType, v: Option<&Value>) -
         PropertyType::StringArray => array!(StringBuilder, StringArray, String::as_str),
         PropertyType::LongArray => array!(Int64Builder, LongArray, |x: &i64| *x),
         PropertyType::DoubleArray => array!(Float64Builder, DoubleArray, |x: &f64| *x),
-        PropertyType::Items => downcast::<StringBuilder>(b)?.append_null(),
+        PropertyType::Items => {
+            let b = downcast::<StringBuilder>(b)?;
+            values.iter().for_each(|_| b.append_null());
+        }
     }
     Ok(())
 }

@@ -9,11 +9,10 @@
 //! Like the identity index, ids of a transaction are staged and only join
 //! the set once it has committed.
 
-use std::collections::HashSet;
-
 use duckdb::Connection;
 use fineport_contract::ServiceId;
 use fineport_contract::Uuid;
+use foldhash::HashSet;
 
 use super::schema::events_table;
 use crate::StoreError;
@@ -45,7 +44,7 @@ impl IdSet {
         sorted.dedup();
         Ok(IdSet {
             sorted,
-            recent: HashSet::new(),
+            recent: HashSet::default(),
         })
     }
 

@@ -16,7 +16,7 @@
 //! one by one, and a batch that still fails stays unmoved (and in the log)
 //! to be tried again, never lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -698,7 +698,7 @@ fn insert_batches(
     for (service_id, service_jobs) in by_service {
         // Events already stored, and repeats within the group, are skipped.
         let stored = state.event_ids(service_id)?;
-        let mut fresh_ids = HashSet::new();
+        let mut fresh_ids = foldhash::HashSet::default();
         let mut fresh = Vec::new();
         for (job, uid) in service_jobs {
             for event in &job.batch.events {
