@@ -966,7 +966,23 @@ fn sigterm_finishes_what_fits_the_deadline_and_breaks_the_rest_visibly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let log = dir.path().join("server.log");
-    let import_log = data.join("fineport.duckdb.import-log");
+    // The import log's segments: `fineport.duckdb.import-log`, then `.1`, `.2`, …
+    let import_log_bytes = || -> u64 {
+        std::fs::read_dir(&data)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| {
+                        e.file_name()
+                            .to_string_lossy()
+                            .starts_with("fineport.duckdb.import-log")
+                    })
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
     let _show = ShowLogOnFailure(log.clone());
     let port = free_port();
     // A deadline long enough for a 40 MB export read at once.
@@ -1034,7 +1050,7 @@ fn sigterm_finishes_what_fits_the_deadline_and_breaks_the_rest_visibly() {
     finished.assert_clean();
     assert_eq!(finished.rows, BIG_EVENTS, "every row, to the last");
     let trickled = trickle.join().expect("the importing client");
-    let log_after_term = std::fs::metadata(&import_log).map(|m| m.len()).unwrap_or(0);
+    let log_after_term = import_log_bytes();
     assert_eq!(
         log_after_term, 0,
         "a clean stop moves every acknowledged import into the tables"
