@@ -5,12 +5,12 @@
 //! their own cloned connections, so an export never waits for imports and
 //! sees only committed data. See [`schema`] for the table layout.
 
-mod batch;
 mod chunks;
 mod event_ids;
 mod export;
 mod identity;
 mod import_log;
+mod move_rows;
 mod profiles;
 mod schema;
 mod stream;
@@ -142,7 +142,9 @@ impl DuckDbStore {
         conn.execute_batch(schema::META_DDL)?;
         let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));
         let identities = identity::Identities::load(&conn)?;
-        let mut state = WriterState::new(conn.try_clone()?, layouts.clone(), identities, options.import_moves);
+        let writer_conn = conn.try_clone()?;
+        move_rows::register(&writer_conn)?;
+        let mut state = WriterState::new(writer_conn, layouts.clone(), identities, options.import_moves);
         let log = match log {
             Some((mut log, batches)) => {
                 state.replay(&mut log, batches)?;

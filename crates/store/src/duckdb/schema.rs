@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use duckdb::arrow::datatypes::{DataType, Field, TimeUnit};
 use duckdb::Connection;
 use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::types::PropertyType;
@@ -84,18 +83,6 @@ pub(crate) struct PropertyColumn {
     pub ty: PropertyType,
 }
 
-impl PropertyColumn {
-    /// The Arrow type of the column: the property's type, or for an item
-    /// property a list of it.
-    pub fn arrow_type(&self) -> DataType {
-        let base = arrow_type(self.ty);
-        match self.scope {
-            PropertyScope::Item => list_of(base),
-            _ => base,
-        }
-    }
-}
-
 /// The property columns of one service's event table, in table order.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Layout {
@@ -121,26 +108,6 @@ impl Layout {
 }
 
 pub(crate) type Layouts = Arc<std::sync::RwLock<HashMap<String, Arc<Layout>>>>;
-
-pub(crate) fn arrow_type(ty: PropertyType) -> DataType {
-    match ty {
-        PropertyType::String => DataType::Utf8,
-        PropertyType::Long => DataType::Int64,
-        PropertyType::Double => DataType::Float64,
-        PropertyType::Boolean => DataType::Boolean,
-        PropertyType::Datetime => DataType::Timestamp(TimeUnit::Microsecond, None),
-        PropertyType::Date => DataType::Date32,
-        PropertyType::StringArray => list_of(DataType::Utf8),
-        PropertyType::LongArray => list_of(DataType::Int64),
-        PropertyType::DoubleArray => list_of(DataType::Float64),
-        // Never a column (`register_in` refuses it); JSON text keeps the match total.
-        PropertyType::Items => DataType::Utf8,
-    }
-}
-
-pub(crate) fn list_of(inner: DataType) -> DataType {
-    DataType::List(Arc::new(Field::new("item", inner, true)))
-}
 
 fn sql_type(ty: PropertyType) -> &'static str {
     match ty {

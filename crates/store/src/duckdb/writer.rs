@@ -27,11 +27,11 @@ use duckdb::Connection;
 use fineport_contract::ServiceId;
 use tokio::sync::oneshot;
 
-use super::batch::{self, EventRow};
 use super::event_ids::IdSet;
 use super::identity::{Identities, Staged};
 use super::import_log::{ImportLog, LoggedBatch};
-use super::schema::{Layout, Layouts};
+use super::move_rows::{self, EventRow};
+use super::schema::{events_table, Layout, Layouts};
 use crate::{Backlog, InsertSummary, StoreError};
 
 /// Most events acknowledged with one sync of the log.
@@ -718,10 +718,7 @@ fn insert_batches(
             continue;
         }
         let layout = state.layout(service_id);
-        let batch = batch::build(&layout, &fresh)?;
-        let mut app = state.conn.appender(&format!("events_{service_id}"))?;
-        app.append_record_batch(batch)?;
-        app.flush()?;
+        move_rows::insert(&state.conn, &events_table(service_id), &layout, &fresh)?;
         changes
             .event_ids
             .push((service_id.to_owned(), fresh_ids.into_iter().collect()));
