@@ -3,8 +3,8 @@
 //!
 //! `INSERT INTO "events_<service>" SELECT * FROM fineport_move_rows(<key>)`
 //! runs in the writer's transaction; DuckDB calls the function for chunks
-//! of 2,048 rows, and each chunk's vectors are written from the batches'
-//! values: no Arrow batch in between, no appender copy (the Arrow build and
+//! of up to 2,048 rows, and each chunk's vectors are written from the
+//! batches' values: no Arrow batch in between, no appender copy (the Arrow build and
 //! its conversion were half of a heavy import's writer thread,
 //! docs/benchmarks.md item 13).
 //!

@@ -726,3 +726,48 @@ fn insert_batches(
     Identities::write(&state.conn, &mut changes.identities, now_ms)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-over to the writer holds at most `limit` events (or one
+    /// group, when none are ahead), waits while full until the writer takes
+    /// some, and never waits once the writer has stopped.
+    #[test]
+    fn the_queue_ahead_of_the_writer_is_bounded_in_events() {
+        let ahead = Arc::new(Ahead::new(100));
+        ahead.reserve(60);
+        ahead.reserve(40);
+        let (done, waited) = std::sync::mpsc::channel();
+        let waiting = {
+            let (ahead, done) = (ahead.clone(), done.clone());
+            std::thread::spawn(move || {
+                ahead.reserve(30);
+                let _ = done.send("second");
+            })
+        };
+        assert!(
+            waited.recv_timeout(Duration::from_millis(200)).is_err(),
+            "100 events ahead: 30 more wait"
+        );
+        ahead.take(60);
+        assert_eq!(waited.recv_timeout(Duration::from_secs(10)), Ok("second"));
+        waiting.join().unwrap();
+        // 70 ahead now; a group larger than the limit goes when none are.
+        ahead.take(70);
+        ahead.reserve(500);
+        // Once the writer has stopped, nothing waits.
+        let stopped = {
+            let ahead = ahead.clone();
+            std::thread::spawn(move || {
+                ahead.reserve(10);
+                let _ = done.send("after the stop");
+            })
+        };
+        assert!(waited.recv_timeout(Duration::from_millis(200)).is_err());
+        ahead.close();
+        assert_eq!(waited.recv_timeout(Duration::from_secs(10)), Ok("after the stop"));
+        stopped.join().unwrap();
+    }
+}
