@@ -14,7 +14,7 @@ use fineport_server::metrics::MetricsAccess;
 use fineport_server::{build_state, Config, Parts};
 use fineport_store::cluster::clickhouse::ClickHouseOptions;
 use fineport_store::cluster::{ClusterOptions, ClusterStore};
-use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy};
+use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy, BULK_EVENTS};
 use fineport_store::Store;
 use tokio::net::TcpListener;
 
@@ -292,6 +292,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         import_moves: MovePolicy {
             events: args.import_move_events.max(1),
             idle: std::time::Duration::from_millis(args.import_move_idle_ms),
+            commit_events: BULK_EVENTS,
         },
         ..DuckDbOptions::default()
     };

@@ -441,6 +441,7 @@ pub fn store_options(slice_cells: u64) -> DuckDbOptions {
         import_moves: MovePolicy {
             events: usize::MAX,
             idle: std::time::Duration::from_secs(3600),
+            commit_events: fineport_store::duckdb::BULK_EVENTS,
         },
         ..Default::default()
     }

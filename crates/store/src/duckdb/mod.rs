@@ -34,8 +34,8 @@ use tokio::sync::oneshot;
 use self::chunks::Database;
 use self::import_log::{ImportLog, LoggedBatch};
 use self::schema::{Layout, Layouts, PropertyColumn};
-pub use self::writer::MovePolicy;
 use self::writer::{Job, Progress, WriterState};
+pub use self::writer::{MovePolicy, BULK_EVENTS};
 use crate::records::{ms_to_time, stored_service_id};
 use crate::{
     Backlog, CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
@@ -72,6 +72,7 @@ impl Default for DuckDbOptions {
             import_moves: MovePolicy {
                 events: 8_000,
                 idle: std::time::Duration::from_millis(50),
+                commit_events: BULK_EVENTS,
             },
         }
     }
@@ -655,8 +656,13 @@ impl Store for DuckDbStore {
         if entries.is_empty() {
             return Ok(());
         }
-        self.write(move |state| {
-            let mut app = state.conn.appender("request_log")?;
+        // On a connection of its own, not the writer's: the log depends on
+        // no other write, and an `Exec` on the writer would first commit
+        // the open move transaction (twice a second under load), which
+        // would then never hold the row group that makes it a bulk append
+        // (`writer::BULK_EVENTS`).
+        self.read(move |conn| {
+            let mut app = conn.appender("request_log")?;
             for e in &entries {
                 app.append_row(params![
                     e.time.timestamp_millis(),
@@ -884,6 +890,121 @@ mod tests {
         assert_eq!(chunks.len(), 2, "{chunks:?}");
         assert_eq!(times(&chunks[0]), ["10:00:05", "10:00:30"]);
         assert_eq!(times(&chunks[1]), ["10:05:00"]);
+    }
+
+    /// Moves share one transaction until it holds `commit_events`: its
+    /// rows are invisible until then, an event repeated by a later move of
+    /// the same transaction is stored once, a read commits what is open,
+    /// and after a restart stored events sent again are skipped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn moves_share_one_transaction_until_it_holds_a_bulk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bulk.duckdb");
+        let options = DuckDbOptions {
+            import_moves: MovePolicy {
+                events: 10,
+                idle: std::time::Duration::from_secs(3600),
+                commit_events: 50,
+            },
+            ..Default::default()
+        };
+        let service_id = ServiceId::parse("shop").unwrap();
+        let taxonomy = Taxonomy::standard();
+        // 2026-11-25 (UTC); received a day later, so no time is corrected.
+        let day_ms = 1_795_564_800_000;
+        let batch = |ids: std::ops::Range<u128>| EventBatch {
+            identity: Identity {
+                external_id: Some("u1".into()),
+                ..Default::default()
+            },
+            events: ids
+                .map(|n| EventInput {
+                    event_log_id: fineport_contract::Uuid::from_u128(n),
+                    event_name: "df_login".into(),
+                    event_datetime_ms: day_ms + n as i64 * 1000,
+                    properties: Default::default(),
+                    items: Vec::new(),
+                })
+                .collect(),
+            registrations: Default::default(),
+        };
+        async fn count(store: &DuckDbStore) -> i64 {
+            store
+                .read(|conn| Ok(conn.query_row("SELECT count(*) FROM events_shop", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .unwrap()
+        }
+        // The rows of an export of the day (a read: it commits first).
+        async fn exported(store: &DuckDbStore, taxonomy: &Taxonomy) -> Option<u64> {
+            let request =
+                serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+            let plan = EventExportRequest::parse(&request).unwrap().plan(taxonomy).unwrap();
+            let service_id = ServiceId::parse("shop").unwrap();
+            let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
+            let mut rows = None;
+            while let Some(part) = stream.next().await {
+                if let ExportPart::End(summary) = part.unwrap() {
+                    rows = Some(summary.rows);
+                }
+            }
+            rows
+        }
+        {
+            let store = DuckDbStore::open(&path, &options).unwrap();
+            store
+                .create_service(&crate::records::utc_test_service(&service_id), &[], &taxonomy)
+                .await
+                .unwrap();
+            // Ten batches of 5 (the sixth repeats the second), moved 10
+            // events at a time into one transaction, committed at 50.
+            for b in 0..10u128 {
+                let first = if b == 5 { 5 } else { b * 5 };
+                store
+                    .insert_events(&service_id, batch(first..first + 5), day_ms + 86_400_000)
+                    .await
+                    .unwrap();
+            }
+            // Two more: a move into the next transaction, left open.
+            for first in [50u128, 55] {
+                store
+                    .insert_events(&service_id, batch(first..first + 5), day_ms + 86_400_000)
+                    .await
+                    .unwrap();
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while count(&store).await != 45 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the table never held just the first transaction's 45 rows"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            assert_eq!(
+                store.backlog().unwrap().events,
+                10,
+                "the last two batches wait in the open transaction"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            assert_eq!(
+                count(&store).await,
+                45,
+                "an open move is not committed before 50 events"
+            );
+            // A read first commits everything acknowledged.
+            assert_eq!(exported(&store, &taxonomy).await, Some(55));
+            assert_eq!(store.backlog().unwrap().events, 0);
+        }
+        let store = DuckDbStore::open(&path, &options).unwrap();
+        store
+            .insert_events(&service_id, batch(50..65), day_ms + 86_400_000)
+            .await
+            .unwrap();
+        assert_eq!(exported(&store, &taxonomy).await, Some(60));
+        assert_eq!(
+            count(&store).await,
+            60,
+            "after a restart the repeats are skipped, the new ones stored"
+        );
     }
 
     /// A database file made before tokens kept a reason (no `reason`
