@@ -119,6 +119,13 @@ pub struct ServeArgs {
     #[arg(long, env = "FINEPORT_IMPORT_MOVE_IDLE_MS",
           default_value_t = DuckDbOptions::default().import_moves.idle.as_millis() as u64)]
     import_move_idle_ms: u64,
+    /// Moves go into one transaction, committed once it holds this many
+    /// events (or at once when a read or another write needs them, when
+    /// idle, at shutdown). The default, DuckDB's row group, makes each
+    /// commit a bulk append that DuckDB writes compressed without its WAL;
+    /// lower bounds the import's memory, at the cost of speed.
+    #[arg(long, env = "FINEPORT_IMPORT_COMMIT_EVENTS", default_value_t = BULK_EVENTS)]
+    import_commit_events: usize,
     /// Hours after a token reissue before the same kind may be reissued again.
     #[arg(long, env = "FINEPORT_TOKEN_REISSUE_COOLDOWN_HOURS", default_value_t = 24)]
     token_reissue_cooldown_hours: u32,
@@ -292,7 +299,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
         import_moves: MovePolicy {
             events: args.import_move_events.max(1),
             idle: std::time::Duration::from_millis(args.import_move_idle_ms),
-            commit_events: BULK_EVENTS,
+            commit_events: args.import_commit_events.max(1),
         },
         ..DuckDbOptions::default()
     };

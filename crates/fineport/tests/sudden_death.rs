@@ -730,8 +730,10 @@ fn sudden_death(label: &str, base_flags: &[String], flag_sets: &[&[&str]]) {
 }
 
 /// DuckDB, in turn: the defaults; moves into the tables after every 64
-/// events (kills land in DuckDB commits); no moves at all until the next
-/// start (everything is replayed from the import log).
+/// events (kills land in DuckDB commits); moves of 64 events into one
+/// transaction committed every 256 (kills land in open transactions and
+/// their commits); no moves at all until the next start (everything is
+/// replayed from the import log).
 #[test]
 fn twenty_sigkills_under_four_importing_clients() {
     sudden_death(
@@ -740,6 +742,14 @@ fn twenty_sigkills_under_four_importing_clients() {
         &[
             &[],
             &["--import-move-events", "64", "--import-move-idle-ms", "5"],
+            &[
+                "--import-move-events",
+                "64",
+                "--import-commit-events",
+                "256",
+                "--import-move-idle-ms",
+                "600000",
+            ],
             &["--import-move-events", "1000000", "--import-move-idle-ms", "600000"],
         ],
     );
