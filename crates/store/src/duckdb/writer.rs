@@ -45,8 +45,10 @@ const MAX_GROUP_EVENTS: usize = 8_000;
 /// Acknowledged events that may wait for the writer thread, in moves
 /// ([`MovePolicy::events`]): enough for the log thread to go on
 /// acknowledging through a move and through a commit, which compresses a
-/// bulk's row groups (~0.4 s for 123,000 heavy events on one core), so
-/// that answering and moving overlap. When the writer falls behind
+/// bulk's row groups on the writer thread (with two moves ahead, answering
+/// stalled in every commit: 106k heavy events/s at 4M against 130k with
+/// six, docs/benchmarks.md item 14), so that answering and moving
+/// overlap. When the writer falls behind
 /// further, acknowledging (and so the clients) waits, and the events held
 /// in memory stay bounded.
 const MOVES_AHEAD: usize = 6;
