@@ -123,7 +123,7 @@ pub struct ServeArgs {
     /// events (or at once when a read or another write needs them, when
     /// idle, at shutdown). The default, DuckDB's row group, makes each
     /// commit a bulk append that DuckDB writes compressed without its WAL;
-    /// lower bounds the import's memory, at the cost of speed.
+    /// a lower value bounds the import's memory, at the cost of speed.
     #[arg(long, env = "FINEPORT_IMPORT_COMMIT_EVENTS", default_value_t = BULK_EVENTS)]
     import_commit_events: usize,
     /// Hours after a token reissue before the same kind may be reissued again.
