@@ -27,7 +27,7 @@ use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::types::{PropertyType, Value};
 use foldhash::HashMap;
 
-use super::schema::{Layout, SysType, SYSTEM_COLUMNS};
+use super::schema::{Layout, StoredType, SysType, SYSTEM_COLUMNS};
 use crate::StoreError;
 
 /// The table function's name.
@@ -147,19 +147,10 @@ impl VTab for MoveRows {
         let key = u64::try_from(bind.get_parameter(0).to_int64())?;
         with_move(key, |m| {
             for (name, ty) in SYSTEM_COLUMNS {
-                let id = match ty {
-                    SysType::Timestamp => LogicalTypeId::Timestamp,
-                    SysType::Text => LogicalTypeId::Varchar,
-                };
-                bind.add_result_column(name, LogicalTypeHandle::from(id));
+                bind.add_result_column(name, ty.scalar().handle());
             }
             for column in &m.layout.columns {
-                let ty = logical_type(column.ty);
-                let ty = match column.scope {
-                    PropertyScope::Item => LogicalTypeHandle::list(&ty),
-                    _ => ty,
-                };
-                bind.add_result_column(&column.col, ty);
+                bind.add_result_column(&column.col, StoredType::of(column).handle());
             }
         })?;
         Ok(Bound { key })
@@ -236,22 +227,6 @@ fn list_len(ty: PropertyType, v: &Option<&Value>) -> Option<usize> {
         (PropertyType::LongArray, Some(Value::LongArray(xs))) => Some(xs.len()),
         (PropertyType::DoubleArray, Some(Value::DoubleArray(xs))) => Some(xs.len()),
         _ => None,
-    }
-}
-
-/// DuckDB's type of a property of type `ty` (lists for the array types).
-fn logical_type(ty: PropertyType) -> LogicalTypeHandle {
-    let id = |id: LogicalTypeId| LogicalTypeHandle::from(id);
-    match ty {
-        PropertyType::String | PropertyType::Items => id(LogicalTypeId::Varchar),
-        PropertyType::Long => id(LogicalTypeId::Bigint),
-        PropertyType::Double => id(LogicalTypeId::Double),
-        PropertyType::Boolean => id(LogicalTypeId::Boolean),
-        PropertyType::Datetime => id(LogicalTypeId::Timestamp),
-        PropertyType::Date => id(LogicalTypeId::Date),
-        PropertyType::StringArray => LogicalTypeHandle::list(&id(LogicalTypeId::Varchar)),
-        PropertyType::LongArray => LogicalTypeHandle::list(&id(LogicalTypeId::Bigint)),
-        PropertyType::DoubleArray => LogicalTypeHandle::list(&id(LogicalTypeId::Double)),
     }
 }
 
@@ -368,7 +343,7 @@ fn fill_scalars(v: &mut FlatVector<'_>, ty: PropertyType, values: &[Option<&Valu
             let mut nulls = Vec::new();
             {
                 // SAFETY: the vector's physical type is `$t` (the column's
-                // DuckDB type, from `logical_type`), with room for the values.
+                // DuckDB type, from `StoredType`), with room for the values.
                 let out = unsafe { v.as_mut_slice_with_len::<$t>(values.len()) };
                 for (i, (o, value)) in out.iter_mut().zip(values).enumerate() {
                     match value {

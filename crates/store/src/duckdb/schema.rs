@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use duckdb::core::{LogicalTypeHandle, LogicalTypeId};
 use duckdb::Connection;
 use fineport_contract::taxonomy::PropertyScope;
 use fineport_contract::types::PropertyType;
@@ -70,6 +71,91 @@ pub(crate) enum SysType {
     Timestamp,
 }
 
+impl SysType {
+    pub fn scalar(self) -> Scalar {
+        match self {
+            SysType::Text => Scalar::Varchar,
+            SysType::Timestamp => Scalar::Timestamp,
+        }
+    }
+}
+
+/// The DuckDB types of event-table values, named here once for both ways
+/// fineport states a column's type: SQL text for `CREATE`/`ALTER TABLE`,
+/// and DuckDB's type handles for the table function that inserts moves
+/// (`move_rows.rs`), whose result columns must match the table's.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scalar {
+    Varchar,
+    Bigint,
+    Double,
+    Boolean,
+    Timestamp,
+    Date,
+}
+
+impl Scalar {
+    pub fn sql(self) -> &'static str {
+        match self {
+            Scalar::Varchar => "VARCHAR",
+            Scalar::Bigint => "BIGINT",
+            Scalar::Double => "DOUBLE",
+            Scalar::Boolean => "BOOLEAN",
+            Scalar::Timestamp => "TIMESTAMP",
+            Scalar::Date => "DATE",
+        }
+    }
+
+    pub fn handle(self) -> LogicalTypeHandle {
+        LogicalTypeHandle::from(match self {
+            Scalar::Varchar => LogicalTypeId::Varchar,
+            Scalar::Bigint => LogicalTypeId::Bigint,
+            Scalar::Double => LogicalTypeId::Double,
+            Scalar::Boolean => LogicalTypeId::Boolean,
+            Scalar::Timestamp => LogicalTypeId::Timestamp,
+            Scalar::Date => LogicalTypeId::Date,
+        })
+    }
+}
+
+/// A property column's DuckDB type: a [`Scalar`] inside `lists` levels of
+/// list (an array type is one, an item property adds one).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoredType {
+    scalar: Scalar,
+    lists: usize,
+}
+
+impl StoredType {
+    pub fn of(column: &PropertyColumn) -> StoredType {
+        let (scalar, lists) = match column.ty {
+            PropertyType::String | PropertyType::Items => (Scalar::Varchar, 0),
+            PropertyType::Long => (Scalar::Bigint, 0),
+            PropertyType::Double => (Scalar::Double, 0),
+            PropertyType::Boolean => (Scalar::Boolean, 0),
+            PropertyType::Datetime => (Scalar::Timestamp, 0),
+            PropertyType::Date => (Scalar::Date, 0),
+            PropertyType::StringArray => (Scalar::Varchar, 1),
+            PropertyType::LongArray => (Scalar::Bigint, 1),
+            PropertyType::DoubleArray => (Scalar::Double, 1),
+        };
+        let item = usize::from(column.scope == PropertyScope::Item);
+        StoredType {
+            scalar,
+            lists: lists + item,
+        }
+    }
+
+    /// As SQL, e.g. `BIGINT[][]`.
+    pub fn sql(self) -> String {
+        format!("{}{}", self.scalar.sql(), "[]".repeat(self.lists))
+    }
+
+    pub fn handle(self) -> LogicalTypeHandle {
+        (0..self.lists).fold(self.scalar.handle(), |ty, _| LogicalTypeHandle::list(&ty))
+    }
+}
+
 pub(crate) fn events_table(service_id: &ServiceId) -> String {
     format!("\"events_{service_id}\"")
 }
@@ -109,39 +195,11 @@ impl Layout {
 
 pub(crate) type Layouts = Arc<std::sync::RwLock<HashMap<String, Arc<Layout>>>>;
 
-fn sql_type(ty: PropertyType) -> &'static str {
-    match ty {
-        PropertyType::String => "VARCHAR",
-        PropertyType::Long => "BIGINT",
-        PropertyType::Double => "DOUBLE",
-        PropertyType::Boolean => "BOOLEAN",
-        PropertyType::Datetime => "TIMESTAMP",
-        PropertyType::Date => "DATE",
-        PropertyType::StringArray => "VARCHAR[]",
-        PropertyType::LongArray => "BIGINT[]",
-        PropertyType::DoubleArray => "DOUBLE[]",
-        PropertyType::Items => "VARCHAR",
-    }
-}
-
-pub(crate) fn column_sql_type(column: &PropertyColumn) -> String {
-    match column.scope {
-        PropertyScope::Item => format!("{}[]", sql_type(column.ty)),
-        _ => sql_type(column.ty).to_string(),
-    }
-}
-
 /// Creates a service's event table.
 pub(crate) fn create_event_table(conn: &Connection, service_id: &ServiceId) -> Result<(), StoreError> {
     let system: Vec<String> = SYSTEM_COLUMNS
         .iter()
-        .map(|(name, ty)| {
-            let t = match ty {
-                SysType::Text => "VARCHAR",
-                SysType::Timestamp => "TIMESTAMP",
-            };
-            format!("{name} {t} NOT NULL")
-        })
+        .map(|(name, ty)| format!("{name} {} NOT NULL", ty.scalar().sql()))
         .collect();
     conn.execute_batch(&format!(
         "CREATE TABLE {} ({})",
@@ -157,7 +215,7 @@ pub(crate) fn add_column(conn: &Connection, service_id: &ServiceId, column: &Pro
         "ALTER TABLE {} ADD COLUMN {} {}",
         events_table(service_id),
         column.col,
-        column_sql_type(column)
+        StoredType::of(column).sql()
     ))?;
     Ok(())
 }
