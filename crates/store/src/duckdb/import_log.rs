@@ -81,8 +81,7 @@ impl ImportLog {
     }
 
     fn open_with(path: &Path, segment_bytes: u64) -> Result<(ImportLog, Vec<LoggedBatch>), StoreError> {
-        let io = |p: &Path, e: std::io::Error| StoreError::internal(format!("import log {}: {e}", p.display()));
-        let mut seqs = segments(path).map_err(|e| io(path, e))?;
+        let mut seqs = segments(path).map_err(|e| failed(path, e))?;
         if seqs.is_empty() {
             seqs.push(0);
         }
@@ -92,23 +91,24 @@ impl ImportLog {
         let mut end = 0;
         for (i, &seq) in seqs.iter().enumerate() {
             let at = segment_path(path, seq);
-            let (mut file, created) = open_segment(&at).map_err(|e| io(&at, e))?;
+            let (mut file, created) = open_segment(&at).map_err(|e| failed(&at, e))?;
             if created {
-                sync_dir(&at).map_err(|e| io(&at, e))?;
+                sync_dir(&at).map_err(|e| failed(&at, e))?;
             }
             let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(|e| io(&at, e))?;
-            let (found, good) = read_records(&bytes)
-                .map_err(|e| StoreError::internal(format!("import log {}: {}", at.display(), e.message)))?;
+            file.read_to_end(&mut bytes).map_err(|e| failed(&at, e))?;
+            let (found, good) = read_records(&bytes).map_err(|e| failed(&at, e.message))?;
             batches.extend(found);
             end += good as u64;
             if i < last {
                 if good < bytes.len() {
-                    return Err(StoreError::internal(format!(
-                        "import log {}: a damaged record at byte {good}, with acknowledged batches after it \
-                         (in later segments); move the file away to start without what it holds",
-                        at.display()
-                    )));
+                    return Err(failed(
+                        &at,
+                        format!(
+                            "a damaged record at byte {good}, with acknowledged batches after it \
+                             (in later segments); move the file away to start without what it holds"
+                        ),
+                    ));
                 }
                 older.push_back((seq, end));
                 continue;
@@ -119,9 +119,9 @@ impl ImportLog {
                     dropped_bytes = bytes.len() - good,
                     "the import log ends with an incomplete record (never acknowledged); dropping it"
                 );
-                file.set_len(good as u64).map_err(|e| io(&at, e))?;
+                file.set_len(good as u64).map_err(|e| failed(&at, e))?;
             }
-            file.seek(SeekFrom::Start(good as u64)).map_err(|e| io(&at, e))?;
+            file.seek(SeekFrom::Start(good as u64)).map_err(|e| failed(&at, e))?;
             let log = ImportLog {
                 path: path.to_owned(),
                 segment_bytes,
@@ -177,7 +177,7 @@ impl ImportLog {
     fn next_segment(&mut self) -> Result<(), StoreError> {
         let seq = self.seq + 1;
         let at = segment_path(&self.path, seq);
-        let io = |e: std::io::Error| StoreError::internal(format!("import log {}: {e}", at.display()));
+        let io = |e: std::io::Error| failed(&at, e);
         let (mut file, _) = open_segment(&at).map_err(io)?;
         // Left over from a failed start: nothing in it was acknowledged.
         file.set_len(0)
@@ -205,7 +205,7 @@ impl ImportLog {
             match std::fs::remove_file(&at) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::internal(format!("import log {}: {e}", at.display()))),
+                Err(e) => return Err(failed(&at, e)),
             }
             self.older.pop_front();
             self.held_from = end;
@@ -224,11 +224,13 @@ impl ImportLog {
     }
 
     fn error(&self, e: std::io::Error) -> StoreError {
-        StoreError::internal(format!(
-            "import log {}: {e}",
-            segment_path(&self.path, self.seq).display()
-        ))
+        failed(&segment_path(&self.path, self.seq), e)
     }
+}
+
+/// The error of an operation on segment file `at`.
+fn failed(at: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::internal(format!("import log {}: {e}", at.display()))
 }
 
 /// The file of segment `seq`.
