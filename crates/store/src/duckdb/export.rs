@@ -52,10 +52,11 @@ use super::stream::{cancelled, Sink};
 use crate::{ExportSummary, StoreError, CHUNK_BYTES};
 
 /// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
-/// 45 columns of a full export. Three slices are in memory at most (one
-/// fetched, one waiting, one written); smaller slices cost more queries
-/// (docs/benchmarks.md, items 3 and 4). A minute with more rows is one
-/// slice on its own.
+/// 45 columns of a full export. Two slices are in memory at most, with
+/// DuckDB's copy of the one being fetched beside them until it is fetched:
+/// the one being written shrinks as its chunks are written; smaller slices
+/// cost more queries (docs/benchmarks.md, items 3, 4 and 16). A minute
+/// with more rows is one slice on its own.
 pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
 
 /// A slice of more than this many times the target rows — a minute busier
@@ -218,21 +219,82 @@ fn encode_slices(
             // Never a silent end: a worker that stops says so first.
             Err(_) => return Err(StoreError::internal("an export worker stopped")),
         };
-        let columns: Vec<Vec<Column>> = slice
-            .chunks
-            .iter()
-            .map(|chunk| (0..csv_columns).map(|c| chunk.column(c)).collect::<Option<_>>())
-            .collect::<Option<_>>()
-            .ok_or_else(|| StoreError::internal("a slice has fewer columns than the CSV"))?;
-        for &(chunk, row) in &slice.order {
-            encode_row(&columns[chunk as usize], row as usize, out, &mut scratch)?;
-        }
+        encode_slice(slice, csv_columns, out, &mut scratch)?;
         if out.summary.bytes == 0 {
             // The header and the first rows go out now, not when 64 KiB
             // are full (see the module doc).
             out.flush()?;
         }
     }
+}
+
+/// Encodes `slice` in its order (see [`in_order_freeing`]).
+fn encode_slice(
+    slice: SortedSlice,
+    csv_columns: usize,
+    out: &mut Out<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<(), StoreError> {
+    in_order_freeing(slice, csv_columns, |columns, row| {
+        encode_row(columns, row, out, scratch)
+    })
+}
+
+/// Calls `write` with each row of `slice` in its order (the row's first
+/// `csv_columns` columns and its index in its chunk), freeing each chunk
+/// once its last row is written: rows come nearly in the order they were
+/// fetched, so the slice's memory drains while the worker fetches the next
+/// one, instead of staying whole until its last row (docs/benchmarks.md,
+/// item 16).
+fn in_order_freeing(
+    slice: SortedSlice,
+    csv_columns: usize,
+    mut write: impl FnMut(&[Column<'_>], usize) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let SortedSlice { chunks, order } = slice;
+    // Where each chunk is written for the last time: the positions after
+    // which one or more chunks can go.
+    let mut last_use = vec![0usize; chunks.len()];
+    for (at, &(chunk, _)) in order.iter().enumerate() {
+        last_use[chunk as usize] = at;
+    }
+    let mut ends: Vec<usize> = last_use.iter().map(|&at| at + 1).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    let mut chunks: Vec<Option<Chunk>> = chunks.into_iter().map(Some).collect();
+    let mut from = 0;
+    for end in ends {
+        if end <= from {
+            continue;
+        }
+        {
+            let columns: Vec<Option<Vec<Column>>> = chunks
+                .iter()
+                .map(|chunk| match chunk {
+                    // Written already: never read again.
+                    None => Some(None),
+                    Some(chunk) => (0..csv_columns)
+                        .map(|c| chunk.column(c))
+                        .collect::<Option<Vec<_>>>()
+                        .map(Some),
+                })
+                .collect::<Option<_>>()
+                .ok_or_else(|| StoreError::internal("a slice has fewer columns than the CSV"))?;
+            for &(chunk, row) in &order[from..end] {
+                let columns = columns[chunk as usize]
+                    .as_deref()
+                    .ok_or_else(|| StoreError::internal("a slice's row is in a chunk already freed"))?;
+                write(columns, row as usize)?;
+            }
+        }
+        for (chunk, &last) in chunks.iter_mut().zip(&last_use) {
+            if last < end {
+                *chunk = None;
+            }
+        }
+        from = end;
+    }
+    Ok(())
 }
 
 /// Where the sort keys are among a slice query's columns.
@@ -679,6 +741,35 @@ mod tests {
         };
         let order = sort_order(&[first, second], keys).unwrap();
         assert_eq!(order, vec![(1, 1), (0, 0), (0, 1), (1, 0), (0, 2), (1, 2)]);
+    }
+
+    #[test]
+    fn rows_are_written_in_order_and_each_chunk_lives_until_its_last_row() {
+        let (db, _conn) = Database::open(None).unwrap();
+        let conn = db.connect().unwrap();
+        let chunk = |values: &str| {
+            let sql = format!("SELECT * FROM (VALUES {values}) t(v)");
+            let mut result = conn.query(&sql, &[], Execution::Materialised).unwrap();
+            result.next_chunk().unwrap().unwrap()
+        };
+        // Chunk 1's last row comes right after chunk 0's: freed one position
+        // too early, it would be gone when its row is written.
+        let slice = SortedSlice {
+            chunks: vec![chunk("('a0'), ('a1')"), chunk("('b0'), ('b1')"), chunk("('c0')")],
+            order: vec![(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)],
+        };
+        let mut written = Vec::new();
+        in_order_freeing(slice, 1, |columns, row| {
+            match &columns[0] {
+                Column::Varchar(v) => {
+                    written.push(String::from_utf8(string_bytes(v.get(row).unwrap()).to_vec()).unwrap())
+                }
+                _ => panic!("not a VARCHAR"),
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(written, ["a0", "b0", "c0", "a1", "b1"]);
     }
 
     #[test]
