@@ -120,8 +120,8 @@ pub struct ServeArgs {
           default_value_t = DuckDbOptions::default().import_moves.idle.as_millis() as u64)]
     import_move_idle_ms: u64,
     /// Moves go into one transaction, committed once it holds this many
-    /// events (or at once when a read or another write needs them, when
-    /// idle, at shutdown). The default, DuckDB's row group, makes each
+    /// events besides late ones, or a quarter more in all (and at once when
+    /// a read or another write needs them, when idle, at shutdown). The default, DuckDB's row group, makes each
     /// commit a bulk append that DuckDB writes compressed without its WAL;
     /// a lower value bounds the import's memory, at the cost of speed.
     #[arg(long, env = "FINEPORT_IMPORT_COMMIT_EVENTS", default_value_t = BULK_EVENTS)]

@@ -1,8 +1,10 @@
 //! The reference: DuckDB's own CSV writer on the same file, the same rows
 //! and the same columns as a fineport export, in this process after the
 //! server has stopped (DuckDB lets one process open a file read-write):
-//! `COPY (SELECT <columns> FROM events_bench WHERE <range> [AND event_name IN …]
-//! [ORDER BY correction_ts, event_log_id]) TO '<file>' (FORMAT CSV, HEADER)`.
+//! `COPY (SELECT <columns> FROM <both event tables> WHERE <range> [AND
+//! event_name IN …] [ORDER BY correction_ts, event_log_id]) TO '<file>'
+//! (FORMAT CSV, HEADER)`, the service's main and late-event tables read as
+//! one `UNION ALL` (DuckDB pushes the range into both).
 //!
 //! The columns are taken from the header fineport sent, mapped to the
 //! table's columns through `taxonomy_properties`. DuckDB writes its own
@@ -17,6 +19,11 @@ use anyhow::{bail, Context};
 use duckdb::Connection;
 
 use super::http::SERVICE_ID;
+
+/// Every event of the bench's service: its main and its late-event table.
+fn all_events() -> String {
+    format!("(SELECT * FROM \"events_{SERVICE_ID}\" UNION ALL SELECT * FROM \"late_events_{SERVICE_ID}\")")
+}
 
 /// The system columns: CSV name → table column.
 const SYSTEM: [(&str, &str); 8] = [
@@ -138,12 +145,13 @@ impl Native {
         Ok(columns)
     }
 
-    /// Writes `SELECT <select> FROM` every row of the event table to a CSV
+    /// Writes `SELECT <select> FROM` every row of the event tables to a CSV
     /// file with a header, NULL as `\N`.
     pub fn copy_table(&self, select: &[String], out: &Path) -> anyhow::Result<()> {
         let sql = format!(
-            "COPY (SELECT {} FROM \"events_{SERVICE_ID}\") TO '{}' (FORMAT CSV, HEADER, NULLSTR '\\N')",
+            "COPY (SELECT {} FROM {}) TO '{}' (FORMAT CSV, HEADER, NULLSTR '\\N')",
             select.join(", "),
+            all_events(),
             out.display()
         );
         self.conn
@@ -168,9 +176,10 @@ impl Native {
             ""
         };
         let sql = format!(
-            "COPY (SELECT {} FROM \"events_{SERVICE_ID}\" WHERE correction_ts >= TIMESTAMP '{}' \
+            "COPY (SELECT {} FROM {} WHERE correction_ts >= TIMESTAMP '{}' \
              AND correction_ts < TIMESTAMP '{}'{filter}{order}) TO '{}' (FORMAT CSV, HEADER)",
             select.join(", "),
+            all_events(),
             q.from_day,
             q.until_day,
             out.display()

@@ -14,7 +14,7 @@ use fineport_contract::ServiceId;
 use fineport_contract::Uuid;
 use foldhash::HashSet;
 
-use super::schema::events_table;
+use super::schema::all_events;
 use crate::StoreError;
 
 /// A set of 128-bit ids in about 16 bytes each: a sorted vector, plus a hash
@@ -26,9 +26,9 @@ pub(crate) struct IdSet {
 }
 
 impl IdSet {
-    /// Reads every `event_log_id` of a service's event table.
+    /// Reads every `event_log_id` of a service's event tables.
     pub fn load(conn: &Connection, service_id: &ServiceId) -> Result<IdSet, StoreError> {
-        let mut stmt = conn.prepare(&format!("SELECT event_log_id FROM {}", events_table(service_id)))?;
+        let mut stmt = conn.prepare(&format!("SELECT event_log_id FROM {}", all_events(service_id)))?;
         let mut sorted = Vec::new();
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
@@ -116,20 +116,24 @@ mod tests {
     }
 
     #[test]
-    fn loads_the_ids_of_a_table() {
+    fn loads_the_ids_of_both_event_tables() {
         let conn = Connection::open_in_memory().expect("duckdb");
-        conn.execute_batch("CREATE TABLE \"events_s\" (event_log_id VARCHAR NOT NULL)")
-            .expect("create");
-        let a = Uuid::new_v4();
-        let b = Uuid::new_v4();
+        conn.execute_batch(
+            "CREATE TABLE \"events_s\" (event_log_id VARCHAR NOT NULL); \
+             CREATE TABLE \"late_events_s\" (event_log_id VARCHAR NOT NULL)",
+        )
+        .expect("create");
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         conn.execute(
             "INSERT INTO \"events_s\" VALUES (?), (?), (?)",
             [a.to_string(), b.to_string(), a.to_string()],
         )
         .expect("insert");
+        conn.execute("INSERT INTO \"late_events_s\" VALUES (?)", [c.to_string()])
+            .expect("insert");
         let set = IdSet::load(&conn, &ServiceId::parse("s").unwrap()).expect("load");
-        assert_eq!(set.len(), 2);
-        assert!(set.contains(a.as_u128()) && set.contains(b.as_u128()));
+        assert_eq!(set.len(), 3);
+        assert!(set.contains(a.as_u128()) && set.contains(b.as_u128()) && set.contains(c.as_u128()));
         assert!(!set.contains(Uuid::new_v4().as_u128()));
     }
 }

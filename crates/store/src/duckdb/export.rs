@@ -18,19 +18,22 @@
 //! this thread encodes slice *k* from the chunks' vectors. A second worker
 //! was measured: 3 % faster on 2 cores for 8 % more CPU and one more slice
 //! in memory, so one it is.
-//! Every query of an export reads only rows with `rowid <=` the table's
-//! last one when the export started: events are only ever appended, so
-//! the histogram and all slices see the same committed set even though
-//! each runs in a transaction of its own.
+//! Every query reads both of the service's event tables, the main one and
+//! the late one (`schema.rs`), as one `UNION ALL`, and only rows with
+//! `rowid <=` each table's last one when the export started (both read by
+//! one statement): events are only ever appended, so the histogram and all
+//! slices see the same committed set even though each runs in a
+//! transaction of its own.
 //!
 //! The first byte waits for one minute: the worker queries the range's
 //! first minute (sorted by DuckDB: its rows are not counted yet) while this
 //! thread runs the histogram of the rest, and the encoder hands the first
 //! slice on as soon as it is written, not when 64 KiB are full. A slice's
 //! query reads the blocks its late rows are in (events that arrived hours
-//! or days after their time are stored among the next days' rows), which
-//! the first export after a start reads cold: a first slice of many minutes
-//! has more late rows in more blocks. One day of the 4M heavy bench
+//! or days after their time; since item 17 in a table of their own, before
+//! it among the next days' rows), which the first export after a start
+//! reads cold: a first slice of many minutes has more late rows in more
+//! blocks. One day of the 4M heavy bench
 //! service, the first export after a start (restarts alternating, one
 //! host): first byte 45–55 ms with the first minute queried beside the
 //! histogram, 48–72 ms with it after the histogram, 83–97 ms with an
@@ -47,7 +50,7 @@ use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
 use super::chunks::{self, string_bytes, Chunk, Column, Database, Execution, RawConnection};
-use super::schema::{events_table, Layout};
+use super::schema::{events_table, late_events_table, Layout};
 use super::stream::{cancelled, Sink};
 use crate::{ExportSummary, StoreError, CHUNK_BYTES};
 
@@ -150,15 +153,15 @@ pub(crate) fn run(
             (format!(" AND event_name {op} ({marks})"), names.clone())
         }
     };
-    let table = events_table(service_id);
     let (start_ms, _) = day_bounds_ms(plan.from_date, timezone);
     let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
     let rows_per_slice = (slice_cells / csv_columns.max(1) as u64).max(1);
-    let last_rowid = last_rowid(&conn, &table)?;
+    let tables = last_rowids(&conn, vec![events_table(service_id), late_events_table(service_id)])?;
+    let params = names.iter().chain(&names).cloned().collect();
+    let source = Source { tables, filter, params };
     let query = SliceQuery {
-        sql_head: format!("SELECT {} FROM {table} WHERE rowid <= {last_rowid}", select.join(", ")),
-        filter,
-        names,
+        source: &source,
+        select: select.join(", "),
         keys,
         sorted_by_duckdb_above: rows_per_slice.saturating_mul(SORTED_BY_DUCKDB_ABOVE),
     };
@@ -181,13 +184,7 @@ pub(crate) fn run(
             .name("fineport-slices".into())
             .spawn_scoped(scope, move || query.run_all(&worker_conn, first, &planned_rx, &tx))
             .map_err(|e| StoreError::internal(format!("cannot start an export worker: {e}")))?;
-        let histogram = Histogram {
-            table: &table,
-            filter: &query.filter,
-            names: &query.names,
-            last_rowid,
-        };
-        let result = plan_slices(&conn, histogram, (first.end_ms, end_ms), rows_per_slice).and_then(|slices| {
+        let result = plan_slices(&conn, &source, (first.end_ms, end_ms), rows_per_slice).and_then(|slices| {
             // Never full: the worker is told its slices once.
             let _ = planned_tx.send(slices);
             encode_slices(&rx, csv_columns, &mut out)
@@ -304,18 +301,51 @@ struct SortKeys {
     event_log_id: usize,
 }
 
-/// The query of one slice, without its time range.
-struct SliceQuery {
-    sql_head: String,
+/// The rows an export reads: each of the service's event tables (the
+/// main one, then the late one) up to its last `rowid` when the export
+/// started, with the export's event filter.
+struct Source {
+    /// `(table, last rowid)`.
+    tables: Vec<(String, i64)>,
+    /// ` AND event_name IN (?, …)` or `NOT IN`, or empty.
     filter: String,
-    names: Vec<String>,
+    /// What the filter's `?` bind, once per table.
+    params: Vec<String>,
+}
+
+impl Source {
+    /// `SELECT {select}` over the rows of `[start_ms, end_ms)` of every
+    /// table, as one `UNION ALL`; it binds [`Source::params`].
+    fn select(&self, select: &str, start_ms: i64, end_ms: i64) -> String {
+        let each: Vec<String> = self
+            .tables
+            .iter()
+            .map(|(table, last_rowid)| {
+                format!(
+                    "SELECT {select} FROM {table} WHERE rowid <= {last_rowid} \
+                     AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){}",
+                    start_ms * 1000,
+                    end_ms * 1000,
+                    self.filter
+                )
+            })
+            .collect();
+        each.join(" UNION ALL ")
+    }
+}
+
+/// The query of one slice, without its time range.
+struct SliceQuery<'a> {
+    source: &'a Source,
+    /// The selected columns, in SQL.
+    select: String,
     keys: SortKeys,
     /// A slice of more rows than this is sorted by DuckDB; see
     /// [`SORTED_BY_DUCKDB_ABOVE`].
     sorted_by_duckdb_above: u64,
 }
 
-impl SliceQuery {
+impl SliceQuery<'_> {
     /// Runs the `first` minute, then the slices `planned` sends, in order,
     /// handing their rows on sorted, then `Done`; stops at the first error
     /// (which it hands on), when the encoder has gone, or when no slices
@@ -365,11 +395,8 @@ impl SliceQuery {
 
     fn sql(&self, slice: Slice, order_by: &str) -> String {
         format!(
-            "{} AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT){}{order_by}",
-            self.sql_head,
-            slice.start_ms * 1000,
-            slice.end_ms * 1000,
-            self.filter,
+            "{}{order_by}",
+            self.source.select(&self.select, slice.start_ms, slice.end_ms)
         )
     }
 
@@ -381,7 +408,7 @@ impl SliceQuery {
         // small chunks a slice, each allocating its 56 vectors (4M heavy
         // events, 30 days: 12.3-13.8 s streamed, 10.3-11.0 s materialised;
         // the same at 1M).
-        let mut result = conn.query(&self.sql(slice, ""), &self.names, Execution::Materialised)?;
+        let mut result = conn.query(&self.sql(slice, ""), &self.source.params, Execution::Materialised)?;
         let mut chunks = Vec::new();
         while let Some(chunk) = result.next_chunk()? {
             chunks.push(chunk);
@@ -403,7 +430,7 @@ impl SliceQuery {
         tx: &SyncSender<Result<Piece, StoreError>>,
     ) -> Result<bool, StoreError> {
         let sql = self.sql(slice, " ORDER BY correction_ts, event_log_id");
-        let mut result = conn.query(&sql, &self.names, Execution::Streamed)?;
+        let mut result = conn.query(&sql, &self.source.params, Execution::Streamed)?;
         while let Some(chunk) = result.next_chunk()? {
             let piece = SortedSlice::in_order(chunk);
             if tx.send(Ok(Piece::Rows(piece))).is_err() {
@@ -437,30 +464,27 @@ fn sort_order(chunks: &[Chunk], keys: SortKeys) -> Result<Vec<(u32, u32)>, Store
     Ok(order.into_iter().map(|(_, c, r)| (c, r)).collect())
 }
 
-/// What the histogram counts: the export's rows of `table` (its event
-/// filter, `?` for each of `names`) up to `last_rowid`.
-#[derive(Debug, Clone, Copy)]
-struct Histogram<'a> {
-    table: &'a str,
-    filter: &'a str,
-    names: &'a [String],
-    last_rowid: i64,
-}
-
-/// The last `rowid` of `table` now: every query of the export reads only
-/// rows up to it. Events are only ever appended, so the export's queries,
-/// each in a transaction of its own, all see the same committed rows.
-fn last_rowid(conn: &RawConnection, table: &str) -> Result<i64, StoreError> {
-    let mut result = conn.query(
-        &format!("SELECT coalesce(max(rowid), -1) FROM {table}"),
-        &[],
-        Execution::Materialised,
-    )?;
-    let chunk = result.next_chunk()?;
-    match chunk.as_ref().map(|c| c.column(0)) {
-        Some(Some(Column::BigInt(values))) => Ok(values.get(0).copied().unwrap_or(-1)),
-        _ => Err(StoreError::internal("unexpected result of the export's last rowid")),
-    }
+/// Each of `tables` with its last `rowid` now, read by one statement (so
+/// at one moment): every query of the export reads only rows up to them.
+/// Events are only ever appended, so the export's queries, each in a
+/// transaction of its own, all see the same committed rows.
+fn last_rowids(conn: &RawConnection, tables: Vec<String>) -> Result<Vec<(String, i64)>, StoreError> {
+    let each: Vec<String> = tables
+        .iter()
+        .map(|table| format!("(SELECT coalesce(max(rowid), -1) FROM {table})"))
+        .collect();
+    let mut result = conn.query(&format!("SELECT {}", each.join(", ")), &[], Execution::Materialised)?;
+    let chunk = result
+        .next_chunk()?
+        .ok_or_else(|| StoreError::internal("no result of the export's last rowids"))?;
+    tables
+        .into_iter()
+        .enumerate()
+        .map(|(c, table)| match chunk.column(c) {
+            Some(Column::BigInt(values)) => Ok((table, values.get(0).copied().unwrap_or(-1))),
+            _ => Err(StoreError::internal("unexpected result of the export's last rowids")),
+        })
+        .collect()
 }
 
 /// Cuts `[start_ms, end_ms)` into slices from a per-minute histogram of the
@@ -468,24 +492,16 @@ fn last_rowid(conn: &RawConnection, table: &str) -> Result<i64, StoreError> {
 /// years with a few events is one or two queries.
 fn plan_slices(
     conn: &RawConnection,
-    histogram: Histogram<'_>,
+    source: &Source,
     (start_ms, end_ms): (i64, i64),
     rows_per_slice: u64,
 ) -> Result<Vec<Slice>, StoreError> {
-    let Histogram {
-        table,
-        filter,
-        names,
-        last_rowid,
-    } = histogram;
     let sql = format!(
-        "SELECT epoch_ms(correction_ts) // {BUCKET_MS} AS bucket, count(*) AS n FROM {table} \
-         WHERE rowid <= {last_rowid} AND correction_ts >= make_timestamp({}::BIGINT) \
-         AND correction_ts < make_timestamp({}::BIGINT){filter} GROUP BY bucket ORDER BY bucket",
-        start_ms * 1000,
-        end_ms * 1000,
+        "SELECT epoch_ms(correction_ts) // {BUCKET_MS} AS bucket, count(*) AS n FROM ({}) \
+         GROUP BY bucket ORDER BY bucket",
+        source.select("correction_ts", start_ms, end_ms)
     );
-    let mut result = conn.query(&sql, names, Execution::Materialised)?;
+    let mut result = conn.query(&sql, &source.params, Execution::Materialised)?;
     let mut buckets = Vec::new();
     while let Some(chunk) = result.next_chunk()? {
         let column = |c: usize| match chunk.column(c) {

@@ -141,7 +141,19 @@ impl DuckDbStore {
             }
         }
         conn.execute_batch(schema::META_DDL)?;
-        let layouts: Layouts = Arc::new(std::sync::RwLock::new(schema::load_layouts(&conn)?));
+        let loaded = schema::load_layouts(&conn)?;
+        let services = {
+            let mut stmt = conn.prepare("SELECT service_id FROM services")?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            ids.map(|id| {
+                let id = id?;
+                ServiceId::parse(&id)
+                    .map_err(|_| StoreError::internal(format!("a stored service id is not valid: {id:?}")))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?
+        };
+        schema::add_missing_late_tables(&conn, &services, &loaded)?;
+        let layouts: Layouts = Arc::new(std::sync::RwLock::new(loaded));
         let identities = identity::Identities::load(&conn)?;
         let writer_conn = conn.try_clone()?;
         move_rows::register(&writer_conn)?;
@@ -979,11 +991,16 @@ mod tests {
                 );
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
-            assert_eq!(
-                store.backlog().unwrap().events,
-                10,
-                "the last two batches wait in the open transaction"
-            );
+            // The commit's rows are visible a moment before the writer
+            // counts them as moved.
+            while store.backlog().unwrap().events != 10 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the last two batches should wait in the open transaction, backlog {:?}",
+                    store.backlog().unwrap()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             assert_eq!(
                 count(&store).await,
@@ -1005,6 +1022,111 @@ mod tests {
             60,
             "after a restart the repeats are skipped, the new ones stored"
         );
+    }
+
+    /// Events more than an hour behind the newest stored one go to the
+    /// late-event table; an export reads both in time order; their ids are
+    /// remembered across a restart; and a file from before late tables
+    /// gets one when opened.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn late_events_have_their_own_table_and_export_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("late.duckdb");
+        let service_id = ServiceId::parse("shop").unwrap();
+        let taxonomy = Taxonomy::standard();
+        // 2026-11-25 (UTC); received a day later, so no time is corrected.
+        let day_ms = 1_795_564_800_000;
+        let hour = 3_600_000;
+        let batch = |events: &[(u128, i64)]| EventBatch {
+            identity: Identity {
+                external_id: Some("u1".into()),
+                ..Default::default()
+            },
+            events: events
+                .iter()
+                .map(|&(id, at_ms)| EventInput {
+                    event_log_id: fineport_contract::Uuid::from_u128(id),
+                    event_name: "df_login".into(),
+                    event_datetime_ms: at_ms,
+                    properties: Default::default(),
+                    items: Vec::new(),
+                })
+                .collect(),
+            registrations: Default::default(),
+        };
+        let received = day_ms + 24 * hour;
+        async fn rows(store: &DuckDbStore, table: &'static str) -> i64 {
+            store
+                .read(move |conn| {
+                    Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))?)
+                })
+                .await
+                .unwrap()
+        }
+        // The export of the day: its correction times, in the order written.
+        async fn exported(store: &DuckDbStore, taxonomy: &Taxonomy) -> Vec<String> {
+            let request =
+                serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+            let plan = EventExportRequest::parse(&request).unwrap().plan(taxonomy).unwrap();
+            let service_id = ServiceId::parse("shop").unwrap();
+            let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
+            let mut csv = Vec::new();
+            while let Some(part) = stream.next().await {
+                if let ExportPart::Chunk(bytes) = part.unwrap() {
+                    csv.extend_from_slice(&bytes);
+                }
+            }
+            let text = String::from_utf8(csv).unwrap();
+            let mut lines = text.lines();
+            let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+            let at = header.iter().position(|h| *h == "df_correction_datetime").unwrap();
+            lines.map(|l| l.split(',').nth(at).unwrap().to_string()).collect()
+        }
+        let on_time = [(1, day_ms + 10 * hour), (2, day_ms + 11 * hour)];
+        let late = [(3, day_ms + 2 * hour), (4, day_ms + 3 * hour)];
+        let within_the_hour = [(5, day_ms + 10 * hour + hour / 2)];
+        {
+            let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
+            store
+                .create_service(&crate::records::utc_test_service(&service_id), &[], &taxonomy)
+                .await
+                .unwrap();
+            for events in [&on_time[..], &late, &within_the_hour] {
+                store.insert_events(&service_id, batch(events), received).await.unwrap();
+            }
+            let times = exported(&store, &taxonomy).await;
+            assert_eq!(times.len(), 5);
+            assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order: {times:?}");
+            assert_eq!(rows(&store, "events_shop").await, 3);
+            assert_eq!(
+                rows(&store, "late_events_shop").await,
+                2,
+                "two hours and more behind is late"
+            );
+        }
+        {
+            // After a restart the late events' ids are known: a resend is skipped.
+            let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
+            store.insert_events(&service_id, batch(&late), received).await.unwrap();
+            assert_eq!(exported(&store, &taxonomy).await.len(), 5);
+            assert_eq!(rows(&store, "late_events_shop").await, 2);
+        }
+        // A file from before late tables: its late events are in the main table.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch("INSERT INTO events_shop SELECT * FROM late_events_shop; DROP TABLE late_events_shop;")
+                .unwrap();
+        }
+        let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
+        assert_eq!(rows(&store, "late_events_shop").await, 0);
+        store
+            .insert_events(&service_id, batch(&[(6, day_ms + hour)]), received)
+            .await
+            .unwrap();
+        let times = exported(&store, &taxonomy).await;
+        assert_eq!(times.len(), 6);
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order: {times:?}");
+        assert_eq!(rows(&store, "late_events_shop").await, 1);
     }
 
     /// A database file made before tokens kept a reason (no `reason`

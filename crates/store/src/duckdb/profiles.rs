@@ -20,7 +20,7 @@ use fineport_contract::Tz;
 
 use super::export::{query_error, Out};
 use super::identity::{Identities, Staged};
-use super::schema::events_table;
+use super::schema::all_events;
 use super::stream::Sink;
 use super::writer::WriterState;
 use crate::profile_export::ProfileCsv;
@@ -126,7 +126,7 @@ fn audience_sql(
                         " AND p.unified_id IN (SELECT unified_id FROM {} WHERE event_name = ? \
                          AND correction_ts >= make_timestamp({}::BIGINT) AND correction_ts < make_timestamp({}::BIGINT) \
                          GROUP BY unified_id HAVING count(*) >= ?)",
-                        events_table(service_id),
+                        all_events(service_id),
                         start * 1000,
                         end * 1000
                     )

@@ -1,16 +1,23 @@
 //! The DuckDB schema: metadata tables, one event table per service, and the
 //! [`Layout`] that maps taxonomy names to the event table's columns.
 //!
-//! Event tables are `events_<service_id>`: eight system columns, then one
-//! typed column per registered event property (`p<n>`) and one list column
-//! per item property (`p<n>`, a list with one element per item). Columns are
-//! named by number, never by property name, so request-supplied names never
-//! reach SQL text and names that differ only in case stay distinct. Rows
-//! are appended in arrival order, which is close to time order, so DuckDB's
-//! per-row-group min/max on `correction_ts` skips most of the table for a
-//! one-day query. The tables have no index (one would block `ALTER TABLE …
-//! ADD COLUMN`): idempotency by `event_log_id` is kept in the writer's
-//! memory (see `event_ids`).
+//! Each service has two event tables of the same columns:
+//! `events_<service_id>` and `late_events_<service_id>`: eight system
+//! columns, then one typed column per registered event property (`p<n>`)
+//! and one list column per item property (`p<n>`, a list with one element
+//! per item). Columns are named by number, never by property name, so
+//! request-supplied names never reach SQL text and names that differ only
+//! in case stay distinct. Rows are appended in arrival order, which is
+//! close to time order, so DuckDB's per-row-group min/max on
+//! `correction_ts` skips most of the table for a one-day query; events
+//! that arrive more than [`LATE_MS`] behind the newest one already stored
+//! go to the late table instead, so that they do not widen the main
+//! table's row groups to the hours and days they belong to (every query of
+//! such an hour would decode each vector holding one of them:
+//! docs/benchmarks.md, item 17). Readers that want every event read both
+//! ([`all_events`]). The tables have no index (one would block `ALTER
+//! TABLE … ADD COLUMN`): idempotency by `event_log_id` is kept in the
+//! writer's memory (see `event_ids`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -156,8 +163,29 @@ impl StoredType {
     }
 }
 
+/// How far behind the newest stored event of its service an event may be
+/// and still go to the main table: 1 hour, in milliseconds.
+pub(crate) const LATE_MS: i64 = 3_600_000;
+
+/// The main event table of a service, quoted.
 pub(crate) fn events_table(service_id: &ServiceId) -> String {
     format!("\"events_{service_id}\"")
+}
+
+/// The late-event table of a service, quoted (see the module doc). No
+/// service's main table can have this name: theirs begin with `events_`.
+pub(crate) fn late_events_table(service_id: &ServiceId) -> String {
+    format!("\"late_events_{service_id}\"")
+}
+
+/// Both event tables of a service as one relation, in SQL text:
+/// `(SELECT * FROM main UNION ALL SELECT * FROM late)`.
+pub(crate) fn all_events(service_id: &ServiceId) -> String {
+    format!(
+        "(SELECT * FROM {} UNION ALL SELECT * FROM {})",
+        events_table(service_id),
+        late_events_table(service_id)
+    )
 }
 
 /// One property column of an event table.
@@ -195,28 +223,78 @@ impl Layout {
 
 pub(crate) type Layouts = Arc<std::sync::RwLock<HashMap<String, Arc<Layout>>>>;
 
-/// Creates a service's event table.
+/// Creates a service's two event tables.
 pub(crate) fn create_event_table(conn: &Connection, service_id: &ServiceId) -> Result<(), StoreError> {
+    for table in [events_table(service_id), late_events_table(service_id)] {
+        create_system_columns(conn, &table)?;
+    }
+    Ok(())
+}
+
+fn create_system_columns(conn: &Connection, table: &str) -> Result<(), StoreError> {
     let system: Vec<String> = SYSTEM_COLUMNS
         .iter()
         .map(|(name, ty)| format!("{name} {} NOT NULL", ty.scalar().sql()))
         .collect();
+    conn.execute_batch(&format!("CREATE TABLE {table} ({})", system.join(", ")))?;
+    Ok(())
+}
+
+/// Adds one property column to both of a service's event tables.
+pub(crate) fn add_column(conn: &Connection, service_id: &ServiceId, column: &PropertyColumn) -> Result<(), StoreError> {
+    for table in [events_table(service_id), late_events_table(service_id)] {
+        add_column_to(conn, &table, column)?;
+    }
+    Ok(())
+}
+
+fn add_column_to(conn: &Connection, table: &str, column: &PropertyColumn) -> Result<(), StoreError> {
     conn.execute_batch(&format!(
-        "CREATE TABLE {} ({})",
-        events_table(service_id),
-        system.join(", ")
+        "ALTER TABLE {table} ADD COLUMN {} {}",
+        column.col,
+        StoredType::of(column).sql()
     ))?;
     Ok(())
 }
 
-/// Adds one property column (and its taxonomy row) to a service's event table.
-pub(crate) fn add_column(conn: &Connection, service_id: &ServiceId, column: &PropertyColumn) -> Result<(), StoreError> {
-    conn.execute_batch(&format!(
-        "ALTER TABLE {} ADD COLUMN {} {}",
-        events_table(service_id),
-        column.col,
-        StoredType::of(column).sql()
-    ))?;
+/// Creates the late-event table of each service in `services` that has
+/// none (a file written before late events had a table of their own), with
+/// its main table's columns in the same order; `layouts` holds each
+/// service's property columns. The late events such a file already holds
+/// stay where they are.
+pub(crate) fn add_missing_late_tables(
+    conn: &Connection,
+    services: &[ServiceId],
+    layouts: &HashMap<String, Arc<Layout>>,
+) -> Result<(), StoreError> {
+    for service_id in services {
+        let table = late_events_table(service_id);
+        let name = table.trim_matches('"');
+        let exists: i64 = conn.query_row(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
+            [name],
+            |r| r.get(0),
+        )?;
+        if exists > 0 {
+            continue;
+        }
+        // All or nothing: a table left without some of its columns would
+        // refuse every move into it.
+        conn.execute_batch("BEGIN TRANSACTION")?;
+        let created = create_system_columns(conn, &table).and_then(|()| {
+            layouts.get(service_id.as_str()).map_or(Ok(()), |layout| {
+                layout.columns.iter().try_for_each(|c| add_column_to(conn, &table, c))
+            })
+        });
+        match created {
+            Ok(()) => conn.execute_batch("COMMIT")?,
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(e);
+            }
+        }
+        tracing::info!(%service_id, "added the late-event table a file from an earlier version lacks");
+    }
     Ok(())
 }
 

@@ -36,7 +36,7 @@ use super::event_ids::IdSet;
 use super::identity::{Identities, Staged};
 use super::import_log::{ImportLog, LoggedBatch};
 use super::move_rows::{self, EventRow};
-use super::schema::{events_table, Layout, Layouts};
+use super::schema::{events_table, late_events_table, Layout, Layouts, LATE_MS};
 use crate::{Backlog, InsertSummary, StoreError};
 
 /// Most events acknowledged with one sync of the log.
@@ -115,8 +115,9 @@ pub struct MovePolicy {
     /// When no request has come for this long.
     pub idle: Duration,
     /// Moves go into one open transaction, committed once it holds this
-    /// many events (or at once, when a read or another write needs them,
-    /// when idle, and at shutdown). [`BULK_EVENTS`] by default.
+    /// many events besides late ones (or a quarter more in all), or at
+    /// once when a read or another write needs them, when idle, and at
+    /// shutdown. [`BULK_EVENTS`] by default.
     pub commit_events: usize,
 }
 
@@ -178,6 +179,10 @@ pub(crate) struct WriterState {
     /// The committed `event_log_id`s of each service that imported since
     /// the start (loaded on its first import).
     pub event_ids: HashMap<ServiceId, IdSet>,
+    /// The newest `correction_ts` in each service's main event table, in
+    /// ms (loaded on its first import): an event more than
+    /// [`LATE_MS`] older goes to the late table instead.
+    newest_ms: HashMap<ServiceId, i64>,
     /// Acknowledged batches not in the tables yet, in arrival order.
     unmoved: Vec<LoggedBatch>,
     /// The move transaction, open until it holds
@@ -241,6 +246,20 @@ impl WriterState {
         Ok(&self.event_ids[service_id])
     }
 
+    /// The newest correction time in a service's main table, loaded on
+    /// first use (`i64::MIN` when it is empty).
+    fn newest_ms(&mut self, service_id: &ServiceId) -> Result<&mut i64, StoreError> {
+        if !self.newest_ms.contains_key(service_id) {
+            let newest: Option<i64> = self.conn.query_row(
+                &format!("SELECT epoch_ms(max(correction_ts)) FROM {}", events_table(service_id)),
+                [],
+                |r| r.get(0),
+            )?;
+            self.newest_ms.insert(service_id.clone(), newest.unwrap_or(i64::MIN));
+        }
+        Ok(self.newest_ms.entry(service_id.clone()).or_insert(i64::MIN))
+    }
+
     /// Applies what a committed group changed to the in-memory indexes.
     fn apply(&mut self, changes: GroupChanges) {
         self.identities.apply(changes.identities);
@@ -286,6 +305,7 @@ impl WriterState {
             pending: None,
             pending_event_ids: HashMap::new(),
             event_ids: HashMap::new(),
+            newest_ms: HashMap::new(),
             unmoved: Vec::new(),
             open: None,
             unmoved_events: 0,
@@ -336,7 +356,7 @@ impl WriterState {
         if self
             .open
             .as_ref()
-            .is_some_and(|o| o.events >= self.move_policy.commit_events)
+            .is_some_and(|o| o.holds_a_bulk(self.move_policy.commit_events))
         {
             self.commit_open();
         }
@@ -713,6 +733,7 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) 
                 let changes = GroupChanges {
                     identities: state.pending.take().unwrap_or_default(),
                     event_ids: std::mem::take(&mut state.pending_event_ids),
+                    ..GroupChanges::default()
                 };
                 if result.is_ok() {
                     state.apply(changes);
@@ -735,6 +756,17 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) 
     state.move_unmoved();
 }
 
+impl Open {
+    /// Whether it should commit: it holds `commit_events` events besides
+    /// those that went to a late table (so that the main table gets a
+    /// whole row group: a bulk append), or a quarter more than that in all,
+    /// which bounds its memory when many events are late.
+    fn holds_a_bulk(&self, commit_events: usize) -> bool {
+        self.events.saturating_sub(self.changes.late_rows) >= commit_events
+            || self.events >= commit_events.saturating_add(commit_events / 4)
+    }
+}
+
 /// The open move transaction: what it holds, kept until it commits.
 #[derive(Default)]
 struct Open {
@@ -755,6 +787,8 @@ struct GroupChanges {
     /// The ids of the events the group inserted, per service: a later
     /// event with one of them, in the same transaction, is a repeat.
     event_ids: HashMap<ServiceId, foldhash::HashSet<u128>>,
+    /// Events the group appended to a late-event table.
+    late_rows: usize,
 }
 
 /// Stores `batch` at once, within the open transaction of an `Exec` job,
@@ -769,6 +803,7 @@ pub(crate) fn insert_now(state: &mut WriterState, batch: &LoggedBatch) -> Result
     let mut changes = GroupChanges {
         identities: state.pending.take().unwrap_or_default(),
         event_ids: std::mem::take(&mut state.pending_event_ids),
+        ..GroupChanges::default()
     };
     let inserted = insert_batches(state, &mut changes, &[batch]);
     state.pending = Some(changes.identities);
@@ -825,8 +860,27 @@ fn insert_batches(
         if fresh.is_empty() {
             continue;
         }
+        // Late events go to their own table (see `schema.rs`), the others
+        // move the newest time on.
+        let newest = state.newest_ms(service_id)?;
+        let (timely, late): (Vec<_>, Vec<_>) = fresh.into_iter().partition(|row| {
+            let timely = row.correction_ms >= newest.saturating_sub(LATE_MS);
+            if timely {
+                *newest = (*newest).max(row.correction_ms);
+            }
+            timely
+        });
         let layout = state.layout(service_id);
-        move_rows::insert(&state.conn, &events_table(service_id), &layout, &fresh)?;
+        let late_count = late.len();
+        for (table, rows) in [
+            (events_table(service_id), timely),
+            (late_events_table(service_id), late),
+        ] {
+            if !rows.is_empty() {
+                move_rows::insert(&state.conn, &table, &layout, &rows)?;
+            }
+        }
+        changes.late_rows += late_count;
     }
     Identities::write(&state.conn, &mut changes.identities, now_ms)?;
     Ok(())
