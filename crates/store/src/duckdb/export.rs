@@ -733,17 +733,24 @@ mod tests {
         );
     }
 
+    /// The one chunk of `sql`'s result.
+    fn one_chunk(conn: &RawConnection, sql: &str) -> Chunk {
+        let mut result = conn.query(sql, &[], Execution::Materialised).unwrap();
+        let chunk = result.next_chunk().unwrap().unwrap();
+        assert!(result.next_chunk().unwrap().is_none());
+        chunk
+    }
+
     #[test]
     fn sort_order_is_by_time_then_event_log_id_across_chunks() {
         let (db, _conn) = Database::open(None).unwrap();
         let conn = db.connect().unwrap();
         // A late row in the second chunk, and a tie on time broken by id.
         let query = |rows: &str| {
-            let sql = format!("SELECT id, make_timestamp(ts) AS ts FROM (VALUES {rows}) t(id, ts, ord) ORDER BY ord");
-            let mut result = conn.query(&sql, &[], Execution::Materialised).unwrap();
-            let chunk = result.next_chunk().unwrap().unwrap();
-            assert!(result.next_chunk().unwrap().is_none());
-            chunk
+            one_chunk(
+                &conn,
+                &format!("SELECT id, make_timestamp(ts) AS ts FROM (VALUES {rows}) t(id, ts, ord) ORDER BY ord"),
+            )
         };
         let first = query("('b', 20, 0), ('a', 30, 1), ('z', 40, 2)");
         let second = query("('y', 40, 0), ('c', 10, 1), ('a0', 50, 2)");
@@ -763,11 +770,7 @@ mod tests {
     fn rows_are_written_in_order_and_each_chunk_lives_until_its_last_row() {
         let (db, _conn) = Database::open(None).unwrap();
         let conn = db.connect().unwrap();
-        let chunk = |values: &str| {
-            let sql = format!("SELECT * FROM (VALUES {values}) t(v)");
-            let mut result = conn.query(&sql, &[], Execution::Materialised).unwrap();
-            result.next_chunk().unwrap().unwrap()
-        };
+        let chunk = |values: &str| one_chunk(&conn, &format!("SELECT * FROM (VALUES {values}) t(v)"));
         // Chunk 1's last row comes right after chunk 0's: freed one position
         // too early, it would be gone when its row is written.
         let slice = SortedSlice {

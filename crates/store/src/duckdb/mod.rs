@@ -825,6 +825,57 @@ mod tests {
     use fineport_contract::import::EventInput;
     use futures::StreamExt;
 
+    /// 2026-11-25 (UTC), the day the move tests import into; received a
+    /// day later, so no time is corrected.
+    const DAY_MS: i64 = 1_795_564_800_000;
+
+    /// One user's `df_login` events, `(event_log_id, time in ms)` each.
+    fn logins(events: impl IntoIterator<Item = (u128, i64)>) -> EventBatch {
+        EventBatch {
+            identity: Identity {
+                external_id: Some("u1".into()),
+                ..Default::default()
+            },
+            events: events
+                .into_iter()
+                .map(|(id, at_ms)| EventInput {
+                    event_log_id: fineport_contract::Uuid::from_u128(id),
+                    event_name: "df_login".into(),
+                    event_datetime_ms: at_ms,
+                    properties: Default::default(),
+                    items: Vec::new(),
+                })
+                .collect(),
+            registrations: Default::default(),
+        }
+    }
+
+    /// The rows `table` holds (committed; a read does not commit the open move).
+    async fn rows_in(store: &DuckDbStore, table: &'static str) -> i64 {
+        store
+            .read(move |conn| Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))?))
+            .await
+            .unwrap()
+    }
+
+    /// Service `shop`'s export of 2026-11-25 (it commits what is open
+    /// first): the rows it counted at its end, and the CSV.
+    async fn export_day(store: &DuckDbStore, taxonomy: &Taxonomy) -> (Option<u64>, String) {
+        let request =
+            serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
+        let plan = EventExportRequest::parse(&request).unwrap().plan(taxonomy).unwrap();
+        let service_id = ServiceId::parse("shop").unwrap();
+        let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
+        let (mut rows, mut csv) = (None, Vec::new());
+        while let Some(part) = stream.next().await {
+            match part.unwrap() {
+                ExportPart::Chunk(bytes) => csv.extend_from_slice(&bytes),
+                ExportPart::End(summary) => rows = Some(summary.rows),
+            }
+        }
+        (rows, String::from_utf8(csv).unwrap())
+    }
+
     /// An event export hands its first rows on alone, before any later
     /// row has been read or 64 KiB are full: the range's first minute when
     /// it has rows (queried while the histogram runs), else the first
@@ -922,45 +973,8 @@ mod tests {
         };
         let service_id = ServiceId::parse("shop").unwrap();
         let taxonomy = Taxonomy::standard();
-        // 2026-11-25 (UTC); received a day later, so no time is corrected.
-        let day_ms = 1_795_564_800_000;
-        let batch = |ids: std::ops::Range<u128>| EventBatch {
-            identity: Identity {
-                external_id: Some("u1".into()),
-                ..Default::default()
-            },
-            events: ids
-                .map(|n| EventInput {
-                    event_log_id: fineport_contract::Uuid::from_u128(n),
-                    event_name: "df_login".into(),
-                    event_datetime_ms: day_ms + n as i64 * 1000,
-                    properties: Default::default(),
-                    items: Vec::new(),
-                })
-                .collect(),
-            registrations: Default::default(),
-        };
-        async fn count(store: &DuckDbStore) -> i64 {
-            store
-                .read(|conn| Ok(conn.query_row("SELECT count(*) FROM events_shop", [], |r| r.get::<_, i64>(0))?))
-                .await
-                .unwrap()
-        }
-        // The rows of an export of the day (a read: it commits first).
-        async fn exported(store: &DuckDbStore, taxonomy: &Taxonomy) -> Option<u64> {
-            let request =
-                serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
-            let plan = EventExportRequest::parse(&request).unwrap().plan(taxonomy).unwrap();
-            let service_id = ServiceId::parse("shop").unwrap();
-            let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
-            let mut rows = None;
-            while let Some(part) = stream.next().await {
-                if let ExportPart::End(summary) = part.unwrap() {
-                    rows = Some(summary.rows);
-                }
-            }
-            rows
-        }
+        let day_ms = DAY_MS;
+        let batch = |ids: std::ops::Range<u128>| logins(ids.map(|n| (n, day_ms + n as i64 * 1000)));
         {
             let store = DuckDbStore::open(&path, &options).unwrap();
             store
@@ -984,7 +998,7 @@ mod tests {
                     .unwrap();
             }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-            while count(&store).await != 45 {
+            while rows_in(&store, "events_shop").await != 45 {
                 assert!(
                     std::time::Instant::now() < deadline,
                     "the table never held just the first transaction's 45 rows"
@@ -1003,12 +1017,12 @@ mod tests {
             }
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             assert_eq!(
-                count(&store).await,
+                rows_in(&store, "events_shop").await,
                 45,
                 "an open move is not committed before 50 events"
             );
             // A read first commits everything acknowledged.
-            assert_eq!(exported(&store, &taxonomy).await, Some(55));
+            assert_eq!(export_day(&store, &taxonomy).await.0, Some(55));
             assert_eq!(store.backlog().unwrap().events, 0);
         }
         let store = DuckDbStore::open(&path, &options).unwrap();
@@ -1016,9 +1030,9 @@ mod tests {
             .insert_events(&service_id, batch(50..65), day_ms + 86_400_000)
             .await
             .unwrap();
-        assert_eq!(exported(&store, &taxonomy).await, Some(60));
+        assert_eq!(export_day(&store, &taxonomy).await.0, Some(60));
         assert_eq!(
-            count(&store).await,
+            rows_in(&store, "events_shop").await,
             60,
             "after a restart the repeats are skipped, the new ones stored"
         );
@@ -1034,49 +1048,12 @@ mod tests {
         let path = dir.path().join("late.duckdb");
         let service_id = ServiceId::parse("shop").unwrap();
         let taxonomy = Taxonomy::standard();
-        // 2026-11-25 (UTC); received a day later, so no time is corrected.
-        let day_ms = 1_795_564_800_000;
-        let hour = 3_600_000;
-        let batch = |events: &[(u128, i64)]| EventBatch {
-            identity: Identity {
-                external_id: Some("u1".into()),
-                ..Default::default()
-            },
-            events: events
-                .iter()
-                .map(|&(id, at_ms)| EventInput {
-                    event_log_id: fineport_contract::Uuid::from_u128(id),
-                    event_name: "df_login".into(),
-                    event_datetime_ms: at_ms,
-                    properties: Default::default(),
-                    items: Vec::new(),
-                })
-                .collect(),
-            registrations: Default::default(),
-        };
+        let (day_ms, hour) = (DAY_MS, 3_600_000);
+        let batch = |events: &[(u128, i64)]| logins(events.iter().copied());
         let received = day_ms + 24 * hour;
-        async fn rows(store: &DuckDbStore, table: &'static str) -> i64 {
-            store
-                .read(move |conn| {
-                    Ok(conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get::<_, i64>(0))?)
-                })
-                .await
-                .unwrap()
-        }
-        // The export of the day: its correction times, in the order written.
+        // The export's correction times, in the order written.
         async fn exported(store: &DuckDbStore, taxonomy: &Taxonomy) -> Vec<String> {
-            let request =
-                serde_json::json!({"events_condition_type": "all", "from_date": "2026-11-25", "to_date": "2026-11-25"});
-            let plan = EventExportRequest::parse(&request).unwrap().plan(taxonomy).unwrap();
-            let service_id = ServiceId::parse("shop").unwrap();
-            let mut stream = store.export_events(&service_id, Tz::UTC, &plan).await.unwrap();
-            let mut csv = Vec::new();
-            while let Some(part) = stream.next().await {
-                if let ExportPart::Chunk(bytes) = part.unwrap() {
-                    csv.extend_from_slice(&bytes);
-                }
-            }
-            let text = String::from_utf8(csv).unwrap();
+            let (_, text) = export_day(store, taxonomy).await;
             let mut lines = text.lines();
             let header: Vec<&str> = lines.next().unwrap().split(',').collect();
             let at = header.iter().position(|h| *h == "df_correction_datetime").unwrap();
@@ -1097,9 +1074,9 @@ mod tests {
             let times = exported(&store, &taxonomy).await;
             assert_eq!(times.len(), 5);
             assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order: {times:?}");
-            assert_eq!(rows(&store, "events_shop").await, 3);
+            assert_eq!(rows_in(&store, "events_shop").await, 3);
             assert_eq!(
-                rows(&store, "late_events_shop").await,
+                rows_in(&store, "late_events_shop").await,
                 2,
                 "two hours and more behind is late"
             );
@@ -1109,7 +1086,7 @@ mod tests {
             let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
             store.insert_events(&service_id, batch(&late), received).await.unwrap();
             assert_eq!(exported(&store, &taxonomy).await.len(), 5);
-            assert_eq!(rows(&store, "late_events_shop").await, 2);
+            assert_eq!(rows_in(&store, "late_events_shop").await, 2);
         }
         // A file from before late tables: its late events are in the main table.
         {
@@ -1118,7 +1095,7 @@ mod tests {
                 .unwrap();
         }
         let store = DuckDbStore::open(&path, &DuckDbOptions::default()).unwrap();
-        assert_eq!(rows(&store, "late_events_shop").await, 0);
+        assert_eq!(rows_in(&store, "late_events_shop").await, 0);
         store
             .insert_events(&service_id, batch(&[(6, day_ms + hour)]), received)
             .await
@@ -1126,7 +1103,7 @@ mod tests {
         let times = exported(&store, &taxonomy).await;
         assert_eq!(times.len(), 6);
         assert!(times.windows(2).all(|w| w[0] <= w[1]), "not in time order: {times:?}");
-        assert_eq!(rows(&store, "late_events_shop").await, 1);
+        assert_eq!(rows_in(&store, "late_events_shop").await, 1);
     }
 
     /// A database file made before tokens kept a reason (no `reason`
