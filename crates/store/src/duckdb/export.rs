@@ -30,10 +30,10 @@
 //! thread runs the histogram of the rest, and the encoder hands the first
 //! slice on as soon as it is written, not when 64 KiB are full. A slice's
 //! query reads the blocks its late rows are in (events that arrived hours
-//! or days after their time; since item 17 in a table of their own, before
-//! it among the next days' rows), which the first export after a start
-//! reads cold: a first slice of many minutes has more late rows in more
-//! blocks. One day of the 4M heavy bench
+//! or days after their time, in the late table; before item 17 of
+//! docs/benchmarks.md, among the next days' rows), which the first export
+//! after a start reads cold: a first slice of many minutes has more late
+//! rows in more blocks. One day of the 4M heavy bench
 //! service, the first export after a start (restarts alternating, one
 //! host): first byte 45–55 ms with the first minute queried beside the
 //! histogram, 48–72 ms with it after the histogram, 83–97 ms with an
@@ -157,7 +157,7 @@ pub(crate) fn run(
     let (_, end_ms) = day_bounds_ms(plan.to_date, timezone);
     let rows_per_slice = (slice_cells / csv_columns.max(1) as u64).max(1);
     let tables = last_rowids(&conn, vec![events_table(service_id), late_events_table(service_id)])?;
-    let params = names.iter().chain(&names).cloned().collect();
+    let params = tables.iter().flat_map(|_| names.iter().cloned()).collect();
     let source = Source { tables, filter, params };
     let query = SliceQuery {
         source: &source,

@@ -1,5 +1,5 @@
-//! The DuckDB schema: metadata tables, one event table per service, and the
-//! [`Layout`] that maps taxonomy names to the event table's columns.
+//! The DuckDB schema: metadata tables, two event tables per service, and
+//! the [`Layout`] that maps taxonomy names to the event tables' columns.
 //!
 //! Each service has two event tables of the same columns:
 //! `events_<service_id>` and `late_events_<service_id>`: eight system
@@ -9,9 +9,9 @@
 //! request-supplied names never reach SQL text and names that differ only
 //! in case stay distinct. Rows are appended in arrival order, which is
 //! close to time order, so DuckDB's per-row-group min/max on
-//! `correction_ts` skips most of the table for a one-day query; events
-//! that arrive more than [`LATE_MS`] behind the newest one already stored
-//! go to the late table instead, so that they do not widen the main
+//! `correction_ts` skips most of the table for a one-day query; an event
+//! whose correction time is more than [`LATE_MS`] older than the newest in
+//! the main table (one that arrived late) goes to the late table instead, so that they do not widen the main
 //! table's row groups to the hours and days they belong to (every query of
 //! such an hour would decode each vector holding one of them:
 //! docs/benchmarks.md, item 17). Readers that want every event read both

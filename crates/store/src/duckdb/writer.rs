@@ -21,6 +21,7 @@
 //! one by one, and a batch that still fails stays unmoved (and in the log)
 //! to be tried again, never lost.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
@@ -249,15 +250,17 @@ impl WriterState {
     /// The newest correction time in a service's main table, loaded on
     /// first use (`i64::MIN` when it is empty).
     fn newest_ms(&mut self, service_id: &ServiceId) -> Result<&mut i64, StoreError> {
-        if !self.newest_ms.contains_key(service_id) {
-            let newest: Option<i64> = self.conn.query_row(
-                &format!("SELECT epoch_ms(max(correction_ts)) FROM {}", events_table(service_id)),
-                [],
-                |r| r.get(0),
-            )?;
-            self.newest_ms.insert(service_id.clone(), newest.unwrap_or(i64::MIN));
+        match self.newest_ms.entry(service_id.clone()) {
+            Entry::Occupied(known) => Ok(known.into_mut()),
+            Entry::Vacant(first) => {
+                let newest: Option<i64> = self.conn.query_row(
+                    &format!("SELECT epoch_ms(max(correction_ts)) FROM {}", events_table(service_id)),
+                    [],
+                    |r| r.get(0),
+                )?;
+                Ok(first.insert(newest.unwrap_or(i64::MIN)))
+            }
         }
-        Ok(self.newest_ms.entry(service_id.clone()).or_insert(i64::MIN))
     }
 
     /// Applies what a committed group changed to the in-memory indexes.
