@@ -54,13 +54,14 @@ use super::schema::{events_table, late_events_table, Layout};
 use super::stream::{cancelled, Sink};
 use crate::{ExportSummary, StoreError, CHUNK_BYTES};
 
-/// Cells (rows × columns) a slice aims at by default: ~33,000 rows of the
-/// 45 columns of a full export. Two slices are in memory at most, with
-/// DuckDB's copy of the one being fetched beside them until it is fetched:
-/// the one being written shrinks as its chunks are written; smaller slices
-/// cost more queries (docs/benchmarks.md, items 3, 4 and 16). A minute
-/// with more rows is one slice on its own.
-pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_500_000;
+/// Cells (rows × columns) a slice aims at by default: ~22,000 rows of the
+/// 45 columns of a full export, ~18,000 of 56. Two slices are in memory at
+/// most, and the one being written shrinks as its chunks are written;
+/// each slice costs a query (docs/benchmarks.md, items 3, 4, 16 and 18:
+/// since late events have a table of their own, slices of 0.75M to 1.5M
+/// cells take the same time for a month). A minute with more rows is one
+/// slice on its own.
+pub(crate) const DEFAULT_SLICE_CELLS: u64 = 1_000_000;
 
 /// A slice of more than this many times the target rows — a minute busier
 /// than a slice, which the cut cannot split — is sorted and streamed by
@@ -402,19 +403,19 @@ impl SliceQuery<'_> {
 
     /// The usual slice: fetched whole and unordered, then its keys sorted.
     fn fetch_and_sort(&self, conn: &RawConnection, slice: Slice) -> Result<SortedSlice, StoreError> {
-        // Materialised, not streamed: a streamed result hands on each
-        // scanned vector's matches as a chunk of its own, and the few late
-        // events that match in the next days' vectors made thousands of
-        // small chunks a slice, each allocating its 56 vectors (4M heavy
-        // events, 30 days: 12.3-13.8 s streamed, 10.3-11.0 s materialised;
-        // the same at 1M).
-        let mut result = conn.query(&self.sql(slice, ""), &self.source.params, Execution::Materialised)?;
+        // Streamed, not materialised: a materialised result holds DuckDB's
+        // collection of the slice and the chunks copied out of it at once.
+        // A streamed result hands on each scanned vector's matches as a
+        // chunk of its own, which cost thousands of small chunks a slice
+        // while late events lay among the next days' rows; in the main
+        // table, in time order, a slice's vectors match whole, and its few
+        // late events come from a few vectors of the late table
+        // (docs/benchmarks.md, item 18).
+        let mut result = conn.query(&self.sql(slice, ""), &self.source.params, Execution::Streamed)?;
         let mut chunks = Vec::new();
         while let Some(chunk) = result.next_chunk()? {
             chunks.push(chunk);
         }
-        // DuckDB's collection of the rows goes before the sort and the
-        // handover: only the fetched chunks wait for the encoder.
         drop(result);
         let order = sort_order(&chunks, self.keys)?;
         Ok(SortedSlice { chunks, order })
