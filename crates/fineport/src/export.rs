@@ -25,7 +25,7 @@ Examples:
       --service abc123 --timezone Asia/Seoul --last 7d --gzip -o week.csv.gz
 
   # Two events and three properties, one file per day (a daily cron fetches only new days):
-  fineport export --service demo --last 30d --events df_purchase,df_refund \\
+  fineport export --service demo --timezone Asia/Seoul --last 30d --events df_purchase,df_refund \\
       --properties df_order_id,df_total_purchase_amount,df_items --split daily -o exports/
 
   # User profiles of an audience, with df_external_id, to stdout:
