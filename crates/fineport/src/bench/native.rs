@@ -21,8 +21,10 @@ use duckdb::Connection;
 use super::http::SERVICE_ID;
 
 /// Every event of the bench's service: its main and its late-event table.
-fn all_events() -> String {
-    format!("(SELECT * FROM \"events_{SERVICE_ID}\" UNION ALL SELECT * FROM \"late_events_{SERVICE_ID}\")")
+fn all_events() -> anyhow::Result<String> {
+    Ok(fineport_store::duckdb::all_events(
+        &fineport_contract::ServiceId::parse(SERVICE_ID)?,
+    ))
 }
 
 /// The system columns: CSV name → table column.
@@ -151,7 +153,7 @@ impl Native {
         let sql = format!(
             "COPY (SELECT {} FROM {}) TO '{}' (FORMAT CSV, HEADER, NULLSTR '\\N')",
             select.join(", "),
-            all_events(),
+            all_events()?,
             out.display()
         );
         self.conn
@@ -179,7 +181,7 @@ impl Native {
             "COPY (SELECT {} FROM {} WHERE correction_ts >= TIMESTAMP '{}' \
              AND correction_ts < TIMESTAMP '{}'{filter}{order}) TO '{}' (FORMAT CSV, HEADER)",
             select.join(", "),
-            all_events(),
+            all_events()?,
             q.from_day,
             q.until_day,
             out.display()

@@ -33,6 +33,7 @@ use tokio::sync::oneshot;
 
 use self::chunks::Database;
 use self::import_log::{ImportLog, LoggedBatch};
+pub use self::schema::all_events;
 use self::schema::{Layout, Layouts, PropertyColumn};
 use self::writer::{Job, Progress, WriterState};
 pub use self::writer::{MovePolicy, BULK_EVENTS};

@@ -19,7 +19,7 @@
 //! TABLE … ADD COLUMN`): idempotency by `event_log_id` is kept in the
 //! writer's memory (see `event_ids`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use duckdb::core::{LogicalTypeHandle, LogicalTypeId};
@@ -179,8 +179,9 @@ pub(crate) fn late_events_table(service_id: &ServiceId) -> String {
 }
 
 /// Both event tables of a service as one relation, in SQL text:
-/// `(SELECT * FROM main UNION ALL SELECT * FROM late)`.
-pub(crate) fn all_events(service_id: &ServiceId) -> String {
+/// `(SELECT * FROM main UNION ALL SELECT * FROM late)`: every event the
+/// service holds, for SQL on the file (the bench's reference COPY too).
+pub fn all_events(service_id: &ServiceId) -> String {
     format!(
         "(SELECT * FROM {} UNION ALL SELECT * FROM {})",
         events_table(service_id),
@@ -267,15 +268,14 @@ pub(crate) fn add_missing_late_tables(
     services: &[ServiceId],
     layouts: &HashMap<String, Arc<Layout>>,
 ) -> Result<(), StoreError> {
+    let tables: HashSet<String> = {
+        let mut stmt = conn.prepare("SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        names.collect::<Result<_, _>>()?
+    };
     for service_id in services {
         let table = late_events_table(service_id);
-        let name = table.trim_matches('"');
-        let exists: i64 = conn.query_row(
-            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
-            [name],
-            |r| r.get(0),
-        )?;
-        if exists > 0 {
+        if tables.contains(table.trim_matches('"')) {
             continue;
         }
         // All or nothing: a table left without some of its columns would
