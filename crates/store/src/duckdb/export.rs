@@ -217,25 +217,15 @@ fn encode_slices(
             // Never a silent end: a worker that stops says so first.
             Err(_) => return Err(StoreError::internal("an export worker stopped")),
         };
-        encode_slice(slice, csv_columns, out, &mut scratch)?;
+        in_order_freeing(slice, csv_columns, |columns, row| {
+            encode_row(columns, row, out, &mut scratch)
+        })?;
         if out.summary.bytes == 0 {
             // The header and the first rows go out now, not when 64 KiB
             // are full (see the module doc).
             out.flush()?;
         }
     }
-}
-
-/// Encodes `slice` in its order (see [`in_order_freeing`]).
-fn encode_slice(
-    slice: SortedSlice,
-    csv_columns: usize,
-    out: &mut Out<'_>,
-    scratch: &mut Vec<u8>,
-) -> Result<(), StoreError> {
-    in_order_freeing(slice, csv_columns, |columns, row| {
-        encode_row(columns, row, out, scratch)
-    })
 }
 
 /// Calls `write` with each row of `slice` in its order (the row's first

@@ -759,17 +759,6 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) 
     state.move_unmoved();
 }
 
-impl Open {
-    /// Whether it should commit: it holds `commit_events` events besides
-    /// those that went to a late table (so that the main table gets a
-    /// whole row group: a bulk append), or a quarter more than that in all,
-    /// which bounds its memory when many events are late.
-    fn holds_a_bulk(&self, commit_events: usize) -> bool {
-        self.events.saturating_sub(self.changes.late_rows) >= commit_events
-            || self.events >= commit_events.saturating_add(commit_events / 4)
-    }
-}
-
 /// The open move transaction: what it holds, kept until it commits.
 #[derive(Default)]
 struct Open {
@@ -780,6 +769,17 @@ struct Open {
     events: usize,
     /// The log position after its last batch.
     through: u64,
+}
+
+impl Open {
+    /// Whether it should commit: it holds `commit_events` events besides
+    /// those that went to a late table (so that the main table gets a
+    /// whole row group: a bulk append), or a quarter more than that in all,
+    /// which bounds its memory when many events are late.
+    fn holds_a_bulk(&self, commit_events: usize) -> bool {
+        self.events.saturating_sub(self.changes.late_rows) >= commit_events
+            || self.events >= commit_events.saturating_add(commit_events / 4)
+    }
 }
 
 /// What one group's transaction adds to the writer's in-memory indexes,
