@@ -23,6 +23,7 @@ pub mod duckdb;
 mod error;
 pub mod failing;
 pub mod identity;
+mod import_log;
 pub mod profile_export;
 mod records;
 pub mod sync;

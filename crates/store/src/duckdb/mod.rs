@@ -9,7 +9,6 @@ mod chunks;
 mod event_ids;
 mod export;
 mod identity;
-mod import_log;
 mod move_rows;
 mod profiles;
 mod schema;
@@ -32,11 +31,12 @@ use fineport_contract::{ServiceId, Tz};
 use tokio::sync::oneshot;
 
 use self::chunks::Database;
-use self::import_log::{ImportLog, LoggedBatch};
 pub use self::schema::all_events;
 use self::schema::{Layout, Layouts, PropertyColumn};
-use self::writer::{Job, Progress, WriterState};
+use self::writer::{Exec, Job, WriterState};
 pub use self::writer::{MovePolicy, BULK_EVENTS};
+use crate::import_log::acker::Progress;
+use crate::import_log::{self, ImportLog, LoggedBatch};
 use crate::records::{ms_to_time, stored_service_id};
 use crate::{
     Backlog, CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
@@ -283,10 +283,10 @@ impl DuckDbStore {
         work: impl FnOnce(&mut WriterState) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Job::Exec {
+        self.send(Job::Other(Exec {
             work: Box::new(work),
             reply,
-        })?;
+        }))?;
         rx.await
             .map_err(|_| StoreError::internal("the writer thread stopped"))?
     }

@@ -3,7 +3,7 @@
 //!
 //! Three threads. **`fineport-import-log`** acknowledges event batches: the
 //! batches that arrived together are appended to the import log
-//! ([`super::import_log`]) with one sync, answered, and handed on.
+//! ([`crate::import_log`], its thread in [`crate::import_log::acker`]) with one sync, answered, and handed on.
 //! **`fineport-writer`** owns the write connection, the identity index and
 //! the event-id sets, and runs every write in arrival order: it *moves*
 //! acknowledged batches into the tables — when enough have gathered, when
@@ -23,9 +23,9 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -35,13 +35,11 @@ use tokio::sync::oneshot;
 
 use super::event_ids::IdSet;
 use super::identity::{Identities, Staged};
-use super::import_log::{ImportLog, LoggedBatch};
 use super::move_rows::{self, EventRow};
 use super::schema::{events_table, late_events_table, Layout, Layouts, LATE_MS};
-use crate::{Backlog, InsertSummary, StoreError};
-
-/// Most events acknowledged with one sync of the log.
-const MAX_GROUP_EVENTS: usize = 8_000;
+use crate::import_log::acker::{self, Ahead, Closing, Mover, Moves, Progress};
+use crate::import_log::{ImportLog, LoggedBatch};
+use crate::{InsertSummary, StoreError};
 
 /// Acknowledged events that may wait for the writer thread, in moves
 /// ([`MovePolicy::events`]): enough for the log thread to go on
@@ -58,51 +56,20 @@ const MOVES_AHEAD: usize = 6;
 /// the writer waits for that thread.
 const FREES_AHEAD: usize = 2;
 
-/// Bytes held in the import log at which acknowledging waits for the writer
-/// to catch up: bounds the log (and a replay after a crash) when the writer
-/// falls behind or cannot move. (Under a load the writer keeps up with, the
-/// log's moved segments are freed as it goes, and it never gets there.)
-const LOG_CATCH_UP_BYTES: u64 = 256 << 20;
-
 pub(crate) type ExecFn = Box<dyn FnOnce(&mut WriterState) -> Result<(), StoreError> + Send>;
 
-pub(crate) enum Job {
-    Events {
-        batch: Box<LoggedBatch>,
-        /// Its import-log record, made by the caller off this thread.
-        record: Vec<u8>,
-        reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
-    },
-    /// Any other write, run alone in its own transaction.
-    Exec {
-        work: ExecFn,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Moves every acknowledged batch into the tables, then replies: what a
-    /// read does first so that it sees every acknowledged event. The reply
-    /// is an error when batches of `service_id` are still unmoved (the move
-    /// failed), so that a read never silently misses acknowledged events.
-    Sync {
-        service_id: ServiceId,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
+/// Any write but a move, run alone in its own transaction after the
+/// batches acknowledged before it.
+pub(crate) struct Exec {
+    pub work: ExecFn,
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// What the writer's callers send (through the log thread).
+pub(crate) type Job = acker::Job<Exec>;
+
 /// What the writer thread is given, in arrival order.
-enum WriteJob {
-    /// Acknowledged batches; `through` is the log position after them.
-    Batches { batches: Vec<LoggedBatch>, through: u64 },
-    Exec {
-        work: ExecFn,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-    Sync {
-        /// The service whose reader waits; `None` for the log thread's own
-        /// catch-up, which only waits.
-        service_id: Option<ServiceId>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
-}
+type WriteJob = Moves<Exec>;
 
 /// After a failed move, how often other writes try it again (a read that
 /// needs the batches always tries).
@@ -130,43 +97,6 @@ pub struct MovePolicy {
 /// read back and compressed by a checkpoint that stops every write while it
 /// runs (item 14 of docs/benchmarks.md).
 pub const BULK_EVENTS: usize = 122_880;
-
-/// How far acknowledged imports have got, for [`crate::Store::backlog`]:
-/// the log thread counts what it acknowledges, the writer what it moves
-/// into the tables, and anyone may read the difference without waiting.
-#[derive(Debug, Default)]
-pub(crate) struct Progress {
-    /// Bytes appended to the log since the start (the log thread's
-    /// position; it only grows, even when the file is emptied).
-    appended: AtomicU64,
-    /// The log position up to which everything is in the tables.
-    moved: AtomicU64,
-    /// Acknowledged batches, and their events, not in the tables yet.
-    batches: AtomicU64,
-    events: AtomicU64,
-}
-
-impl Progress {
-    pub fn backlog(&self) -> Backlog {
-        // `moved` first: it never passes `appended`, which only grows.
-        let moved = self.moved.load(Ordering::Acquire);
-        Backlog {
-            batches: self.batches.load(Ordering::Relaxed),
-            events: self.events.load(Ordering::Relaxed),
-            bytes: self.appended.load(Ordering::Acquire).saturating_sub(moved),
-        }
-    }
-
-    fn acknowledged(&self, batches: usize, events: usize) {
-        self.batches.fetch_add(batches as u64, Ordering::Relaxed);
-        self.events.fetch_add(events as u64, Ordering::Relaxed);
-    }
-
-    fn moved_into_tables(&self, batches: usize, events: usize) {
-        self.batches.fetch_sub(batches as u64, Ordering::Relaxed);
-        self.events.fetch_sub(events as u64, Ordering::Relaxed);
-    }
-}
 
 pub(crate) struct WriterState {
     pub conn: Connection,
@@ -489,216 +419,29 @@ pub(crate) fn spawn(
         .spawn(move || to_free.into_iter().for_each(drop))
         .map_err(thread_error)?;
     state.free = Some(free);
-    let (to_writer, writer_jobs) = std::sync::mpsc::channel();
+    let (moves, writer_jobs) = std::sync::mpsc::channel();
     let ahead = Arc::new(Ahead::new(MOVES_AHEAD.saturating_mul(state.move_policy.events)));
     let progress = state.progress.clone();
     let appended = state.unmoved_through;
-    let writer_ahead = ahead.clone();
-    let writer = std::thread::Builder::new()
+    let closing = Closing(ahead.clone());
+    let thread = std::thread::Builder::new()
         .name("fineport-writer".into())
         .spawn(move || {
-            let _closed = Closing(&writer_ahead);
-            run_writer(&mut state, writer_jobs, &writer_ahead)
+            let _closed = closing;
+            run_writer(&mut state, writer_jobs, &_closed.0)
         })
         .map_err(thread_error)?;
-    let (tx, jobs) = std::sync::mpsc::channel();
-    let acker = Acker {
+    acker::spawn(
         log,
-        appended,
-        progress,
-        writer: to_writer,
-        ahead,
-    };
-    let thread = std::thread::Builder::new()
-        .name("fineport-import-log".into())
-        .spawn(move || acker.run(jobs, writer))
-        .map_err(thread_error)?;
-    Ok((tx, thread))
-}
-
-/// The log thread's state.
-struct Acker {
-    log: Option<ImportLog>,
-    /// Bytes appended to the log since the start; positions in the log are
-    /// counted in these, so they only grow even when the file is emptied
-    /// (published as `progress.appended`).
-    appended: u64,
-    /// `progress.moved`: up to where the writer has moved everything into
-    /// the tables.
-    progress: Arc<Progress>,
-    writer: Sender<WriteJob>,
-    /// Bounds the acknowledged events sent to the writer and not yet taken.
-    ahead: Arc<Ahead>,
-}
-
-/// Acknowledged events handed to the writer thread and not taken by it yet,
-/// bounded: a channel bounded by events rather than by messages, since a
-/// group holds one request or hundreds.
-struct Ahead {
-    /// Events in the channel, and whether the writer has stopped.
-    state: Mutex<(usize, bool)>,
-    taken: Condvar,
-    limit: usize,
-}
-
-impl Ahead {
-    fn new(limit: usize) -> Ahead {
-        Ahead {
-            state: Mutex::new((0, false)),
-            taken: Condvar::new(),
-            limit,
-        }
-    }
-
-    /// Waits until `events` more fit (always, when none are ahead), then
-    /// counts them; returns at once once the writer has stopped.
-    fn reserve(&self, events: usize) {
-        let Ok(mut state) = self.state.lock() else { return };
-        while state.0 > 0 && state.0 + events > self.limit && !state.1 {
-            match self.taken.wait(state) {
-                Ok(s) => state = s,
-                Err(_) => return,
-            }
-        }
-        state.0 += events;
-    }
-
-    /// The writer took `events`.
-    fn take(&self, events: usize) {
-        if let Ok(mut state) = self.state.lock() {
-            state.0 = state.0.saturating_sub(events);
-        }
-        self.taken.notify_all();
-    }
-
-    fn close(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            state.1 = true;
-        }
-        self.taken.notify_all();
-    }
-}
-
-/// Closes [`Ahead`] when the writer thread ends, however it ends, so that
-/// the log thread never waits for it forever.
-struct Closing<'a>(&'a Ahead);
-
-impl Drop for Closing<'_> {
-    fn drop(&mut self) {
-        self.0.close();
-    }
-}
-
-/// Batches that arrived together, acknowledged with one sync of the log.
-#[derive(Default)]
-struct Acks {
-    records: Vec<u8>,
-    batches: Vec<LoggedBatch>,
-    replies: Vec<oneshot::Sender<Result<InsertSummary, StoreError>>>,
-    events: usize,
-}
-
-impl Acker {
-    fn run(mut self, jobs: Receiver<Job>, writer: JoinHandle<()>) {
-        while let Ok(first) = jobs.recv() {
-            let mut group = Acks::default();
-            let mut next = Some(first);
-            while let Some(job) = next.take() {
-                match job {
-                    Job::Events { batch, record, reply } => {
-                        group.events += batch.batch.events.len();
-                        group.records.extend_from_slice(&record);
-                        group.batches.push(*batch);
-                        group.replies.push(reply);
-                    }
-                    // Batches acknowledged before another write go first.
-                    Job::Exec { work, reply } => {
-                        self.acknowledge(std::mem::take(&mut group));
-                        self.forward(WriteJob::Exec { work, reply });
-                    }
-                    Job::Sync { service_id, reply } => {
-                        self.acknowledge(std::mem::take(&mut group));
-                        self.forward(WriteJob::Sync {
-                            service_id: Some(service_id),
-                            reply,
-                        });
-                    }
-                }
-                if group.events < MAX_GROUP_EVENTS {
-                    next = jobs.try_recv().ok();
-                }
-            }
-            self.acknowledge(group);
-            self.release_moved();
-        }
-        // Closing: the writer moves what is left and stops; then the log
-        // can be emptied.
-        drop(self.writer);
-        if writer.join().is_err() {
-            tracing::error!("the writer thread panicked");
-        }
-        let moved = self.progress.moved.load(Ordering::Acquire);
-        if let Some(Err(e)) = self.log.as_mut().map(|log| log.release(moved)) {
-            tracing::error!(error = %e, "cannot empty the import log (a restart moves what it holds again, storing nothing twice)");
-        }
-    }
-
-    fn forward(&self, job: WriteJob) {
-        // The writer only stops after this thread does.
-        let _ = self.writer.send(job);
-    }
-
-    /// Makes a group of batches durable in the log, answers them and hands
-    /// them to the writer.
-    fn acknowledge(&mut self, group: Acks) {
-        if group.replies.is_empty() {
-            return;
-        }
-        let logged = match &mut self.log {
-            Some(log) => log.append(&group.records),
-            None => Ok(()),
-        };
-        if let Err(e) = logged {
-            tracing::error!(error = %e, "cannot write the import log");
-            group.replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
-            return;
-        }
-        self.appended += group.records.len() as u64;
-        self.progress.appended.store(self.appended, Ordering::Release);
-        self.progress.acknowledged(group.batches.len(), group.events);
-        for (batch, reply) in group.batches.iter().zip(group.replies) {
-            let _ = reply.send(Ok(InsertSummary {
-                events: batch.batch.events.len(),
-            }));
-        }
-        self.ahead.reserve(group.events);
-        self.forward(WriteJob::Batches {
-            batches: group.batches,
-            through: self.appended,
-        });
-    }
-
-    /// Frees the log's segments whose batches are all in the tables (and
-    /// empties it when everything is); when what it holds has grown large
-    /// because the writer cannot keep up or cannot move, first waits for
-    /// the writer to catch up.
-    fn release_moved(&mut self) {
-        let Some(log) = &mut self.log else { return };
-        if log.is_empty() {
-            return;
-        }
-        if self.progress.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
-            let (reply, done) = oneshot::channel();
-            let _ = self.writer.send(WriteJob::Sync {
-                service_id: None,
-                reply,
-            });
-            let _ = done.blocking_recv();
-        }
-        if let Err(e) = log.release(self.progress.moved.load(Ordering::Acquire)) {
-            tracing::error!(error = %e, "cannot free the import log (a restart moves what it holds again, storing nothing twice)");
-        }
-    }
+        Mover {
+            moves,
+            thread,
+            ahead,
+            progress,
+            appended,
+            before_answer: None,
+        },
+    )
 }
 
 fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) {
@@ -712,7 +455,7 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) 
             jobs.recv().map_err(|_| RecvTimeoutError::Disconnected)
         };
         match job {
-            Ok(WriteJob::Batches { batches, through }) => {
+            Ok(Moves::Batches { batches, through }) => {
                 let events = batches.iter().map(|b| b.batch.events.len()).sum::<usize>();
                 ahead.take(events);
                 state.unmoved_events += events;
@@ -722,7 +465,7 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) 
                     state.move_some();
                 }
             }
-            Ok(WriteJob::Exec { work, reply }) => {
+            Ok(Moves::Other(Exec { work, reply })) => {
                 // Writes before this one are stored first, in order; after a
                 // failed move, only once in a while (the cause — a memory
                 // limit, a full disk — rarely passes at once, and each try
@@ -746,7 +489,7 @@ fn run_writer(state: &mut WriterState, jobs: Receiver<WriteJob>, ahead: &Ahead) 
                 }
                 let _ = reply.send(result);
             }
-            Ok(WriteJob::Sync { service_id, reply }) => {
+            Ok(Moves::Sync { service_id, reply }) => {
                 state.move_unmoved();
                 let _ = reply.send(service_id.map_or(Ok(()), |s| state.all_moved(&s)));
             }
@@ -887,49 +630,4 @@ fn insert_batches(
     }
     Identities::write(&state.conn, &mut changes.identities, now_ms)?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The hand-over to the writer holds at most `limit` events (or one
-    /// group, when none are ahead), waits while full until the writer takes
-    /// some, and never waits once the writer has stopped.
-    #[test]
-    fn the_queue_ahead_of_the_writer_is_bounded_in_events() {
-        let ahead = Arc::new(Ahead::new(100));
-        ahead.reserve(60);
-        ahead.reserve(40);
-        let (done, waited) = std::sync::mpsc::channel();
-        let waiting = {
-            let (ahead, done) = (ahead.clone(), done.clone());
-            std::thread::spawn(move || {
-                ahead.reserve(30);
-                let _ = done.send("second");
-            })
-        };
-        assert!(
-            waited.recv_timeout(Duration::from_millis(200)).is_err(),
-            "100 events ahead: 30 more wait"
-        );
-        ahead.take(60);
-        assert_eq!(waited.recv_timeout(Duration::from_secs(10)), Ok("second"));
-        waiting.join().unwrap();
-        // 70 ahead now; a group larger than the limit goes when none are.
-        ahead.take(70);
-        ahead.reserve(500);
-        // Once the writer has stopped, nothing waits.
-        let stopped = {
-            let ahead = ahead.clone();
-            std::thread::spawn(move || {
-                ahead.reserve(10);
-                let _ = done.send("after the stop");
-            })
-        };
-        assert!(waited.recv_timeout(Duration::from_millis(200)).is_err());
-        ahead.close();
-        assert_eq!(waited.recv_timeout(Duration::from_secs(10)), Ok("after the stop"));
-        stopped.join().unwrap();
-    }
 }

@@ -21,6 +21,8 @@
 //! cut short by a crash fails its length or checksum, and it and anything
 //! after it are dropped: it was never acknowledged.
 
+pub(crate) mod acker;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -1,0 +1,389 @@
+//! The log thread, `fineport-import-log`, shared by every backend that
+//! answers imports from the import log (DuckDB, and the cluster with
+//! `--cluster-import-log`): it appends the batches that arrived together
+//! with one sync, answers them (`20000` = durable in the log), and hands
+//! them on to the backend's *mover*, the thread that stores them in the
+//! tables later and in bulk. The mover reports how far it got through
+//! [`Progress::moved`]; this thread frees the log up to there.
+//!
+//! The mover gets [`Moves`] in arrival order: batches, a backend's own
+//! jobs (`Other`, e.g. DuckDB's other writes, which must come after the
+//! batches acknowledged before them), and syncs (what a read asks first).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use fineport_contract::ServiceId;
+use tokio::sync::oneshot;
+
+use super::{ImportLog, LoggedBatch};
+use crate::{Backlog, InsertSummary, StoreError};
+
+/// Most events acknowledged with one sync of the log.
+const MAX_GROUP_EVENTS: usize = 8_000;
+
+/// Bytes held in the import log at which acknowledging waits for the mover
+/// to catch up: bounds the log (and a replay after a crash) when the mover
+/// falls behind or cannot move. (Under a load the mover keeps up with, the
+/// log's moved segments are freed as it goes, and it never gets there.)
+const LOG_CATCH_UP_BYTES: u64 = 256 << 20;
+
+/// How far acknowledged imports have got, for [`crate::Store::backlog`]:
+/// the log thread counts what it acknowledges, the mover what it stores
+/// in the tables, and anyone may read the difference without waiting.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// Bytes appended to the log since the start (the log thread's
+    /// position; it only grows, even when the file is emptied).
+    pub appended: AtomicU64,
+    /// The log position up to which everything is in the tables.
+    pub moved: AtomicU64,
+    /// Acknowledged batches, and their events, not in the tables yet.
+    batches: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Progress {
+    pub fn backlog(&self) -> Backlog {
+        // `moved` first: it never passes `appended`, which only grows.
+        let moved = self.moved.load(Ordering::Acquire);
+        Backlog {
+            batches: self.batches.load(Ordering::Relaxed),
+            events: self.events.load(Ordering::Relaxed),
+            bytes: self.appended.load(Ordering::Acquire).saturating_sub(moved),
+        }
+    }
+
+    /// Whether everything acknowledged is in the tables.
+    pub fn all_moved(&self) -> bool {
+        self.moved.load(Ordering::Acquire) >= self.appended.load(Ordering::Acquire)
+    }
+
+    pub fn acknowledged(&self, batches: usize, events: usize) {
+        self.batches.fetch_add(batches as u64, Ordering::Relaxed);
+        self.events.fetch_add(events as u64, Ordering::Relaxed);
+    }
+
+    pub fn moved_into_tables(&self, batches: usize, events: usize) {
+        self.batches.fetch_sub(batches as u64, Ordering::Relaxed);
+        self.events.fetch_sub(events as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the log thread is given.
+pub(crate) enum Job<X> {
+    Events {
+        batch: Box<LoggedBatch>,
+        /// Its import-log record, made by the caller off this thread.
+        record: Vec<u8>,
+        reply: oneshot::Sender<Result<InsertSummary, StoreError>>,
+    },
+    /// A job of the backend's own, handed to the mover after the batches
+    /// that came before it.
+    Other(X),
+    /// Stores every acknowledged batch in the tables, then replies: what a
+    /// read does first so that it sees every acknowledged event. The reply
+    /// is an error when batches of `service_id` are still unmoved (the
+    /// move failed), so that a read never silently misses them.
+    Sync {
+        service_id: ServiceId,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// What the mover is given, in arrival order.
+pub(crate) enum Moves<X> {
+    /// Acknowledged batches; `through` is the log position after them.
+    Batches {
+        batches: Vec<LoggedBatch>,
+        through: u64,
+    },
+    Other(X),
+    Sync {
+        /// The service whose reader waits; `None` for the log thread's own
+        /// catch-up, which only waits.
+        service_id: Option<ServiceId>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Called after a group is in the log and before it is answered; an error
+/// fails the group's requests (they are in the log, and so stored later,
+/// but not acknowledged). The cluster announces there that this replica
+/// holds events not in ClickHouse yet.
+pub(crate) type BeforeAnswer = Box<dyn FnMut() -> Result<(), StoreError> + Send>;
+
+/// Acknowledged events handed to the mover and not taken by it yet,
+/// bounded: a channel bounded by events rather than by messages, since a
+/// group holds one request or hundreds.
+pub(crate) struct Ahead {
+    /// Events in the channel, and whether the mover has stopped.
+    state: Mutex<(usize, bool)>,
+    taken: Condvar,
+    limit: usize,
+}
+
+impl Ahead {
+    pub fn new(limit: usize) -> Ahead {
+        Ahead {
+            state: Mutex::new((0, false)),
+            taken: Condvar::new(),
+            limit,
+        }
+    }
+
+    /// Waits until `events` more fit (always, when none are ahead), then
+    /// counts them; returns at once once the mover has stopped.
+    fn reserve(&self, events: usize) {
+        let Ok(mut state) = self.state.lock() else { return };
+        while state.0 > 0 && state.0 + events > self.limit && !state.1 {
+            match self.taken.wait(state) {
+                Ok(s) => state = s,
+                Err(_) => return,
+            }
+        }
+        state.0 += events;
+    }
+
+    /// The mover took `events`.
+    pub fn take(&self, events: usize) {
+        if let Ok(mut state) = self.state.lock() {
+            state.0 = state.0.saturating_sub(events);
+        }
+        self.taken.notify_all();
+    }
+
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.1 = true;
+        }
+        self.taken.notify_all();
+    }
+}
+
+/// Closes [`Ahead`] when the mover thread ends, however it ends, so that
+/// the log thread never waits for it forever. The mover holds it.
+pub(crate) struct Closing(pub Arc<Ahead>);
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The mover's side of the log thread, for [`spawn`].
+pub(crate) struct Mover<X> {
+    pub moves: Sender<Moves<X>>,
+    pub thread: JoinHandle<()>,
+    /// Shared with the mover, which calls [`Ahead::take`] on what it takes.
+    pub ahead: Arc<Ahead>,
+    /// Shared with the mover, which stores [`Progress::moved`].
+    pub progress: Arc<Progress>,
+    /// The log position the mover's replay ended at.
+    pub appended: u64,
+    pub before_answer: Option<BeforeAnswer>,
+}
+
+/// Starts the log thread in front of `mover`; returns where to send jobs
+/// and the thread, which stops (after the mover has stored everything and
+/// stopped) once every sender is dropped. Without a `log`, batches are
+/// answered at once (tests of the mover alone).
+pub(crate) fn spawn<X: Send + 'static>(
+    log: Option<ImportLog>,
+    mover: Mover<X>,
+) -> Result<(Sender<Job<X>>, JoinHandle<()>), StoreError> {
+    let (tx, jobs) = std::sync::mpsc::channel();
+    let acker = Acker {
+        log,
+        appended: mover.appended,
+        progress: mover.progress,
+        mover: mover.moves,
+        ahead: mover.ahead,
+        before_answer: mover.before_answer,
+    };
+    let thread = std::thread::Builder::new()
+        .name("fineport-import-log".into())
+        .spawn(move || acker.run(jobs, mover.thread))
+        .map_err(|e| StoreError::internal(format!("cannot start the import log's thread: {e}")))?;
+    Ok((tx, thread))
+}
+
+/// The log thread's state.
+struct Acker<X> {
+    log: Option<ImportLog>,
+    /// Bytes appended to the log since the start; positions in the log are
+    /// counted in these, so they only grow even when the file is emptied
+    /// (published as `progress.appended`).
+    appended: u64,
+    /// `progress.moved`: up to where the mover has stored everything.
+    progress: Arc<Progress>,
+    mover: Sender<Moves<X>>,
+    /// Bounds the acknowledged events sent to the mover and not yet taken.
+    ahead: Arc<Ahead>,
+    before_answer: Option<BeforeAnswer>,
+}
+
+/// Batches that arrived together, acknowledged with one sync of the log.
+#[derive(Default)]
+struct Acks {
+    records: Vec<u8>,
+    batches: Vec<LoggedBatch>,
+    replies: Vec<oneshot::Sender<Result<InsertSummary, StoreError>>>,
+    events: usize,
+}
+
+impl<X: Send + 'static> Acker<X> {
+    fn run(mut self, jobs: Receiver<Job<X>>, mover: JoinHandle<()>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = Acks::default();
+            let mut next = Some(first);
+            while let Some(job) = next.take() {
+                match job {
+                    Job::Events { batch, record, reply } => {
+                        group.events += batch.batch.events.len();
+                        group.records.extend_from_slice(&record);
+                        group.batches.push(*batch);
+                        group.replies.push(reply);
+                    }
+                    // Batches acknowledged before another job go first.
+                    Job::Other(other) => {
+                        self.acknowledge(std::mem::take(&mut group));
+                        self.forward(Moves::Other(other));
+                    }
+                    Job::Sync { service_id, reply } => {
+                        self.acknowledge(std::mem::take(&mut group));
+                        self.forward(Moves::Sync {
+                            service_id: Some(service_id),
+                            reply,
+                        });
+                    }
+                }
+                if group.events < MAX_GROUP_EVENTS {
+                    next = jobs.try_recv().ok();
+                }
+            }
+            self.acknowledge(group);
+            self.release_moved();
+        }
+        // Closing: the mover stores what is left and stops; then the log
+        // can be emptied.
+        drop(self.mover);
+        if mover.join().is_err() {
+            tracing::error!("the import mover thread panicked");
+        }
+        let moved = self.progress.moved.load(Ordering::Acquire);
+        if let Some(Err(e)) = self.log.as_mut().map(|log| log.release(moved)) {
+            tracing::error!(error = %e, "cannot empty the import log (a restart stores what it holds again, nothing twice)");
+        }
+    }
+
+    fn forward(&self, job: Moves<X>) {
+        // The mover only stops after this thread does.
+        let _ = self.mover.send(job);
+    }
+
+    /// Makes a group of batches durable in the log, answers them and hands
+    /// them to the mover.
+    fn acknowledge(&mut self, group: Acks) {
+        if group.replies.is_empty() {
+            return;
+        }
+        let logged = match &mut self.log {
+            Some(log) => log.append(&group.records),
+            None => Ok(()),
+        };
+        if let Err(e) = logged {
+            tracing::error!(error = %e, "cannot write the import log");
+            group.replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+            return;
+        }
+        self.appended += group.records.len() as u64;
+        self.progress.appended.store(self.appended, Ordering::Release);
+        self.progress.acknowledged(group.batches.len(), group.events);
+        let announced = self.before_answer.as_mut().map_or(Ok(()), |announce| announce());
+        for (batch, reply) in group.batches.iter().zip(group.replies) {
+            let _ = reply.send(match &announced {
+                Ok(()) => Ok(InsertSummary {
+                    events: batch.batch.events.len(),
+                }),
+                Err(e) => Err(e.clone()),
+            });
+        }
+        self.ahead.reserve(group.events);
+        self.forward(Moves::Batches {
+            batches: group.batches,
+            through: self.appended,
+        });
+    }
+
+    /// Frees the log's segments whose batches are all in the tables (and
+    /// empties it when everything is); when what it holds has grown large
+    /// because the mover cannot keep up or cannot move, first waits for
+    /// the mover to catch up.
+    fn release_moved(&mut self) {
+        let Some(log) = &mut self.log else { return };
+        if log.is_empty() {
+            return;
+        }
+        if self.progress.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
+            let (reply, done) = oneshot::channel();
+            let _ = self.mover.send(Moves::Sync {
+                service_id: None,
+                reply,
+            });
+            let _ = done.blocking_recv();
+        }
+        if let Err(e) = log.release(self.progress.moved.load(Ordering::Acquire)) {
+            tracing::error!(error = %e, "cannot free the import log (a restart stores what it holds again, nothing twice)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The hand-over to the writer holds at most `limit` events (or one
+    /// group, when none are ahead), waits while full until the mover takes
+    /// some, and never waits once the mover has stopped.
+    #[test]
+    fn the_queue_ahead_of_the_mover_is_bounded_in_events() {
+        let ahead = Arc::new(Ahead::new(100));
+        ahead.reserve(60);
+        ahead.reserve(40);
+        let (done, waited) = std::sync::mpsc::channel();
+        let waiting = {
+            let (ahead, done) = (ahead.clone(), done.clone());
+            std::thread::spawn(move || {
+                ahead.reserve(30);
+                let _ = done.send("second");
+            })
+        };
+        assert!(
+            waited.recv_timeout(Duration::from_millis(200)).is_err(),
+            "100 events ahead: 30 more wait"
+        );
+        ahead.take(60);
+        assert_eq!(waited.recv_timeout(Duration::from_secs(10)), Ok("second"));
+        waiting.join().unwrap();
+        // 70 ahead now; a group larger than the limit goes when none are.
+        ahead.take(70);
+        ahead.reserve(500);
+        // Once the mover has stopped, nothing waits.
+        let stopped = {
+            let ahead = ahead.clone();
+            std::thread::spawn(move || {
+                ahead.reserve(10);
+                let _ = done.send("after the stop");
+            })
+        };
+        assert!(waited.recv_timeout(Duration::from_millis(200)).is_err());
+        ahead.close();
+        assert_eq!(waited.recv_timeout(Duration::from_secs(10)), Ok("after the stop"));
+        stopped.join().unwrap();
+    }
+}
