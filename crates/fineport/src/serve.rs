@@ -13,7 +13,7 @@ use fineport_server::limits::{Limiter, MemoryLimiter, RedisLimiter, RedisLimiter
 use fineport_server::metrics::MetricsAccess;
 use fineport_server::{build_state, Config, Parts};
 use fineport_store::cluster::clickhouse::ClickHouseOptions;
-use fineport_store::cluster::{ClusterOptions, ClusterStore};
+use fineport_store::cluster::{ClusterOptions, ClusterStore, ImportLogOptions};
 use fineport_store::duckdb::{DuckDbOptions, DuckDbStore, MovePolicy, BULK_EVENTS};
 use fineport_store::Store;
 use tokio::net::TcpListener;
@@ -74,6 +74,15 @@ pub struct ServeArgs {
     /// audiences, the request log), e.g. postgres://fineport@10.0.0.3/fineport.
     #[arg(long, env = "FINEPORT_POSTGRES_URL", requires = "clickhouse_url")]
     postgres_url: Option<String>,
+    /// Cluster mode: this replica's import log, a file on its own disk
+    /// (e.g. /var/lib/fineport/import.log). Imports are then answered once
+    /// synced to it and stored in ClickHouse behind the answers, in large
+    /// INSERTs: many times faster, but until then the events are on this
+    /// machine only, and reads on every replica wait for them (or fail
+    /// after 30 s while this replica is down). Without it, each import
+    /// waits for its synchronous INSERT on every shard. docs/cluster.md.
+    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_LOG", requires = "clickhouse_url")]
+    cluster_import_log: Option<PathBuf>,
     /// Limits shared by every replica: a Redis URL
     /// (redis://[user:password@]host:port[/db]). Without it each process
     /// keeps its own limits, which is right for a single node. While Redis
@@ -276,16 +285,17 @@ async fn open_limiter(args: &ServeArgs) -> anyhow::Result<Arc<dyn Limiter>> {
 /// the data directory.
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     if let Some(postgres_url) = &args.postgres_url {
-        let options = ClusterOptions {
-            clickhouse: ClickHouseOptions {
+        let mut options = ClusterOptions::new(
+            ClickHouseOptions {
                 urls: args.clickhouse_url.clone(),
                 database: args.clickhouse_database.clone(),
                 cluster: args.clickhouse_cluster.clone(),
                 insert_linger: std::time::Duration::from_millis(args.clickhouse_insert_linger_ms),
                 ..ClickHouseOptions::default()
             },
-            postgres_url: postgres_url.clone(),
-        };
+            postgres_url.clone(),
+        );
+        options.import_log = args.cluster_import_log.clone().map(ImportLogOptions::new);
         let store = ClusterStore::open(&options)
             .await
             .context("cannot open the cluster store (ClickHouse + PostgreSQL)")?;

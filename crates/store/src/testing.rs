@@ -69,14 +69,14 @@ impl TestCluster {
         let postgres_url = crate::cluster::postgres::create_database(&self.postgres_url, &name)
             .await
             .unwrap_or_else(|e| panic!("create PostgreSQL database {name}: {e}"));
-        ClusterOptions {
-            clickhouse: ClickHouseOptions {
+        ClusterOptions::new(
+            ClickHouseOptions {
                 urls: self.clickhouse_urls.clone(),
                 database: name,
                 ..ClickHouseOptions::default()
             },
             postgres_url,
-        }
+        )
     }
 
     /// Drops what [`TestCluster::fresh_databases`] made for `options`, on

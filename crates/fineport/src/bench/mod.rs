@@ -77,6 +77,11 @@ pub struct BenchArgs {
     /// With `--store cluster`: a PostgreSQL URL whose user may create databases.
     #[arg(long, required_if_eq("store", "cluster"))]
     postgres_url: Option<String>,
+    /// With `--store cluster`: the server gets an import log in its data
+    /// directory (`fineport serve --cluster-import-log`): imports answered
+    /// once synced to it, stored in ClickHouse behind the answers.
+    #[arg(long, requires = "postgres_url")]
+    cluster_import_log: bool,
     /// On the DuckDB store: a python that can `import chdb` (embedded
     /// ClickHouse), for a second reference beside DuckDB's COPY. Default:
     /// `python3` on PATH if it can; without one that reference is skipped.
@@ -179,15 +184,21 @@ async fn run_in(args: &BenchArgs, dir: PathBuf, database: Option<&str>) -> anyho
             let shards = args.clickhouse_url.join(",");
             eprintln!("cluster databases: {database} (ClickHouse {shards}, PostgreSQL)");
             report.reference = "ClickHouse SELECT … FORMAT CSVWithNames";
-            report.durable = "ClickHouse's synchronous INSERT returned";
-            Some((
-                database.to_owned(),
-                vec![
-                    format!("--clickhouse-url={shards}"),
-                    format!("--clickhouse-database={database}"),
-                    format!("--postgres-url={url}"),
-                ],
-            ))
+            let mut store_args = vec![
+                format!("--clickhouse-url={shards}"),
+                format!("--clickhouse-database={database}"),
+                format!("--postgres-url={url}"),
+            ];
+            if args.cluster_import_log {
+                report.durable = "synced to the replica's import log (--cluster-import-log)";
+                store_args.push(format!(
+                    "--cluster-import-log={}",
+                    data_dir.join("import.log").display()
+                ));
+            } else {
+                report.durable = "ClickHouse's synchronous INSERT returned";
+            }
+            Some((database.to_owned(), store_args))
         }
         _ => None,
     };

@@ -22,10 +22,12 @@
 //! come from `fineport_contract` and [`crate::identity`].
 
 pub mod clickhouse;
+mod mover;
 pub mod postgres;
 
-use std::collections::HashMap;
-use std::sync::RwLock;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fineport_contract::export::EventExportPlan;
@@ -35,10 +37,14 @@ use fineport_contract::taxonomy::{Taxonomy, TaxonomyDoc};
 use fineport_contract::time::day_bounds_ms;
 use fineport_contract::{ServiceId, Tz};
 
+pub use self::mover::ImportLogOptions;
+
 use self::clickhouse::{ClickHouse, ClickHouseOptions, EventRow};
+use self::mover::{ImportLogSide, Targets};
 use self::postgres::Postgres;
+use crate::import_log::LoggedBatch;
 use crate::{
-    CatalogLock, CatalogSnapshot, CatalogWatch, ExportStream, InsertSummary, RequestLogEntry, Service, Store,
+    Backlog, CatalogLock, CatalogSnapshot, CatalogWatch, ExportStream, InsertSummary, RequestLogEntry, Service, Store,
     StoreError, TokenRecord,
 };
 
@@ -48,6 +54,27 @@ pub struct ClusterOptions {
     pub clickhouse: ClickHouseOptions,
     /// `postgres://user@host:port/database`; the database must exist.
     pub postgres_url: String,
+    /// This replica's import log (`--cluster-import-log`): imports are then
+    /// answered once synced to it and stored in ClickHouse behind the
+    /// answers (`mover.rs`). `None` (the default): each import waits for
+    /// its synchronous INSERT.
+    pub import_log: Option<ImportLogOptions>,
+    /// How long a read waits for other replicas to store the events they
+    /// acknowledged from their logs before it fails (default 30 s).
+    pub flush_wait: Duration,
+}
+
+impl ClusterOptions {
+    /// Options for these shards and this PostgreSQL database, without an
+    /// import log.
+    pub fn new(clickhouse: ClickHouseOptions, postgres_url: String) -> ClusterOptions {
+        ClusterOptions {
+            clickhouse,
+            postgres_url,
+            import_log: None,
+            flush_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The cluster backend: [`ClickHouse`] for events, [`Postgres`] for the rest.
@@ -62,7 +89,10 @@ pub struct ClusterStore {
     /// these, as the DuckDB backend stores a list per registered item
     /// property. Kept from every catalog load (whole or of one service, so
     /// also from other replicas' registrations) and every registration.
-    item_properties: RwLock<HashMap<ServiceId, Vec<String>>>,
+    item_properties: Arc<RwLock<HashMap<ServiceId, Vec<String>>>>,
+    /// This replica's import log, when it has one.
+    log: Option<ImportLogSide>,
+    flush_wait: Duration,
 }
 
 /// Drops the database `name` on PostgreSQL (the server of
@@ -81,11 +111,69 @@ impl ClusterStore {
     pub async fn open(options: &ClusterOptions) -> Result<ClusterStore, StoreError> {
         let events = ClickHouse::open(&options.clickhouse).await?;
         let meta = Postgres::open(&options.postgres_url).await?;
+        let item_properties = Arc::new(RwLock::new(HashMap::new()));
+        let log = match &options.import_log {
+            Some(log) => {
+                // The mover renders items as the catalog has them: load it first.
+                for (service_id, taxonomy) in &meta.load_catalog().await?.taxonomies {
+                    let names = taxonomy.item_properties.keys().cloned().collect();
+                    if let Ok(mut map) = item_properties.write() {
+                        map.insert(service_id.clone(), names);
+                    }
+                }
+                let targets = Targets {
+                    clickhouse: options.clickhouse.clone(),
+                    postgres_url: options.postgres_url.clone(),
+                    items: item_properties.clone(),
+                };
+                Some(ImportLogSide::open(log, targets).await?)
+            }
+            None => None,
+        };
         Ok(ClusterStore {
             events,
             meta,
-            item_properties: RwLock::new(HashMap::new()),
+            item_properties,
+            log,
+            flush_wait: options.flush_wait,
         })
+    }
+
+    /// What a read (and a profile write, which must follow the imports
+    /// before it) does first: every event acknowledged before it, by this
+    /// replica or any other with an import log, is stored in ClickHouse
+    /// (and its identity in PostgreSQL) when this returns. Errors: `Query`
+    /// when this replica's batches of `service_id` cannot be stored yet, or
+    /// another replica that holds some did not store them within
+    /// [`ClusterOptions::flush_wait`] (it is down, or cannot reach the
+    /// cluster): a read then fails rather than answer without them.
+    async fn flush(&self, service_id: &ServiceId) -> Result<(), StoreError> {
+        let me = match &self.log {
+            Some(log) => {
+                log.sync(service_id).await?;
+                log.replica_id.as_str()
+            }
+            None => "",
+        };
+        let Some(request) = self.meta.request_flush(me).await? else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + self.flush_wait;
+        loop {
+            let waiting = self.meta.unflushed(request, me).await?;
+            if waiting.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::query(format!(
+                    "replica {} holds acknowledged events not stored in ClickHouse yet and did not store \
+                     them within {} s (a replica that is down stores them when it starts again)",
+                    waiting.join(", "),
+                    self.flush_wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     fn remember_items(&self, service_id: &ServiceId, taxonomy: &Taxonomy) {
@@ -163,46 +251,30 @@ impl Store for ClusterStore {
         Ok(())
     }
 
-    /// Identity in PostgreSQL first (a profile may so exist without the
-    /// events if ClickHouse then fails, as after a client's retry), then
-    /// one group-committed ClickHouse INSERT that holds every row.
+    /// With an import log: answered once synced to it (`mover.rs`), unless
+    /// the identity may conflict (a `df_unified_id` with an external_id),
+    /// which must be refused before anything is acknowledged. Otherwise,
+    /// or then: [`store_batches`] of this one batch, answered once its
+    /// synchronous INSERT returned.
     async fn insert_events(
         &self,
         service_id: &ServiceId,
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
+        if let Some(log) = &self.log {
+            if !crate::identity::may_conflict(&batch.identity) {
+                return log.insert(service_id, batch, received_at_ms).await;
+            }
+        }
         let acknowledged = batch.events.len();
-        let unified_id = self.meta.upsert_identity(service_id, batch.identity.clone()).await?;
-        // Future-dated events take the correction time of their first receipt.
-        let future: Vec<_> = batch
-            .events
-            .iter()
-            .filter(|e| e.event_datetime_ms > received_at_ms)
-            .map(|e| (e.event_log_id, e.correction_ms(received_at_ms), e.event_datetime_ms))
-            .collect();
-        let first = if future.is_empty() {
-            HashMap::new()
-        } else {
-            self.meta.first_corrections(service_id, &future, received_at_ms).await?
+        let items = HashMap::from([(service_id.clone(), self.items_of(service_id))]);
+        let batch = LoggedBatch {
+            service_id: service_id.clone(),
+            received_at_ms,
+            batch,
         };
-        let items = self.items_of(service_id);
-        let mut seen = std::collections::HashSet::new();
-        let rows: Vec<EventRow> = batch
-            .events
-            .iter()
-            // A repeat within the request: the first one is the event.
-            .filter(|e| seen.insert(e.event_log_id))
-            .map(|e| {
-                let names = items.iter().map(String::as_str);
-                let mut row = EventRow::from_import(service_id.clone(), e, received_at_ms, unified_id.clone(), names);
-                if let Some(first) = first.get(&e.event_log_id) {
-                    row.correction_ms = *first;
-                }
-                row
-            })
-            .collect();
-        self.events.insert(rows).await?;
+        store_batches(&self.events, &self.meta, &items, std::slice::from_ref(&batch)).await?;
         Ok(InsertSummary { events: acknowledged })
     }
 
@@ -212,18 +284,22 @@ impl Store for ClusterStore {
         timezone: Tz,
         plan: &EventExportPlan,
     ) -> Result<ExportStream, StoreError> {
+        self.flush(service_id).await?;
         self.events.export(service_id, timezone, plan).await
     }
 
     async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError> {
+        self.flush(service_id).await?;
         self.meta.upsert_identity(service_id, identity).await
     }
 
     async fn delete_profile(&self, service_id: &ServiceId, external_id: &str) -> Result<bool, StoreError> {
+        self.flush(service_id).await?;
         self.meta.delete_profile(service_id, external_id).await
     }
 
     async fn update_profiles(&self, service_id: &ServiceId, updates: Vec<ProfileUpdate>) -> Result<(), StoreError> {
+        self.flush(service_id).await?;
         self.meta.update_profiles(service_id, updates).await
     }
 
@@ -237,6 +313,7 @@ impl Store for ClusterStore {
         plan: &ProfileExportPlan,
         audience: Option<&AudienceFilter>,
     ) -> Result<ExportStream, StoreError> {
+        self.flush(service_id).await?;
         let mut event_users = Vec::new();
         if let Some(AudienceFilter::All(conditions)) = audience {
             for condition in conditions {
@@ -298,4 +375,73 @@ impl Store for ClusterStore {
     async fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.meta.set_setting(key, value).await
     }
+
+    fn backlog(&self) -> Option<Backlog> {
+        self.log.as_ref().map(ImportLogSide::backlog)
+    }
+}
+
+/// Stores validated batches (in receipt order): each service's identities
+/// resolved in one PostgreSQL transaction, the first correction time of
+/// future-dated events from PostgreSQL's memo, the rows rendered by the
+/// contract's `cells.rs` (`items`: each service's registered item
+/// properties), then one group-committed ClickHouse INSERT holding every
+/// row; done when that INSERT returned. A repeated `event_log_id` within a
+/// batch is stored once (the first). The identities must not conflict
+/// ([`crate::identity::may_conflict`] ones are resolved alone, by the
+/// synchronous path, whose conflict is the request's 40001). A profile may
+/// exist without its events if ClickHouse then fails, as after a client's
+/// retry; storing a batch again is harmless.
+pub(crate) async fn store_batches(
+    events: &ClickHouse,
+    meta: &Postgres,
+    items: &HashMap<ServiceId, Vec<String>>,
+    batches: &[LoggedBatch],
+) -> Result<(), StoreError> {
+    let mut by_service: HashMap<&ServiceId, Vec<usize>> = HashMap::new();
+    for (i, logged) in batches.iter().enumerate() {
+        by_service.entry(&logged.service_id).or_default().push(i);
+    }
+    let mut unified_ids = vec![String::new(); batches.len()];
+    for (service_id, indexes) in by_service {
+        let identities: Vec<&Identity> = indexes.iter().map(|&i| &batches[i].batch.identity).collect();
+        let resolved = meta.upsert_identities(service_id, &identities).await?;
+        for (i, unified_id) in indexes.into_iter().zip(resolved) {
+            unified_ids[i] = unified_id;
+        }
+    }
+    let mut rows: Vec<EventRow> = Vec::with_capacity(batches.iter().map(|b| b.batch.events.len()).sum());
+    for (logged, unified_id) in batches.iter().zip(unified_ids) {
+        let (service_id, received_at_ms) = (&logged.service_id, logged.received_at_ms);
+        // Future-dated events take the correction time of their first receipt.
+        let future: Vec<_> = logged
+            .batch
+            .events
+            .iter()
+            .filter(|e| e.event_datetime_ms > received_at_ms)
+            .map(|e| (e.event_log_id, e.correction_ms(received_at_ms), e.event_datetime_ms))
+            .collect();
+        let first = if future.is_empty() {
+            HashMap::new()
+        } else {
+            meta.first_corrections(service_id, &future, received_at_ms).await?
+        };
+        let names = items.get(service_id).map(Vec::as_slice).unwrap_or_default();
+        let mut seen = HashSet::new();
+        // A repeat within the request: the first one is the event.
+        for event in logged.batch.events.iter().filter(|e| seen.insert(e.event_log_id)) {
+            let mut row = EventRow::from_import(
+                service_id.clone(),
+                event,
+                received_at_ms,
+                unified_id.clone(),
+                names.iter().map(String::as_str),
+            );
+            if let Some(first) = first.get(&event.event_log_id) {
+                row.correction_ms = *first;
+            }
+            rows.push(row);
+        }
+    }
+    events.insert(rows).await
 }

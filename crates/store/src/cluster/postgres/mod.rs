@@ -40,6 +40,7 @@
 //! `Internal` (the server's `unknown_error`, HTTP 500 / 50000).
 
 mod corrections;
+mod import_logs;
 mod profiles;
 mod schema;
 mod watch;

@@ -196,14 +196,26 @@ impl Postgres {
     /// Returns its `df_unified_id`. Durable on return; resolutions of one
     /// service are serialized across processes (module doc).
     pub async fn upsert_identity(&self, service_id: &ServiceId, identity: Identity) -> Result<String, StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await.map_err(pg_error)?;
-        let uid = resolve(&tx, service_id, &[&identity])
+        self.upsert_identities(service_id, &[&identity])
             .await?
             .pop()
-            .ok_or_else(|| StoreError::internal("identity resolution answered nothing"))?;
+            .ok_or_else(|| StoreError::internal("identity resolution answered nothing"))
+    }
+
+    /// [`Postgres::upsert_identity`] of each of `identities`, in order, in
+    /// one transaction (what a move of the cluster's import log resolves
+    /// at once): one `df_unified_id` per identity. One conflict fails all
+    /// of them, with nothing written.
+    pub async fn upsert_identities(
+        &self,
+        service_id: &ServiceId,
+        identities: &[&Identity],
+    ) -> Result<Vec<String>, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        let uids = resolve(&tx, service_id, identities).await?;
         tx.commit().await.map_err(pg_error)?;
-        Ok(uid)
+        Ok(uids)
     }
 
     /// Deletes the profile with `external_id`, its identifiers and its

@@ -92,4 +92,10 @@ CREATE TABLE IF NOT EXISTS first_corrections (
     event_ms bigint NOT NULL,
     PRIMARY KEY (service_id, event_log_id));
 CREATE INDEX IF NOT EXISTS first_corrections_by_event_time ON first_corrections (event_ms);
+CREATE TABLE IF NOT EXISTS import_logs (
+    replica_id text COLLATE "C" PRIMARY KEY,
+    pending boolean NOT NULL,
+    flushed bigint NOT NULL,
+    updated_ms bigint NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS import_flush_requests;
 "#;

@@ -1,0 +1,542 @@
+//! Cluster mode's import log (`--cluster-import-log`): imports answered
+//! once durable in this replica's own log, stored in ClickHouse behind the
+//! answers in large INSERTs.
+//!
+//! Without it, each import waits for a synchronous INSERT on every shard,
+//! and an INSERT holds what arrived while the previous one ran: a few
+//! hundred rows with a few clients, which ClickHouse 18.16 takes ~13 ms to
+//! write and stores at ~25,000 rows per CPU-second (docs/benchmarks.md,
+//! item 15). With it, the same log thread as DuckDB's
+//! ([`crate::import_log::acker`]) appends, syncs and answers, and the
+//! *mover* thread here resolves the identities of many requests in one
+//! PostgreSQL transaction and sends their rows as one INSERT of
+//! [`ImportLogOptions::move_events`] or more.
+//!
+//! What an answer then promises is this replica's disk, until the move.
+//! So that a read on *any* replica sees every acknowledged event, the
+//! replica announces in PostgreSQL that it holds unmoved events before it
+//! answers them, and moves when a read elsewhere asks
+//! (`postgres/import_logs.rs`); a read that cannot get them (the replica
+//! is down with its log) fails rather than answer short
+//! ([`super::ClusterStore`]'s `flush`).
+//!
+//! The mover and the announcement run on tokio runtimes of their own (one
+//! thread each), with their own ClickHouse and PostgreSQL connections, so
+//! that they finish their work at shutdown whatever the server's runtime
+//! is doing. A move that fails (a shard or PostgreSQL down) keeps its
+//! batches and is tried again every [`MOVE_RETRY_EVERY`], or at once by a
+//! read; replaying a batch is harmless (identity resolution is
+//! idempotent, first corrections are memoised, and equal keys are deduped
+//! on read).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use fineport_contract::import::EventBatch;
+use fineport_contract::ServiceId;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+
+use super::clickhouse::{ClickHouse, ClickHouseOptions};
+use super::postgres::Postgres;
+use super::store_batches;
+use crate::import_log::acker::{self, Ahead, BeforeAnswer, Closing, Job, Mover, Moves, Progress};
+use crate::import_log::{self, ImportLog, LoggedBatch};
+use crate::{Backlog, InsertSummary, StoreError};
+
+/// This replica's import log.
+#[derive(Debug, Clone)]
+pub struct ImportLogOptions {
+    /// The log file (segments `<path>`, `<path>.1`, …), on this replica's
+    /// own disk; `<path>.replica` holds the replica's id in
+    /// PostgreSQL's `import_logs`.
+    pub path: PathBuf,
+    /// A move starts once this many events wait (default 20,000: an INSERT
+    /// that size is as cheap per row for ClickHouse 18.16 as one of
+    /// 100,000, item 15 of docs/benchmarks.md).
+    pub move_events: usize,
+    /// … or once no import has come for this long (default 20 ms).
+    pub idle: Duration,
+}
+
+impl ImportLogOptions {
+    pub fn new(path: PathBuf) -> ImportLogOptions {
+        ImportLogOptions {
+            path,
+            move_events: 20_000,
+            idle: Duration::from_millis(20),
+        }
+    }
+}
+
+/// How often a replica holding unmoved events looks for reads that wait
+/// for them (one `SELECT` of a sequence).
+const FLUSH_POLL: Duration = Duration::from_millis(10);
+
+/// After a failed move, how often the mover tries again by itself.
+const MOVE_RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Moves that may wait for the mover, in [`ImportLogOptions::move_events`].
+const MOVES_AHEAD: usize = 4;
+
+/// The log side of a [`super::ClusterStore`]: where imports go, how far
+/// the mover got, and this replica's id.
+pub(crate) struct ImportLogSide {
+    jobs: Mutex<Option<Sender<Job<Infallible>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    progress: Arc<Progress>,
+    pub replica_id: String,
+}
+
+/// What the mover and the announcement open for themselves.
+#[derive(Clone)]
+pub(crate) struct Targets {
+    pub clickhouse: ClickHouseOptions,
+    pub postgres_url: String,
+    /// The store's registered item properties per service.
+    pub items: Arc<RwLock<HashMap<ServiceId, Vec<String>>>>,
+}
+
+impl ImportLogSide {
+    /// Opens the log, stores what it holds from before (a crash), starts
+    /// the mover and the log thread. Errors: `Internal` when the log, its
+    /// replica id or the mover's connections cannot be opened; a log whose
+    /// batches cannot be stored yet is not an error (they stay, announced).
+    pub async fn open(options: &ImportLogOptions, targets: Targets) -> Result<ImportLogSide, StoreError> {
+        let replica_id = replica_id(&options.path)?;
+        let (log, batches) = {
+            let path = options.path.clone();
+            tokio::task::spawn_blocking(move || ImportLog::open(&path))
+                .await
+                .map_err(|e| StoreError::internal(format!("opening the import log: {e}")))??
+        };
+        let (ready, started) = oneshot::channel();
+        let progress = Arc::new(Progress::default());
+        let ahead = Arc::new(Ahead::new(MOVES_AHEAD.saturating_mul(options.move_events.max(1))));
+        let (moves, from_log) = std::sync::mpsc::channel();
+        let pending = Arc::new(Mutex::new(true));
+        let state = MoverStart {
+            targets: targets.clone(),
+            replica_id: replica_id.clone(),
+            options: options.clone(),
+            progress: progress.clone(),
+            ahead: ahead.clone(),
+            pending: pending.clone(),
+            replay: batches,
+            end: log.end(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("fineport-cluster-mover".into())
+            .spawn(move || run_mover(state, from_log, ready))
+            .map_err(|e| StoreError::internal(format!("cannot start the mover thread: {e}")))?;
+        started
+            .await
+            .map_err(|_| StoreError::internal("the mover thread stopped while starting"))??;
+        let before_answer = announcer(&targets.postgres_url, replica_id.clone(), pending).await?;
+        let (jobs, thread) = acker::spawn(
+            Some(log),
+            Mover {
+                moves,
+                thread,
+                ahead,
+                progress: progress.clone(),
+                appended: progress.appended.load(Ordering::Acquire),
+                before_answer: Some(before_answer),
+            },
+        )?;
+        Ok(ImportLogSide {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+            progress,
+            replica_id,
+        })
+    }
+
+    fn send(&self, job: Job<Infallible>) -> Result<(), StoreError> {
+        let jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::internal("the import log is poisoned"))?;
+        jobs.as_ref()
+            .ok_or_else(|| StoreError::internal("the import log is closed"))?
+            .send(job)
+            .map_err(|_| StoreError::internal("the import log's thread stopped"))
+    }
+
+    /// Answers once `batch` is synced to the log (SPEC §3: `20000` means
+    /// durable). Errors: `Internal` when the log cannot be written or the
+    /// announcement in PostgreSQL fails (the request is then not
+    /// acknowledged).
+    pub async fn insert(
+        &self,
+        service_id: &ServiceId,
+        batch: EventBatch,
+        received_at_ms: i64,
+    ) -> Result<InsertSummary, StoreError> {
+        let mut record = Vec::new();
+        import_log::record(&mut record, service_id, received_at_ms, &batch);
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Events {
+            batch: Box::new(LoggedBatch {
+                service_id: service_id.to_owned(),
+                received_at_ms,
+                batch,
+            }),
+            record,
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::internal("the import log's thread stopped"))?
+    }
+
+    /// Waits until every event this replica acknowledged is in ClickHouse;
+    /// a `Query` error when batches of `service_id` cannot be moved yet.
+    pub async fn sync(&self, service_id: &ServiceId) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Job::Sync {
+            service_id: service_id.to_owned(),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| StoreError::internal("the import mover stopped"))?
+    }
+
+    pub fn backlog(&self) -> Backlog {
+        self.progress.backlog()
+    }
+}
+
+impl Drop for ImportLogSide {
+    /// Stops the log thread after the mover has stored what it holds (or
+    /// given up on it: it stays in the log for the next start).
+    fn drop(&mut self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The replica id kept beside the log (`<path>.replica`), made on the
+/// first start: a random UUID, so that two replicas never share one.
+fn replica_id(log: &Path) -> Result<String, StoreError> {
+    let mut path = log.as_os_str().to_owned();
+    path.push(".replica");
+    let path = PathBuf::from(path);
+    let io = |e: std::io::Error| StoreError::internal(format!("the replica id {}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let id = fineport_contract::Uuid::new_v4().hyphenated().to_string();
+    let tmp = path.with_extension("replica.tmp");
+    std::fs::write(&tmp, &id).map_err(io)?;
+    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
+}
+
+fn runtime() -> Result<Runtime, StoreError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::internal(format!("cannot start a runtime for the import log: {e}")))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The log thread's announcement: before the first answer after a time
+/// this replica held nothing unmoved, `pending` is committed in
+/// PostgreSQL (under the lock the mover takes to clear it).
+async fn announcer(
+    postgres_url: &str,
+    replica_id: String,
+    pending: Arc<Mutex<bool>>,
+) -> Result<BeforeAnswer, StoreError> {
+    let url = postgres_url.to_owned();
+    let (rt, meta) = tokio::task::spawn_blocking(move || {
+        let rt = runtime()?;
+        let meta = rt.block_on(Postgres::open(&url))?;
+        Ok::<_, StoreError>((rt, meta))
+    })
+    .await
+    .map_err(|e| StoreError::internal(format!("starting the import log: {e}")))??;
+    Ok(Box::new(move || {
+        let mut announced = pending
+            .lock()
+            .map_err(|_| StoreError::internal("the import log's state is poisoned"))?;
+        if !*announced {
+            rt.block_on(meta.set_import_log(&replica_id, true, None, now_ms()))?;
+            *announced = true;
+        }
+        Ok(())
+    }))
+}
+
+/// What the mover thread starts from.
+struct MoverStart {
+    targets: Targets,
+    replica_id: String,
+    options: ImportLogOptions,
+    progress: Arc<Progress>,
+    ahead: Arc<Ahead>,
+    pending: Arc<Mutex<bool>>,
+    /// What the log held at open, and the log's end after it.
+    replay: Vec<LoggedBatch>,
+    end: u64,
+}
+
+/// The mover thread's state.
+struct MoverState {
+    rt: Runtime,
+    events: ClickHouse,
+    meta: Postgres,
+    targets: Targets,
+    replica_id: String,
+    options: ImportLogOptions,
+    progress: Arc<Progress>,
+    ahead: Arc<Ahead>,
+    /// Whether PostgreSQL says this replica holds unmoved events.
+    pending: Arc<Mutex<bool>>,
+    /// Acknowledged batches not in ClickHouse yet, in arrival order, and
+    /// the log position after the last of them.
+    unmoved: Vec<LoggedBatch>,
+    unmoved_events: usize,
+    unmoved_through: u64,
+    /// When the last move failed, and why.
+    failed: Option<(Instant, StoreError)>,
+    /// The newest flush request answered, and when requests were last read.
+    flushed: i64,
+    polled: Instant,
+}
+
+fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: oneshot::Sender<Result<(), StoreError>>) {
+    let _closing = Closing(start.ahead.clone());
+    let opened = runtime().and_then(|rt| {
+        let events = rt.block_on(ClickHouse::open(&start.targets.clickhouse))?;
+        let meta = rt.block_on(Postgres::open(&start.targets.postgres_url))?;
+        Ok((rt, events, meta))
+    });
+    let (rt, events, meta) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let mut state = MoverState {
+        rt,
+        events,
+        meta,
+        targets: start.targets,
+        replica_id: start.replica_id,
+        options: start.options,
+        progress: start.progress,
+        ahead: start.ahead,
+        pending: start.pending,
+        unmoved: Vec::new(),
+        unmoved_events: 0,
+        unmoved_through: start.end,
+        failed: None,
+        flushed: 0,
+        polled: Instant::now(),
+    };
+    if let Err(e) = state.replay(start.replay, start.end) {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    let _ = ready.send(Ok(()));
+    state.run(&moves);
+}
+
+impl MoverState {
+    /// Announces what the log holds from before and stores it (what cannot
+    /// be stored yet stays, announced, and is retried).
+    fn replay(&mut self, batches: Vec<LoggedBatch>, end: u64) -> Result<(), StoreError> {
+        self.progress.appended.store(end, Ordering::Release);
+        self.progress.moved.store(end, Ordering::Release);
+        if batches.is_empty() {
+            return self.record(None);
+        }
+        tracing::info!(
+            batches = batches.len(),
+            "storing what the import log holds from before a stop"
+        );
+        self.rt
+            .block_on(self.meta.set_import_log(&self.replica_id, true, None, now_ms()))?;
+        self.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
+        self.progress.acknowledged(batches.len(), self.unmoved_events);
+        self.progress.moved.store(0, Ordering::Release);
+        self.unmoved = batches;
+        self.move_unmoved();
+        Ok(())
+    }
+
+    fn run(&mut self, moves: &Receiver<Moves<Infallible>>) {
+        loop {
+            let pending = self.pending.lock().map(|p| *p).unwrap_or(true);
+            let wait = if !self.unmoved.is_empty() && self.failed.is_none() {
+                self.options.idle
+            } else if pending || self.failed.is_some() {
+                FLUSH_POLL
+            } else {
+                Duration::from_secs(3600)
+            };
+            match moves.recv_timeout(wait) {
+                Ok(job) => self.take(job),
+                Err(RecvTimeoutError::Timeout) => {
+                    let retry = self
+                        .failed
+                        .as_ref()
+                        .is_none_or(|(at, _)| at.elapsed() >= MOVE_RETRY_EVERY);
+                    if !self.unmoved.is_empty() && retry {
+                        self.move_unmoved();
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if pending && self.polled.elapsed() >= FLUSH_POLL {
+                self.answer_flush_requests(moves);
+            }
+        }
+        // Closing: leave nothing unmoved behind that can be stored.
+        self.move_unmoved();
+    }
+
+    fn take(&mut self, job: Moves<Infallible>) {
+        match job {
+            Moves::Batches { batches, through } => {
+                let events = batches.iter().map(|b| b.batch.events.len()).sum::<usize>();
+                self.ahead.take(events);
+                self.unmoved_events += events;
+                self.unmoved.extend(batches);
+                self.unmoved_through = through;
+                if self.unmoved_events >= self.options.move_events && self.failed.is_none() {
+                    self.move_unmoved();
+                }
+            }
+            Moves::Other(never) => match never {},
+            Moves::Sync { service_id, reply } => {
+                self.move_unmoved();
+                let _ = reply.send(service_id.map_or(Ok(()), |s| self.all_moved(&s)));
+            }
+        }
+    }
+
+    /// When a read elsewhere asked since the last answer: moves everything
+    /// acknowledged before it read the request (receiving what the log
+    /// thread has answered but not yet handed over), then records the
+    /// request as answered.
+    fn answer_flush_requests(&mut self, moves: &Receiver<Moves<Infallible>>) {
+        self.polled = Instant::now();
+        let requested = match self.rt.block_on(self.meta.flush_requested()) {
+            Ok(requested) => requested,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the flush requests"),
+        };
+        if requested <= self.flushed {
+            return;
+        }
+        let answered = self.progress.appended.load(Ordering::Acquire);
+        while self.unmoved_through < answered {
+            match moves.recv() {
+                Ok(job) => self.take(job),
+                Err(_) => break,
+            }
+        }
+        self.move_unmoved();
+        if self.progress.moved.load(Ordering::Acquire) >= answered {
+            match self.record(Some(requested)) {
+                Ok(()) => self.flushed = requested,
+                Err(e) => tracing::warn!(error = %e, "cannot record a flush request as answered"),
+            }
+        }
+    }
+
+    /// Writes this replica's row: `pending` cleared when everything is
+    /// moved (under the announcement's lock), and `flushed` when given.
+    fn record(&mut self, flushed: Option<i64>) -> Result<(), StoreError> {
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| StoreError::internal("the import log's state is poisoned"))?;
+        let all_moved = self.progress.all_moved();
+        if flushed.is_none() && (!*pending || !all_moved) {
+            return Ok(());
+        }
+        self.rt.block_on(
+            self.meta
+                .set_import_log(&self.replica_id, !all_moved, flushed, now_ms()),
+        )?;
+        *pending = !all_moved;
+        Ok(())
+    }
+
+    /// Stores every unmoved batch; on success the log may free them. On
+    /// failure they stay, for the next try.
+    fn move_unmoved(&mut self) {
+        if self.unmoved.is_empty() {
+            return;
+        }
+        let items = self.targets.items.read().map(|m| m.clone()).unwrap_or_default();
+        let stored = self
+            .rt
+            .block_on(store_batches(&self.events, &self.meta, &items, &self.unmoved));
+        match stored {
+            Ok(()) => {
+                let batches = std::mem::take(&mut self.unmoved);
+                self.progress
+                    .moved_into_tables(batches.len(), std::mem::take(&mut self.unmoved_events));
+                self.progress.moved.store(self.unmoved_through, Ordering::Release);
+                self.failed = None;
+                drop(batches);
+                if let Err(e) = self.record(None) {
+                    tracing::warn!(error = %e, "cannot record that the import log is moved");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batches = self.unmoved.len(),
+                    "acknowledged imports cannot be stored in ClickHouse yet; they stay in the import log");
+                self.failed = Some((Instant::now(), e));
+            }
+        }
+    }
+
+    /// `Ok` when every acknowledged batch of `service_id` is stored;
+    /// otherwise a `Query` error saying how many are not and why.
+    fn all_moved(&self, service_id: &ServiceId) -> Result<(), StoreError> {
+        let events: usize = self
+            .unmoved
+            .iter()
+            .filter(|b| b.service_id == *service_id)
+            .map(|b| b.batch.events.len())
+            .sum();
+        if events == 0 {
+            return Ok(());
+        }
+        let why = self
+            .failed
+            .as_ref()
+            .map_or("unknown".into(), |(_, e)| e.message.clone());
+        Err(StoreError::query(format!(
+            "{events} acknowledged events of service {service_id} cannot be stored in ClickHouse yet \
+             (they are safe in this replica's import log): {why}"
+        )))
+    }
+}
