@@ -17,8 +17,9 @@
 
 use crate::csv::push_json_scalar;
 use crate::import::{EventInput, API_VERSION, PLATFORM_HTTP_API};
-use crate::profile::cell_text;
+use crate::profile::push_cell_text;
 use crate::taxonomy::ITEMS_COLUMN_PREFIX;
+use crate::types::Value;
 use crate::ServiceId;
 
 /// One stored event of a text-cell backend. Times are UTC milliseconds
@@ -57,22 +58,20 @@ impl StoredEvent {
     /// `df_items_<p>` entry when the event has items.
     pub fn from_import<'a>(
         service_id: ServiceId,
-        event: &EventInput,
+        event: &'a EventInput,
         received_at_ms: i64,
         unified_id: String,
         item_properties: impl IntoIterator<Item = &'a str>,
     ) -> StoredEvent {
-        let mut prop_keys = Vec::with_capacity(event.properties.len());
-        let mut prop_values = Vec::with_capacity(event.properties.len());
-        for (name, value) in &event.properties {
-            prop_keys.push(name.clone());
-            prop_values.push(cell_text(value));
-        }
-        if !event.items.is_empty() {
-            for name in item_properties {
-                prop_keys.push(format!("{ITEMS_COLUMN_PREFIX}{name}"));
-                prop_values.push(item_cell(event, name));
-            }
+        let (mut prop_keys, mut prop_values) = (Vec::new(), Vec::new());
+        let mut text = Vec::new();
+        for cell in import_cells(event, item_properties) {
+            text.clear();
+            cell.push_key(&mut text);
+            prop_keys.push(String::from_utf8_lossy(&text).into_owned());
+            text.clear();
+            cell.push_text(&mut text);
+            prop_values.push(String::from_utf8_lossy(&text).into_owned());
         }
         StoredEvent {
             service_id,
@@ -91,21 +90,74 @@ impl StoredEvent {
     }
 }
 
-/// The `df_items_<name>` cell: `[v1,null,…]`, one JSON element per item.
-fn item_cell(event: &EventInput, name: &str) -> String {
-    let mut out = vec![b'['];
+/// One property cell of an imported event, as [`import_cells`] lists them.
+#[derive(Debug, Clone, Copy)]
+pub enum ImportCell<'a> {
+    /// An event property: its name and value.
+    Property(&'a str, &'a Value),
+    /// The `df_items_<name>` cell of item property `name` of this event.
+    Items(&'a EventInput, &'a str),
+}
+
+impl ImportCell<'_> {
+    /// Appends the key: the property's name, or `df_items_<name>`.
+    pub fn push_key(&self, out: &mut Vec<u8>) {
+        match self {
+            ImportCell::Property(name, _) => out.extend_from_slice(name.as_bytes()),
+            ImportCell::Items(_, name) => {
+                out.extend_from_slice(ITEMS_COLUMN_PREFIX.as_bytes());
+                out.extend_from_slice(name.as_bytes());
+            }
+        }
+    }
+
+    /// The key's length in bytes, without rendering it.
+    pub fn key_len(&self) -> usize {
+        match self {
+            ImportCell::Property(name, _) => name.len(),
+            ImportCell::Items(_, name) => ITEMS_COLUMN_PREFIX.len() + name.len(),
+        }
+    }
+
+    /// Appends the unquoted cell text (see the module doc).
+    pub fn push_text(&self, out: &mut Vec<u8>) {
+        match self {
+            ImportCell::Property(_, value) => push_cell_text(out, value),
+            ImportCell::Items(event, name) => push_item_cell(out, event, name),
+        }
+    }
+}
+
+/// The property cells of `event` in stored order: its event properties in
+/// name order, then, when it has items, one `df_items_<p>` per name of
+/// `item_properties` (see the module doc). What [`StoredEvent::from_import`]
+/// stores as `prop_keys`/`prop_values`, for a backend that encodes them
+/// without building a [`StoredEvent`].
+pub fn import_cells<'a>(
+    event: &'a EventInput,
+    item_properties: impl IntoIterator<Item = &'a str>,
+) -> impl Iterator<Item = ImportCell<'a>> {
+    let items = item_properties.into_iter().filter(move |_| !event.items.is_empty());
+    event
+        .properties
+        .iter()
+        .map(|(name, value)| ImportCell::Property(name, value))
+        .chain(items.map(move |name| ImportCell::Items(event, name)))
+}
+
+/// Appends the `df_items_<name>` cell: `[v1,null,…]`, one JSON element per item.
+fn push_item_cell(out: &mut Vec<u8>, event: &EventInput, name: &str) {
+    out.push(b'[');
     for (i, item) in event.items.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         match item.get(name) {
-            Some(value) => push_json_scalar(&mut out, value),
+            Some(value) => push_json_scalar(out, value),
             None => out.extend_from_slice(b"null"),
         }
     }
     out.push(b']');
-    // The encoder writes UTF-8 from UTF-8 input.
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

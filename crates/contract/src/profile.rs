@@ -26,13 +26,23 @@ pub const UNIFIED_ID_COLUMN: &str = "df_unified_id";
 /// A user property value as stored: its CSV cell text.
 pub fn cell_text(value: &Value) -> String {
     let mut out = Vec::new();
-    crate::csv::push_value(&mut out, &mut Vec::new(), value);
-    // The cell may be quoted for CSV; store the unquoted text.
-    let text = String::from_utf8_lossy(&out).into_owned();
+    push_cell_text(&mut out, value);
+    // Built from UTF-8 strings and ASCII.
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Appends [`cell_text`] of `value`: a string as it is, a scalar as the
+/// CSV encoder writes it (never quoted), an array as its JSON text.
+pub fn push_cell_text(out: &mut Vec<u8>, value: &Value) {
+    use crate::csv;
     match value {
-        Value::String(s) => s.clone(),
-        _ if text.starts_with('"') => text[1..text.len() - 1].replace("\"\"", "\""),
-        _ => text,
+        Value::String(s) => out.extend_from_slice(s.as_bytes()),
+        Value::Long(n) => csv::push_i64(out, *n),
+        Value::Double(f) => csv::push_f64(out, *f),
+        Value::Boolean(b) => csv::push_bool(out, *b),
+        Value::Datetime(ms) => csv::push_datetime_ms(out, *ms),
+        Value::Date(d) => csv::push_date_days(out, *d),
+        Value::StringArray(_) | Value::LongArray(_) | Value::DoubleArray(_) => csv::push_json_array(out, value),
     }
 }
 

@@ -67,6 +67,16 @@ macro_rules! backend_suite {
                 }
             )*
         }
+        mod cluster_import_log {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(backend) = $crate::common::Backend::cluster_import_log(stringify!($name)) {
+                        backend.run(super::$name()).await
+                    }
+                }
+            )*
+        }
     };
 }
 
@@ -75,6 +85,9 @@ macro_rules! backend_suite {
 pub enum Backend {
     DuckDb,
     Cluster(TestCluster),
+    /// The cluster with an import log per server (`--cluster-import-log`),
+    /// in a directory of the system's temporary one.
+    ClusterImportLog(TestCluster),
 }
 
 tokio::task_local! {
@@ -85,6 +98,11 @@ impl Backend {
     /// The cluster from the environment (see [`TestCluster::from_env`]).
     pub fn cluster(test: &str) -> Option<Backend> {
         TestCluster::from_env(test).map(Backend::Cluster)
+    }
+
+    /// The same cluster, its servers with import logs.
+    pub fn cluster_import_log(test: &str) -> Option<Backend> {
+        TestCluster::from_env(test).map(Backend::ClusterImportLog)
     }
 
     /// Runs `test` with this backend as the one servers start on.
@@ -145,6 +163,11 @@ impl TestServer {
             Backend::DuckDb => Data::DuckDb(tempfile::tempdir().expect("temp dir")),
             Backend::Cluster(cluster) => {
                 let options = cluster.fresh_databases().await;
+                Data::Cluster(cluster, options)
+            }
+            Backend::ClusterImportLog(cluster) => {
+                let mut options = cluster.fresh_databases().await;
+                options.import_log = Some(import_log_in(&options.clickhouse.database));
                 Data::Cluster(cluster, options)
             }
         };
@@ -209,10 +232,14 @@ impl TestServer {
     /// drop the replica first (declare it after this one). Panics on
     /// DuckDB, which one process opens.
     pub async fn replica(&self) -> TestServer {
-        let options = self
+        let mut options = self
             .cluster_options()
             .expect("replicas share a cluster test server's databases")
             .clone();
+        if options.import_log.is_some() {
+            let name = format!("{}-{}", options.clickhouse.database, uuid::Uuid::new_v4().simple());
+            options.import_log = Some(import_log_in(&name));
+        }
         Self::start_in(
             Data::Replica(options),
             self.state.config.clone(),
@@ -458,7 +485,21 @@ impl Drop for TestServer {
         if let Data::Cluster(cluster, options) = &self.data {
             cluster.drop_databases(options);
         }
+        if let Data::Cluster(_, options) | Data::Replica(options) = &self.data {
+            if let Some(dir) = options.import_log.as_ref().and_then(|log| log.path.parent()) {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
     }
+}
+
+/// An import log of its own for a test server: `<tmp>/fineport-test-logs/<name>/import.log`.
+pub fn import_log_in(name: &str) -> fineport_store::cluster::ImportLogOptions {
+    let path = std::env::temp_dir()
+        .join("fineport-test-logs")
+        .join(name)
+        .join("import.log");
+    fineport_store::cluster::ImportLogOptions::new(path)
 }
 
 /// Parses CSV text with a real CSV parser: (header, rows).

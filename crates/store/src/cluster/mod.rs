@@ -39,7 +39,7 @@ use fineport_contract::{ServiceId, Tz};
 
 pub use self::mover::ImportLogOptions;
 
-use self::clickhouse::{ClickHouse, ClickHouseOptions, EventRow};
+use self::clickhouse::{ClickHouse, ClickHouseOptions, ImportRows};
 use self::mover::{ImportLogSide, Targets};
 use self::postgres::Postgres;
 use crate::import_log::LoggedBatch;
@@ -398,6 +398,19 @@ pub(crate) async fn store_batches(
     items: &HashMap<ServiceId, Vec<String>>,
     batches: &[LoggedBatch],
 ) -> Result<(), StoreError> {
+    let rows = prepare_rows(events, meta, items, batches).await?;
+    events.insert_import_rows(rows).await
+}
+
+/// The first half of [`store_batches`]: everything before the INSERT
+/// (identities and first corrections are then durable in PostgreSQL),
+/// answering the encoded rows.
+pub(crate) async fn prepare_rows(
+    events: &ClickHouse,
+    meta: &Postgres,
+    items: &HashMap<ServiceId, Vec<String>>,
+    batches: &[LoggedBatch],
+) -> Result<ImportRows, StoreError> {
     let mut by_service: HashMap<&ServiceId, Vec<usize>> = HashMap::new();
     for (i, logged) in batches.iter().enumerate() {
         by_service.entry(&logged.service_id).or_default().push(i);
@@ -410,7 +423,7 @@ pub(crate) async fn store_batches(
             unified_ids[i] = unified_id;
         }
     }
-    let mut rows: Vec<EventRow> = Vec::with_capacity(batches.iter().map(|b| b.batch.events.len()).sum());
+    let mut rows = events.import_rows();
     for (logged, unified_id) in batches.iter().zip(unified_ids) {
         let (service_id, received_at_ms) = (&logged.service_id, logged.received_at_ms);
         // Future-dated events take the correction time of their first receipt.
@@ -429,19 +442,18 @@ pub(crate) async fn store_batches(
         let names = items.get(service_id).map(Vec::as_slice).unwrap_or_default();
         let mut seen = HashSet::new();
         // A repeat within the request: the first one is the event.
-        for event in logged.batch.events.iter().filter(|e| seen.insert(e.event_log_id)) {
-            let mut row = EventRow::from_import(
-                service_id.clone(),
-                event,
-                received_at_ms,
-                unified_id.clone(),
-                names.iter().map(String::as_str),
-            );
-            if let Some(first) = first.get(&event.event_log_id) {
-                row.correction_ms = *first;
-            }
-            rows.push(row);
-        }
+        let unique: Vec<_> = logged
+            .batch
+            .events
+            .iter()
+            .filter(|e| seen.insert(e.event_log_id))
+            .collect();
+        rows.push_request(service_id, &unique, received_at_ms, &unified_id, names, |event| {
+            first
+                .get(&event.event_log_id)
+                .copied()
+                .unwrap_or_else(|| event.correction_ms(received_at_ms))
+        });
     }
-    events.insert(rows).await
+    Ok(rows)
 }

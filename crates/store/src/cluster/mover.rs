@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 
 use super::clickhouse::{ClickHouse, ClickHouseOptions};
 use super::postgres::Postgres;
-use super::store_batches;
+use super::prepare_rows;
 use crate::import_log::acker::{self, Ahead, BeforeAnswer, Closing, Job, Mover, Moves, Progress};
 use crate::import_log::{self, ImportLog, LoggedBatch};
 use crate::{Backlog, InsertSummary, StoreError};
@@ -84,6 +84,10 @@ const MOVE_RETRY_EVERY: Duration = Duration::from_secs(2);
 
 /// Moves that may wait for the mover, in [`ImportLogOptions::move_events`].
 const MOVES_AHEAD: usize = 4;
+
+/// INSERTs the mover keeps in flight while it prepares the next move (its
+/// identities and rows): one INSERT's wait no longer stops the moves.
+const INSERTS_IN_FLIGHT: usize = 2;
 
 /// The log side of a [`super::ClusterStore`]: where imports go, how far
 /// the mover got, and this replica's id.
@@ -251,8 +255,18 @@ fn replica_id(log: &Path) -> Result<String, StoreError> {
     Ok(id)
 }
 
-fn runtime() -> Result<Runtime, StoreError> {
-    tokio::runtime::Builder::new_current_thread()
+/// A runtime of the import log's own: on the calling thread only, or with
+/// one worker thread that runs spawned work (the mover's INSERTs) while
+/// the calling thread does something else.
+fn runtime(worker: bool) -> Result<Runtime, StoreError> {
+    let mut builder = if worker {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1).thread_name("fineport-cluster-insert");
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder
         .enable_all()
         .build()
         .map_err(|e| StoreError::internal(format!("cannot start a runtime for the import log: {e}")))
@@ -272,7 +286,7 @@ async fn announcer(
 ) -> Result<BeforeAnswer, StoreError> {
     let url = postgres_url.to_owned();
     let (rt, meta) = tokio::task::spawn_blocking(move || {
-        let rt = runtime()?;
+        let rt = runtime(false)?;
         let meta = rt.block_on(Postgres::open(&url))?;
         Ok::<_, StoreError>((rt, meta))
     })
@@ -303,6 +317,15 @@ struct MoverStart {
     end: u64,
 }
 
+/// A move whose INSERT runs on the mover's runtime.
+struct InFlight {
+    batches: Vec<LoggedBatch>,
+    events: usize,
+    /// The log position after its last batch.
+    through: u64,
+    insert: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
 /// The mover thread's state.
 struct MoverState {
     rt: Runtime,
@@ -315,8 +338,10 @@ struct MoverState {
     ahead: Arc<Ahead>,
     /// Whether PostgreSQL says this replica holds unmoved events.
     pending: Arc<Mutex<bool>>,
-    /// Acknowledged batches not in ClickHouse yet, in arrival order, and
-    /// the log position after the last of them.
+    /// Moves whose INSERT is running, oldest first.
+    in_flight: std::collections::VecDeque<InFlight>,
+    /// Acknowledged batches not in ClickHouse yet nor in flight, in arrival
+    /// order, and the log position after the last of them.
     unmoved: Vec<LoggedBatch>,
     unmoved_events: usize,
     unmoved_through: u64,
@@ -329,7 +354,7 @@ struct MoverState {
 
 fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: oneshot::Sender<Result<(), StoreError>>) {
     let _closing = Closing(start.ahead.clone());
-    let opened = runtime().and_then(|rt| {
+    let opened = runtime(true).and_then(|rt| {
         let events = rt.block_on(ClickHouse::open(&start.targets.clickhouse))?;
         let meta = rt.block_on(Postgres::open(&start.targets.postgres_url))?;
         Ok((rt, events, meta))
@@ -351,6 +376,7 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
         progress: start.progress,
         ahead: start.ahead,
         pending: start.pending,
+        in_flight: std::collections::VecDeque::new(),
         unmoved: Vec::new(),
         unmoved_events: 0,
         unmoved_through: start.end,
@@ -392,7 +418,9 @@ impl MoverState {
     fn run(&mut self, moves: &Receiver<Moves<Infallible>>) {
         loop {
             let pending = self.pending.lock().map(|p| *p).unwrap_or(true);
-            let wait = if !self.unmoved.is_empty() && self.failed.is_none() {
+            let wait = if !self.in_flight.is_empty() {
+                Duration::from_millis(2)
+            } else if !self.unmoved.is_empty() && self.failed.is_none() {
                 self.options.idle
             } else if pending || self.failed.is_some() {
                 FLUSH_POLL
@@ -406,12 +434,13 @@ impl MoverState {
                         .failed
                         .as_ref()
                         .is_none_or(|(at, _)| at.elapsed() >= MOVE_RETRY_EVERY);
-                    if !self.unmoved.is_empty() && retry {
-                        self.move_unmoved();
+                    if !self.unmoved.is_empty() && retry && self.in_flight.is_empty() {
+                        self.start_move();
                     }
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            self.reap(false);
             if pending && self.polled.elapsed() >= FLUSH_POLL {
                 self.answer_flush_requests(moves);
             }
@@ -429,7 +458,7 @@ impl MoverState {
                 self.unmoved.extend(batches);
                 self.unmoved_through = through;
                 if self.unmoved_events >= self.options.move_events && self.failed.is_none() {
-                    self.move_unmoved();
+                    self.start_move();
                 }
             }
             Moves::Other(never) => match never {},
@@ -488,34 +517,94 @@ impl MoverState {
         Ok(())
     }
 
-    /// Stores every unmoved batch; on success the log may free them. On
-    /// failure they stay, for the next try.
+    /// Stores every unmoved batch and waits for every INSERT in flight;
+    /// on success the log may free them. On failure they stay, for the
+    /// next try.
     fn move_unmoved(&mut self) {
+        self.start_move();
+        self.reap(true);
+    }
+
+    /// Resolves the unmoved batches' identities and encodes their rows
+    /// here, then starts their INSERT on the runtime's worker and returns;
+    /// with [`INSERTS_IN_FLIGHT`] running, first waits for the oldest.
+    fn start_move(&mut self) {
         if self.unmoved.is_empty() {
             return;
         }
         let items = self.targets.items.read().map(|m| m.clone()).unwrap_or_default();
-        let stored = self
+        let prepared = self
             .rt
-            .block_on(store_batches(&self.events, &self.meta, &items, &self.unmoved));
-        match stored {
+            .block_on(prepare_rows(&self.events, &self.meta, &items, &self.unmoved));
+        let rows = match prepared {
+            Ok(rows) => rows,
+            Err(e) => return self.fail(e),
+        };
+        let events = self.events.clone();
+        let insert = self.rt.spawn(async move { events.insert_import_rows(rows).await });
+        self.in_flight.push_back(InFlight {
+            batches: std::mem::take(&mut self.unmoved),
+            events: std::mem::take(&mut self.unmoved_events),
+            through: self.unmoved_through,
+            insert,
+        });
+        while self.in_flight.len() > INSERTS_IN_FLIGHT {
+            self.reap_oldest();
+        }
+    }
+
+    /// Takes the answers of the INSERTs that are done, oldest first (all of
+    /// them, waiting, with `wait`).
+    fn reap(&mut self, wait: bool) {
+        while self.in_flight.front().is_some_and(|m| wait || m.insert.is_finished()) {
+            self.reap_oldest();
+        }
+    }
+
+    /// Waits for the oldest INSERT in flight: its batches are then stored
+    /// and the log may free them. If it failed, every move in flight goes
+    /// back before the unmoved batches, to be tried again in order (what
+    /// a later INSERT stored is deduped on read).
+    fn reap_oldest(&mut self) {
+        let Some(oldest) = self.in_flight.pop_front() else {
+            return;
+        };
+        let result = match self.rt.block_on(oldest.insert) {
+            Ok(result) => result,
+            Err(e) => Err(StoreError::internal(format!("the INSERT task failed: {e}"))),
+        };
+        match result {
             Ok(()) => {
-                let batches = std::mem::take(&mut self.unmoved);
-                self.progress
-                    .moved_into_tables(batches.len(), std::mem::take(&mut self.unmoved_events));
-                self.progress.moved.store(self.unmoved_through, Ordering::Release);
-                self.failed = None;
-                drop(batches);
+                self.progress.moved_into_tables(oldest.batches.len(), oldest.events);
+                self.progress.moved.store(oldest.through, Ordering::Release);
+                if self.in_flight.is_empty() && self.unmoved.is_empty() {
+                    self.failed = None;
+                }
+                drop(oldest.batches);
                 if let Err(e) = self.record(None) {
                     tracing::warn!(error = %e, "cannot record that the import log is moved");
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batches = self.unmoved.len(),
-                    "acknowledged imports cannot be stored in ClickHouse yet; they stay in the import log");
-                self.failed = Some((Instant::now(), e));
+                let mut batches = oldest.batches;
+                let mut events = oldest.events;
+                for later in std::mem::take(&mut self.in_flight) {
+                    // Its INSERT may still store its rows: harmless.
+                    batches.extend(later.batches);
+                    events += later.events;
+                }
+                batches.append(&mut self.unmoved);
+                self.unmoved = batches;
+                self.unmoved_events += events;
+                self.fail(e);
             }
         }
+    }
+
+    fn fail(&mut self, e: StoreError) {
+        tracing::error!(error = %e, batches = self.unmoved.len(),
+            "acknowledged imports cannot be stored in ClickHouse yet; they stay in the import log");
+        self.failed = Some((Instant::now(), e));
     }
 
     /// `Ok` when every acknowledged batch of `service_id` is stored;

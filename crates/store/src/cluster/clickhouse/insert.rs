@@ -33,7 +33,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::rowbinary::{put_i64, put_str, put_str_array, put_u16, put_u64};
+use fineport_contract::cells::import_cells;
+use fineport_contract::import::{EventInput, API_VERSION, PLATFORM_HTTP_API};
+use fineport_contract::ServiceId;
+
+use super::rowbinary::{put_i64, put_len, put_str, put_str_array, put_str_bytes, put_u16, put_u64};
 use super::{new_query_id, EventRow, Inner};
 use crate::StoreError;
 
@@ -116,10 +120,34 @@ impl Writer {
         for (row, ver) in rows.iter().zip(self.order.next(server_ms, rows.len())) {
             encode(&mut body, row, ver)?;
         }
+        self.send(ImportRows {
+            body,
+            rows: rows.len(),
+            scratch: Vec::new(),
+            order: self.order.clone(),
+        })
+        .await
+    }
+
+    /// An empty [`ImportRows`] numbered in this writer's receipt order.
+    pub fn import_rows(&self) -> ImportRows {
+        ImportRows {
+            body: Vec::new(),
+            rows: 0,
+            scratch: Vec::new(),
+            order: self.order.clone(),
+        }
+    }
+
+    /// Queues rows already encoded and waits for the INSERT holding them.
+    pub async fn send(&self, rows: ImportRows) -> Result<(), StoreError> {
+        if rows.rows == 0 {
+            return Ok(());
+        }
         let (done, answer) = oneshot::channel();
         let request = Request {
-            rows: rows.len(),
-            body,
+            rows: rows.rows,
+            body: rows.body,
             done,
         };
         self.tx
@@ -132,6 +160,105 @@ impl Writer {
     }
 }
 
+/// Imported events encoded as RowBinary as they are added, with no
+/// [`EventRow`] in between (the cells are written straight from the
+/// validated events: what the cluster's import log moves, by the
+/// hundred thousand). The same columns and cells as [`EventRow::from_import`].
+pub struct ImportRows {
+    body: Vec<u8>,
+    rows: usize,
+    scratch: Vec<u8>,
+    order: Arc<ReceiptOrder>,
+}
+
+impl ImportRows {
+    /// Appends `events` (validated, of one request received at
+    /// `received_at_ms`, resolved to `unified_id`): each with the
+    /// correction time `correction(event)` and the `df_items_<p>` cells of
+    /// `item_properties` when it has items.
+    pub fn push_request<'a>(
+        &mut self,
+        service_id: &ServiceId,
+        events: &[&'a EventInput],
+        received_at_ms: i64,
+        unified_id: &str,
+        item_properties: &[String],
+        correction: impl Fn(&EventInput) -> i64,
+    ) {
+        let versions = self.order.next(received_at_ms, events.len());
+        for (event, ver) in events.iter().zip(versions) {
+            let mut id = [0u8; 36];
+            let event_log_id = event.event_log_id.hyphenated().encode_lower(&mut id);
+            let head = RowHead {
+                service_id: service_id.as_str(),
+                correction_ms: correction(event),
+                event_log_id,
+                server_ms: received_at_ms,
+                event_ms: event.event_datetime_ms,
+                unified_id,
+                event_name: &event.event_name,
+                api_version: API_VERSION,
+                platform: PLATFORM_HTTP_API,
+            };
+            let scratch = &mut self.scratch;
+            put_row(&mut self.body, &head, ver, event.items.len(), |out| {
+                let cells = || import_cells(event, item_properties.iter().map(String::as_str));
+                put_len(out, cells().count());
+                for cell in cells() {
+                    put_len(out, cell.key_len());
+                    cell.push_key(out);
+                }
+                put_len(out, cells().count());
+                for cell in cells() {
+                    scratch.clear();
+                    cell.push_text(scratch);
+                    put_str_bytes(out, scratch);
+                }
+            });
+            self.rows += 1;
+        }
+    }
+
+    /// Rows appended so far.
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+}
+
+/// The columns of a row before its properties, in [`COLUMNS`] order.
+struct RowHead<'a> {
+    service_id: &'a str,
+    correction_ms: i64,
+    event_log_id: &'a str,
+    server_ms: i64,
+    event_ms: i64,
+    unified_id: &'a str,
+    event_name: &'a str,
+    api_version: &'a str,
+    platform: &'a str,
+}
+
+/// Appends one row as RowBinary in [`COLUMNS`] order: `props` appends the
+/// `prop_keys` and `prop_values` arrays.
+fn put_row(out: &mut Vec<u8>, head: &RowHead<'_>, ver: u64, items: usize, props: impl FnOnce(&mut Vec<u8>)) {
+    put_str(out, head.service_id);
+    put_i64(out, head.correction_ms);
+    put_str(out, head.event_log_id);
+    put_i64(out, head.server_ms);
+    put_i64(out, head.event_ms);
+    put_str(out, head.unified_id);
+    put_str(out, head.event_name);
+    put_str(out, head.api_version);
+    put_str(out, head.platform);
+    props(out);
+    put_u16(out, u16::try_from(items).unwrap_or(u16::MAX));
+    put_u64(out, ver);
+}
+
 /// Appends `row` as RowBinary in [`COLUMNS`] order.
 fn encode(out: &mut Vec<u8>, row: &EventRow, ver: u64) -> Result<(), StoreError> {
     if row.prop_keys.len() != row.prop_values.len() {
@@ -142,19 +269,21 @@ fn encode(out: &mut Vec<u8>, row: &EventRow, ver: u64) -> Result<(), StoreError>
             row.prop_values.len()
         )));
     }
-    put_str(out, row.service_id.as_str());
-    put_i64(out, row.correction_ms);
-    put_str(out, &row.event_log_id);
-    put_i64(out, row.server_ms);
-    put_i64(out, row.event_ms);
-    put_str(out, &row.unified_id);
-    put_str(out, &row.event_name);
-    put_str(out, &row.api_version);
-    put_str(out, &row.platform);
-    put_str_array(out, &row.prop_keys);
-    put_str_array(out, &row.prop_values);
-    put_u16(out, row.item_count);
-    put_u64(out, ver);
+    let head = RowHead {
+        service_id: row.service_id.as_str(),
+        correction_ms: row.correction_ms,
+        event_log_id: &row.event_log_id,
+        server_ms: row.server_ms,
+        event_ms: row.event_ms,
+        unified_id: &row.unified_id,
+        event_name: &row.event_name,
+        api_version: &row.api_version,
+        platform: &row.platform,
+    };
+    put_row(out, &head, ver, usize::from(row.item_count), |out| {
+        put_str_array(out, &row.prop_keys);
+        put_str_array(out, &row.prop_values);
+    });
     Ok(())
 }
 

@@ -54,6 +54,7 @@ use futures::StreamExt;
 
 use crate::{ExportStream, StoreError};
 
+pub use self::insert::ImportRows;
 pub use fineport_contract::cells::StoredEvent as EventRow;
 
 /// Where the cluster is and how fineport uses it.
@@ -220,6 +221,17 @@ impl ClickHouse {
     /// read and by merges.
     pub async fn insert(&self, rows: Vec<EventRow>) -> Result<(), StoreError> {
         self.writer.insert(rows).await
+    }
+
+    /// Rows to fill with [`ImportRows::push_request`] for
+    /// [`ClickHouse::insert_import_rows`].
+    pub fn import_rows(&self) -> ImportRows {
+        self.writer.import_rows()
+    }
+
+    /// [`ClickHouse::insert`] of rows encoded as they were added.
+    pub async fn insert_import_rows(&self, rows: ImportRows) -> Result<(), StoreError> {
+        self.writer.send(rows).await
     }
 
     /// The event export of SPEC §2.1/§2.3 as an [`ExportStream`]: the

@@ -41,8 +41,13 @@ pub(crate) fn put_len(out: &mut Vec<u8>, mut n: usize) {
 
 /// Appends a `String`.
 pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_str_bytes(out, s.as_bytes());
+}
+
+/// Appends a `String` given as its bytes.
+pub(crate) fn put_str_bytes(out: &mut Vec<u8>, s: &[u8]) {
     put_len(out, s.len());
-    out.extend_from_slice(s.as_bytes());
+    out.extend_from_slice(s);
 }
 
 /// Appends an `Array(String)`.
