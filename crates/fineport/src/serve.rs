@@ -83,6 +83,16 @@ pub struct ServeArgs {
     /// waits for its synchronous INSERT on every shard. docs/cluster.md.
     #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_LOG", requires = "clickhouse_url")]
     cluster_import_log: Option<PathBuf>,
+    /// With --cluster-import-log: a move into ClickHouse starts once this
+    /// many acknowledged events wait (one INSERT; a read, an idle moment
+    /// and shutdown move sooner).
+    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_MOVE_EVENTS",
+          default_value_t = ImportLogOptions::new(PathBuf::new()).move_events)]
+    cluster_import_move_events: usize,
+    /// With --cluster-import-log: … or once no import came for this many ms.
+    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_MOVE_IDLE_MS",
+          default_value_t = ImportLogOptions::new(PathBuf::new()).idle.as_millis() as u64)]
+    cluster_import_move_idle_ms: u64,
     /// Limits shared by every replica: a Redis URL
     /// (redis://[user:password@]host:port[/db]). Without it each process
     /// keeps its own limits, which is right for a single node. While Redis
@@ -295,7 +305,11 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
             },
             postgres_url.clone(),
         );
-        options.import_log = args.cluster_import_log.clone().map(ImportLogOptions::new);
+        options.import_log = args.cluster_import_log.clone().map(|path| ImportLogOptions {
+            move_events: args.cluster_import_move_events.max(1),
+            idle: std::time::Duration::from_millis(args.cluster_import_move_idle_ms),
+            ..ImportLogOptions::new(path)
+        });
         let store = ClusterStore::open(&options)
             .await
             .context("cannot open the cluster store (ClickHouse + PostgreSQL)")?;

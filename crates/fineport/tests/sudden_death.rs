@@ -785,6 +785,48 @@ fn twenty_sigkills_on_the_cluster() {
     );
 }
 
+/// The same on the cluster with an import log (`--cluster-import-log`):
+/// answers come from the log, and every other start moves nothing into
+/// ClickHouse by itself (a move only for a read or at shutdown), so that
+/// the kills find acknowledged events only in the log, which the next
+/// start must store, each once.
+#[test]
+fn twenty_sigkills_on_the_cluster_with_an_import_log() {
+    use fineport_store::testing::TestCluster;
+    let test = "twenty_sigkills_on_the_cluster_with_an_import_log";
+    let Some(cluster) = TestCluster::from_env(test) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let options = runtime.block_on(cluster.fresh_databases());
+    struct Databases(TestCluster, fineport_store::cluster::ClusterOptions);
+    impl Drop for Databases {
+        fn drop(&mut self) {
+            self.0.drop_databases(&self.1);
+        }
+    }
+    let _databases = Databases(cluster, options.clone());
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    sudden_death(
+        "cluster with an import log",
+        &[
+            format!("--clickhouse-url={}", options.clickhouse.urls.join(",")),
+            format!("--clickhouse-database={}", options.clickhouse.database),
+            format!("--postgres-url={}", options.postgres_url),
+            format!("--cluster-import-log={}", log_dir.path().join("import.log").display()),
+        ],
+        &[
+            &[],
+            &[
+                "--cluster-import-move-events",
+                "1000000",
+                "--cluster-import-move-idle-ms",
+                "3600000",
+            ],
+        ],
+    );
+}
+
 // ---------------------------------------------------------------------------
 // SIGTERM: a raw HTTP/1.1 export, to see exactly how its body ends.
 

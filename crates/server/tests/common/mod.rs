@@ -240,6 +240,12 @@ impl TestServer {
             let name = format!("{}-{}", options.clickhouse.database, uuid::Uuid::new_v4().simple());
             options.import_log = Some(import_log_in(&name));
         }
+        self.replica_on(options).await
+    }
+
+    /// A replica of this server opened with `options` (the same databases,
+    /// e.g. with another `flush_wait` or import log).
+    pub async fn replica_on(&self, options: fineport_store::cluster::ClusterOptions) -> TestServer {
         Self::start_in(
             Data::Replica(options),
             self.state.config.clone(),

@@ -416,25 +416,32 @@ impl MoverState {
     }
 
     fn run(&mut self, moves: &Receiver<Moves<Infallible>>) {
+        let mut last_job = Instant::now();
         loop {
             let pending = self.pending.lock().map(|p| *p).unwrap_or(true);
-            let wait = if !self.in_flight.is_empty() {
-                Duration::from_millis(2)
-            } else if !self.unmoved.is_empty() && self.failed.is_none() {
-                self.options.idle
-            } else if pending || self.failed.is_some() {
-                FLUSH_POLL
-            } else {
-                Duration::from_secs(3600)
-            };
+            // The next thing due: an INSERT's answer, the idle move, a
+            // retry, or a look at the flush requests.
+            let mut wait = Duration::from_secs(3600);
+            if !self.in_flight.is_empty() {
+                wait = Duration::from_millis(2);
+            }
+            if !self.unmoved.is_empty() && self.failed.is_none() {
+                wait = wait.min(self.options.idle.saturating_sub(last_job.elapsed()));
+            }
+            if pending || self.failed.is_some() {
+                wait = wait.min(FLUSH_POLL);
+            }
             match moves.recv_timeout(wait) {
-                Ok(job) => self.take(job),
+                Ok(job) => {
+                    last_job = Instant::now();
+                    self.take(job);
+                }
                 Err(RecvTimeoutError::Timeout) => {
-                    let retry = self
-                        .failed
-                        .as_ref()
-                        .is_none_or(|(at, _)| at.elapsed() >= MOVE_RETRY_EVERY);
-                    if !self.unmoved.is_empty() && retry && self.in_flight.is_empty() {
+                    let due = match &self.failed {
+                        None => last_job.elapsed() >= self.options.idle,
+                        Some((at, _)) => at.elapsed() >= MOVE_RETRY_EVERY,
+                    };
+                    if due && !self.unmoved.is_empty() && self.in_flight.is_empty() {
                         self.start_move();
                     }
                 }

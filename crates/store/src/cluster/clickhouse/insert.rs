@@ -176,10 +176,10 @@ impl ImportRows {
     /// `received_at_ms`, resolved to `unified_id`): each with the
     /// correction time `correction(event)` and the `df_items_<p>` cells of
     /// `item_properties` when it has items.
-    pub fn push_request<'a>(
+    pub fn push_request(
         &mut self,
         service_id: &ServiceId,
-        events: &[&'a EventInput],
+        events: &[&EventInput],
         received_at_ms: i64,
         unified_id: &str,
         item_properties: &[String],
