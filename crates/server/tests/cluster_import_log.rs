@@ -156,3 +156,33 @@ async fn a_replica_that_cannot_store_its_log_fails_reads_elsewhere_until_it_can(
     assert_eq!(rows.len(), 10, "every event, once");
     assert_eq!(backlog_events(&a), 0);
 }
+
+/// An import whose identity may conflict (a `df_unified_id` with an
+/// external_id) is checked against the profiles the imports before it made,
+/// though those wait in the log: the log is stored first, so a
+/// `df_unified_id` that contradicts the profile an earlier import gave the
+/// external_id is refused (40001), as on DuckDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_that_may_conflict_is_checked_after_the_imports_before_it() {
+    let test = "an_identity_that_may_conflict_is_checked_after_the_imports_before_it";
+    let Some(cluster) = TestCluster::from_env(test) else {
+        return;
+    };
+    let mut options = cluster.fresh_databases().await;
+    options.import_log = Some(holding_log(&options.clickhouse.database));
+    let a = TestServer::start_on_cluster(cluster, options).await;
+    let svc = a.service(json!({"service_id": "shop"})).await;
+
+    assert_eq!(a.import(&svc, batch(0, 3)).await["code"], "20000");
+    assert_eq!(backlog_events(&a), 3, "held in the log");
+    let other = "0b5a4c1e-6d2f-4a8b-9c3d-7e6f5a4b3c2d";
+    let conflicting = json!({
+        "common": {"identity": {"external_id": "u1", "df_unified_id": other}},
+        "events": [event(50, "df_login", "2026-11-25T01:00:00Z", json!({}))],
+    });
+    let answer = a.import(&svc, conflicting).await;
+    assert_eq!(answer["code"], "40001", "u1 has a profile from the first import: {answer}");
+    let (status, rows, text) = export_rows(&a, &svc).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(rows.len(), 3, "the refused event is not stored");
+}

@@ -255,7 +255,10 @@ impl Store for ClusterStore {
     /// the identity may conflict (a `df_unified_id` with an external_id),
     /// which must be refused before anything is acknowledged. Otherwise,
     /// or then: [`store_batches`] of this one batch, answered once its
-    /// synchronous INSERT returned.
+    /// synchronous INSERT returned — after every import acknowledged
+    /// before it is stored ([`ClusterStore::flush`]: a conflict depends on
+    /// the profiles earlier imports made, as on DuckDB, which moves its
+    /// log before such a batch).
     async fn insert_events(
         &self,
         service_id: &ServiceId,
@@ -266,6 +269,9 @@ impl Store for ClusterStore {
             if !crate::identity::may_conflict(&batch.identity) {
                 return log.insert(service_id, batch, received_at_ms).await;
             }
+        }
+        if crate::identity::may_conflict(&batch.identity) {
+            self.flush(service_id).await?;
         }
         let acknowledged = batch.events.len();
         let items = HashMap::from([(service_id.clone(), self.items_of(service_id))]);
