@@ -181,7 +181,10 @@ async fn an_identity_that_may_conflict_is_checked_after_the_imports_before_it() 
         "events": [event(50, "df_login", "2026-11-25T01:00:00Z", json!({}))],
     });
     let answer = a.import(&svc, conflicting).await;
-    assert_eq!(answer["code"], "40001", "u1 has a profile from the first import: {answer}");
+    assert_eq!(
+        answer["code"], "40001",
+        "u1 has a profile from the first import: {answer}"
+    );
     let (status, rows, text) = export_rows(&a, &svc).await;
     assert_eq!(status, 200, "{text}");
     assert_eq!(rows.len(), 3, "the refused event is not stored");
