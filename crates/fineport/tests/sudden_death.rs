@@ -10,6 +10,9 @@
 //!   PostgreSQL (needs `FINEPORT_TEST_CLICKHOUSE_URL` and
 //!   `FINEPORT_TEST_POSTGRES_URL`; skipped without them, failed under
 //!   `CI=true`).
+//! - [`twenty_sigkills_on_the_cluster_with_an_import_log`]: the same with
+//!   `--cluster-import-log`, every other start moving nothing by itself, so
+//!   that kills find acknowledged events in the log only.
 //! - [`sigterm_finishes_what_fits_the_deadline_and_breaks_the_rest_visibly`]:
 //!   an export that can finish within `--shutdown-timeout-secs` finishes
 //!   whole; one whose reader stalls past it ends without its final chunk;
