@@ -762,30 +762,36 @@ fn twenty_sigkills_under_four_importing_clients() {
 /// databases of its own, dropped at the end.
 #[test]
 fn twenty_sigkills_on_the_cluster() {
-    use fineport_store::testing::TestCluster;
-    let test = "twenty_sigkills_on_the_cluster";
-    let Some(cluster) = TestCluster::from_env(test) else {
+    let Some((_databases, flags)) = cluster_databases("twenty_sigkills_on_the_cluster") else {
         return;
     };
+    sudden_death("cluster", &flags, &[&[], &["--clickhouse-insert-linger-ms", "20"]]);
+}
+
+/// Drops a test's cluster databases at the end, whatever happens.
+struct Databases(
+    fineport_store::testing::TestCluster,
+    fineport_store::cluster::ClusterOptions,
+);
+
+impl Drop for Databases {
+    fn drop(&mut self) {
+        self.0.drop_databases(&self.1);
+    }
+}
+
+/// Fresh cluster databases for `test` and the `serve` flags that use them;
+/// `None` (after saying so) without the cluster.
+fn cluster_databases(test: &str) -> Option<(Databases, Vec<String>)> {
+    let cluster = fineport_store::testing::TestCluster::from_env(test)?;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let options = runtime.block_on(cluster.fresh_databases());
-    /// Drops the test's databases at the end, whatever happens.
-    struct Databases(TestCluster, fineport_store::cluster::ClusterOptions);
-    impl Drop for Databases {
-        fn drop(&mut self) {
-            self.0.drop_databases(&self.1);
-        }
-    }
-    let _databases = Databases(cluster, options.clone());
-    sudden_death(
-        "cluster",
-        &[
-            format!("--clickhouse-url={}", options.clickhouse.urls.join(",")),
-            format!("--clickhouse-database={}", options.clickhouse.database),
-            format!("--postgres-url={}", options.postgres_url),
-        ],
-        &[&[], &["--clickhouse-insert-linger-ms", "20"]],
-    );
+    let flags = vec![
+        format!("--clickhouse-url={}", options.clickhouse.urls.join(",")),
+        format!("--clickhouse-database={}", options.clickhouse.database),
+        format!("--postgres-url={}", options.postgres_url),
+    ];
+    Some((Databases(cluster, options), flags))
 }
 
 /// The same on the cluster with an import log (`--cluster-import-log`):
@@ -795,29 +801,18 @@ fn twenty_sigkills_on_the_cluster() {
 /// start must store, each once.
 #[test]
 fn twenty_sigkills_on_the_cluster_with_an_import_log() {
-    use fineport_store::testing::TestCluster;
     let test = "twenty_sigkills_on_the_cluster_with_an_import_log";
-    let Some(cluster) = TestCluster::from_env(test) else {
+    let Some((_databases, mut flags)) = cluster_databases(test) else {
         return;
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let options = runtime.block_on(cluster.fresh_databases());
-    struct Databases(TestCluster, fineport_store::cluster::ClusterOptions);
-    impl Drop for Databases {
-        fn drop(&mut self) {
-            self.0.drop_databases(&self.1);
-        }
-    }
-    let _databases = Databases(cluster, options.clone());
     let log_dir = tempfile::tempdir().expect("tempdir");
+    flags.push(format!(
+        "--cluster-import-log={}",
+        log_dir.path().join("import.log").display()
+    ));
     sudden_death(
         "cluster with an import log",
-        &[
-            format!("--clickhouse-url={}", options.clickhouse.urls.join(",")),
-            format!("--clickhouse-database={}", options.clickhouse.database),
-            format!("--postgres-url={}", options.postgres_url),
-            format!("--cluster-import-log={}", log_dir.path().join("import.log").display()),
-        ],
+        &flags,
         &[
             &[],
             &[

@@ -47,7 +47,7 @@ use super::clickhouse::{ClickHouse, ClickHouseOptions};
 use super::postgres::Postgres;
 use super::prepare_rows;
 use crate::import_log::acker::{self, Ahead, BeforeAnswer, Closing, Job, Mover, Moves, Progress};
-use crate::import_log::{self, ImportLog, LoggedBatch};
+use crate::import_log::{ImportLog, LoggedBatch};
 use crate::{Backlog, InsertSummary, StoreError};
 
 /// This replica's import log.
@@ -183,18 +183,8 @@ impl ImportLogSide {
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
-        let mut record = Vec::new();
-        import_log::record(&mut record, service_id, received_at_ms, &batch);
-        let (reply, answer) = oneshot::channel();
-        self.send(Job::Events {
-            batch: Box::new(LoggedBatch {
-                service_id: service_id.to_owned(),
-                received_at_ms,
-                batch,
-            }),
-            record,
-            reply,
-        })?;
+        let (job, answer) = Job::events(service_id, batch, received_at_ms);
+        self.send(job)?;
         answer
             .await
             .map_err(|_| StoreError::internal("the import log's thread stopped"))?

@@ -36,7 +36,7 @@ use self::schema::{Layout, Layouts, PropertyColumn};
 use self::writer::{Exec, Job, WriterState};
 pub use self::writer::{MovePolicy, BULK_EVENTS};
 use crate::import_log::acker::Progress;
-use crate::import_log::{self, ImportLog, LoggedBatch};
+use crate::import_log::{ImportLog, LoggedBatch};
 use crate::records::{ms_to_time, stored_service_id};
 use crate::{
     Backlog, CatalogSnapshot, ExportStream, ExportSummary, InsertSummary, RequestLogEntry, Service, Store, StoreError,
@@ -577,19 +577,10 @@ impl Store for DuckDbStore {
             };
             return self.write_with(move |state| writer::insert_now(state, &batch)).await;
         }
-        let mut record = Vec::new();
-        import_log::record(&mut record, service_id, received_at_ms, &batch);
-        let (reply, rx) = oneshot::channel();
-        self.send(Job::Events {
-            batch: Box::new(LoggedBatch {
-                service_id: service_id.to_owned(),
-                received_at_ms,
-                batch,
-            }),
-            record,
-            reply,
-        })?;
-        rx.await
+        let (job, answer) = Job::events(service_id, batch, received_at_ms);
+        self.send(job)?;
+        answer
+            .await
             .map_err(|_| StoreError::internal("the writer thread stopped"))?
     }
 

@@ -93,6 +93,26 @@ pub(crate) enum Job<X> {
     },
 }
 
+impl<X> Job<X> {
+    /// The job that logs `batch` (its record made here, on the caller's
+    /// task), and where its answer comes.
+    pub fn events(
+        service_id: &ServiceId,
+        batch: fineport_contract::import::EventBatch,
+        received_at_ms: i64,
+    ) -> (Job<X>, oneshot::Receiver<Result<InsertSummary, StoreError>>) {
+        let mut record = Vec::new();
+        super::record(&mut record, service_id, received_at_ms, &batch);
+        let (reply, answer) = oneshot::channel();
+        let batch = Box::new(LoggedBatch {
+            service_id: service_id.to_owned(),
+            received_at_ms,
+            batch,
+        });
+        (Job::Events { batch, record, reply }, answer)
+    }
+}
+
 /// What the mover is given, in arrival order.
 pub(crate) enum Moves<X> {
     /// Acknowledged batches; `through` is the log position after them.
