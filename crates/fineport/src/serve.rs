@@ -75,24 +75,31 @@ pub struct ServeArgs {
     #[arg(long, env = "FINEPORT_POSTGRES_URL", requires = "clickhouse_url")]
     postgres_url: Option<String>,
     /// Cluster mode: this replica's import log, a file on its own disk
-    /// (e.g. /var/lib/fineport/import.log). Imports are then answered once
-    /// synced to it and stored in ClickHouse behind the answers, in large
-    /// INSERTs: many times faster, but until then the events are on this
-    /// machine only, and reads on every replica wait for them (or fail
-    /// after 30 s while this replica is down). Without it, each import
-    /// waits for its synchronous INSERT on every shard. docs/cluster.md.
+    /// (e.g. /var/lib/fineport/import.log), one per replica. Imports are
+    /// then answered once synced to it and stored in ClickHouse behind the
+    /// answers, in large INSERTs: ~5x faster, but until then the events are
+    /// on this machine only, and reads and profile writes on every replica
+    /// wait for them (or fail after --cluster-flush-wait-secs while this
+    /// replica is down). Without it, each import waits for its synchronous
+    /// INSERT on every shard. docs/cluster.md.
     #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_LOG", requires = "clickhouse_url")]
     cluster_import_log: Option<PathBuf>,
     /// With --cluster-import-log: a move into ClickHouse starts once this
     /// many acknowledged events wait (one INSERT; a read, an idle moment
     /// and shutdown move sooner).
-    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_MOVE_EVENTS",
+    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_MOVE_EVENTS", requires = "cluster_import_log",
           default_value_t = ImportLogOptions::new(PathBuf::new()).move_events)]
     cluster_import_move_events: usize,
     /// With --cluster-import-log: … or once no import came for this many ms.
-    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_MOVE_IDLE_MS",
+    #[arg(long, env = "FINEPORT_CLUSTER_IMPORT_MOVE_IDLE_MS", requires = "cluster_import_log",
           default_value_t = ImportLogOptions::new(PathBuf::new()).idle.as_millis() as u64)]
     cluster_import_move_idle_ms: u64,
+    /// Cluster mode: how long a read (or a profile write) waits for other
+    /// replicas to store the events their import logs hold before it fails
+    /// (500 query_error; 50000 for a profile write).
+    #[arg(long, env = "FINEPORT_CLUSTER_FLUSH_WAIT_SECS", requires = "clickhouse_url",
+          default_value_t = ClusterOptions::new(ClickHouseOptions::default(), String::new()).flush_wait.as_secs())]
+    cluster_flush_wait_secs: u64,
     /// Limits shared by every replica: a Redis URL
     /// (redis://[user:password@]host:port[/db]). Without it each process
     /// keeps its own limits, which is right for a single node. While Redis
@@ -305,6 +312,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
             },
             postgres_url.clone(),
         );
+        options.flush_wait = std::time::Duration::from_secs(args.cluster_flush_wait_secs);
         options.import_log = args.cluster_import_log.clone().map(|path| ImportLogOptions {
             move_events: args.cluster_import_move_events.max(1),
             idle: std::time::Duration::from_millis(args.cluster_import_move_idle_ms),

@@ -189,3 +189,48 @@ async fn an_identity_that_may_conflict_is_checked_after_the_imports_before_it() 
     assert_eq!(status, 200, "{text}");
     assert_eq!(rows.len(), 3, "the refused event is not stored");
 }
+
+/// One import log, one process; one replica id, one process: a second
+/// store opened on a log that another uses (it would overwrite its
+/// records), or on a log whose `.replica` file was copied from a running
+/// replica's (it would clear that replica's `pending`), is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_one_log_or_one_replica_id_is_refused() {
+    let test = "a_second_process_on_one_log_or_one_replica_id_is_refused";
+    let Some(cluster) = TestCluster::from_env(test) else {
+        return;
+    };
+    let mut options = cluster.fresh_databases().await;
+    let log = import_log_in(&options.clickhouse.database);
+    options.import_log = Some(log.clone());
+    let a = TestServer::start_on_cluster(cluster, options.clone()).await;
+    let svc = a.service(json!({"service_id": "shop"})).await;
+    assert_eq!(a.import(&svc, batch(0, 3)).await["code"], "20000");
+
+    let same_log = fineport_store::cluster::ClusterStore::open(&options).await;
+    let error = same_log.err().expect("a second store on a's log");
+    assert!(error.message.contains("in use by another fineport process"), "{error}");
+
+    let copy = import_log_in(&format!("{}-copy", options.clickhouse.database));
+    let replica_of = |log: &ImportLogOptions| {
+        let mut path = log.path.clone().into_os_string();
+        path.push(".replica");
+        std::path::PathBuf::from(path)
+    };
+    std::fs::create_dir_all(copy.path.parent().expect("a directory")).expect("mkdir");
+    std::fs::copy(replica_of(&log), replica_of(&copy)).expect("copy the replica id");
+    let mut copied = options.clone();
+    copied.import_log = Some(copy.clone());
+    let copied_id = fineport_store::cluster::ClusterStore::open(&copied).await;
+    let error = copied_id.err().expect("a second process with a's replica id");
+    assert!(
+        error.message.contains("is in use by another running fineport process"),
+        "{error}"
+    );
+    let _ = std::fs::remove_dir_all(copy.path.parent().expect("a directory"));
+
+    // a is unharmed.
+    let (status, rows, text) = export_rows(&a, &svc).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(rows.len(), 3);
+}

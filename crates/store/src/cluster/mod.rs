@@ -93,6 +93,8 @@ pub struct ClusterStore {
     /// This replica's import log, when it has one.
     log: Option<ImportLogSide>,
     flush_wait: Duration,
+    /// Whether the last look at `import_logs` found any replica with a log.
+    import_logs_seen: std::sync::atomic::AtomicBool,
 }
 
 /// Drops the database `name` on PostgreSQL (the server of
@@ -130,12 +132,14 @@ impl ClusterStore {
             }
             None => None,
         };
+        let import_logs_seen = meta.any_import_log().await?;
         Ok(ClusterStore {
             events,
             meta,
             item_properties,
             log,
             flush_wait: options.flush_wait,
+            import_logs_seen: std::sync::atomic::AtomicBool::new(import_logs_seen),
         })
     }
 
@@ -155,7 +159,21 @@ impl ClusterStore {
             }
             None => "",
         };
-        let Some(request) = self.meta.request_flush(me).await? else {
+        let request = match self.meta.request_flush(me).await {
+            Ok((any, request)) => {
+                self.import_logs_seen.store(any, std::sync::atomic::Ordering::Relaxed);
+                request
+            }
+            // PostgreSQL is out of reach: a deployment that has never had an
+            // import log has nothing to wait for, so its event exports go
+            // on; with logs, what they hold cannot be known, and the read fails.
+            Err(e) if self.log.is_none() && !self.import_logs_seen.load(std::sync::atomic::Ordering::Relaxed) => {
+                tracing::debug!(error = %e, "no import logs known: reading without asking PostgreSQL");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(request) = request else {
             return Ok(());
         };
         let deadline = tokio::time::Instant::now() + self.flush_wait;

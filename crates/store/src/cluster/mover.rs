@@ -96,6 +96,8 @@ pub(crate) struct ImportLogSide {
     thread: Mutex<Option<JoinHandle<()>>>,
     progress: Arc<Progress>,
     pub replica_id: String,
+    /// `<log>.replica`, locked while this side lives.
+    _replica_file: std::fs::File,
 }
 
 /// What the mover and the announcement open for themselves.
@@ -113,7 +115,7 @@ impl ImportLogSide {
     /// replica id or the mover's connections cannot be opened; a log whose
     /// batches cannot be stored yet is not an error (they stay, announced).
     pub async fn open(options: &ImportLogOptions, targets: Targets) -> Result<ImportLogSide, StoreError> {
-        let replica_id = replica_id(&options.path)?;
+        let (replica_id, replica_file) = replica_id(&options.path)?;
         let (log, batches) = {
             let path = options.path.clone();
             tokio::task::spawn_blocking(move || ImportLog::open(&path))
@@ -154,11 +156,14 @@ impl ImportLogSide {
                 before_answer: Some(before_answer),
             },
         )?;
+        tracing::info!(path = %options.path.display(), replica_id = %replica_id,
+            "imports are answered from this replica's import log");
         Ok(ImportLogSide {
             jobs: Mutex::new(Some(jobs)),
             thread: Mutex::new(Some(thread)),
             progress,
             replica_id,
+            _replica_file: replica_file,
         })
     }
 
@@ -222,27 +227,40 @@ impl Drop for ImportLogSide {
 }
 
 /// The replica id kept beside the log (`<path>.replica`), made on the
-/// first start: a random UUID, so that two replicas never share one.
-fn replica_id(log: &Path) -> Result<String, StoreError> {
+/// first start: a random UUID, so that two replicas never share one. The
+/// file stays open and locked (`flock`) while the log is: a second process
+/// on the same log is refused, as it would overwrite the log's records.
+fn replica_id(log: &Path) -> Result<(String, std::fs::File), StoreError> {
     let mut path = log.as_os_str().to_owned();
     path.push(".replica");
     let path = PathBuf::from(path);
     let io = |e: std::io::Error| StoreError::internal(format!("the replica id {}: {e}", path.display()));
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(e)),
-    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    file.try_lock().map_err(|_| {
+        StoreError::internal(format!(
+            "the import log {} is in use by another fineport process: every replica needs a log of its own",
+            log.display()
+        ))
+    })?;
+    let mut id = String::new();
+    std::io::Read::read_to_string(&mut file, &mut id).map_err(io)?;
+    let id = id.trim().to_owned();
+    if !id.is_empty() {
+        return Ok((id, file));
+    }
     let id = fineport_contract::Uuid::new_v4().hyphenated().to_string();
-    let tmp = path.with_extension("replica.tmp");
-    std::fs::write(&tmp, &id).map_err(io)?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(id)
+    std::io::Write::write_all(&mut file, id.as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok((id, file))
 }
 
 /// A runtime of the import log's own: on the calling thread only, or with
@@ -347,9 +365,23 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
     let opened = runtime(true).and_then(|rt| {
         let events = rt.block_on(ClickHouse::open(&start.targets.clickhouse))?;
         let meta = rt.block_on(Postgres::open(&start.targets.postgres_url))?;
-        Ok((rt, events, meta))
+        // One running process per replica id, across machines too (a
+        // copied `<log>.replica` would clear another's `pending`).
+        let lock = rt.block_on(async {
+            let client = meta.client().await?;
+            match meta.lock_replica(&client, &start.replica_id).await? {
+                true => Ok(client),
+                false => Err(StoreError::internal(format!(
+                    "replica id {} is in use by another running fineport process (a copied {}.replica?): \
+                     every replica needs an import log and a .replica file of its own",
+                    start.replica_id,
+                    start.options.path.display()
+                ))),
+            }
+        })?;
+        Ok((rt, events, meta, lock))
     });
-    let (rt, events, meta) = match opened {
+    let (rt, events, meta, replica_lock) = match opened {
         Ok(opened) => opened,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -380,6 +412,8 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
     }
     let _ = ready.send(Ok(()));
     state.run(&moves);
+    // Closing the session gives the replica id back.
+    drop(deadpool_postgres::Object::take(replica_lock));
 }
 
 impl MoverState {
@@ -388,8 +422,13 @@ impl MoverState {
     fn replay(&mut self, batches: Vec<LoggedBatch>, end: u64) -> Result<(), StoreError> {
         self.progress.appended.store(end, Ordering::Release);
         self.progress.moved.store(end, Ordering::Release);
+        // Every request made before this start is answered by this replay,
+        // which stores all the log holds.
+        let requested = self.rt.block_on(self.meta.flush_requested())?;
         if batches.is_empty() {
-            return self.record(None);
+            self.record(Some(requested))?;
+            self.flushed = requested;
+            return Ok(());
         }
         tracing::info!(
             batches = batches.len(),
@@ -402,6 +441,10 @@ impl MoverState {
         self.progress.moved.store(0, Ordering::Release);
         self.unmoved = batches;
         self.move_unmoved();
+        if self.progress.all_moved() {
+            self.record(Some(requested))?;
+            self.flushed = requested;
+        }
         Ok(())
     }
 

@@ -10,6 +10,8 @@
 //! jobs (`Other`, e.g. DuckDB's other writes, which must come after the
 //! batches acknowledged before them), and syncs (what a read asks first).
 
+#[cfg(test)]
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -222,6 +224,7 @@ pub(crate) fn spawn<X: Send + 'static>(
         mover: mover.moves,
         ahead: mover.ahead,
         before_answer: mover.before_answer,
+        log_cap: LOG_CATCH_UP_BYTES,
     };
     let thread = std::thread::Builder::new()
         .name("fineport-import-log".into())
@@ -243,6 +246,8 @@ struct Acker<X> {
     /// Bounds the acknowledged events sent to the mover and not yet taken.
     ahead: Arc<Ahead>,
     before_answer: Option<BeforeAnswer>,
+    /// [`LOG_CATCH_UP_BYTES`], but in tests.
+    log_cap: u64,
 }
 
 /// Batches that arrived together, acknowledged with one sync of the log.
@@ -310,6 +315,20 @@ impl<X: Send + 'static> Acker<X> {
         if group.replies.is_empty() {
             return;
         }
+        // Still full after the last catch-up (`release_moved`): the mover
+        // cannot store what the log holds (a disk, a memory limit, a
+        // ClickHouse out of reach). Refused rather than logged, so that
+        // neither the log nor the batches held for the mover grow without
+        // bound; the client sends it again later (50000).
+        if let Some(log) = self.log.as_ref().filter(|log| log.len() >= self.log_cap) {
+            let e = StoreError::internal(format!(
+                "the import log holds {} MiB that cannot be stored yet; nothing of this request was kept: \
+                 send it again later",
+                log.len() >> 20
+            ));
+            group.replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
+            return;
+        }
         let logged = match &mut self.log {
             Some(log) => log.append(&group.records),
             None => Ok(()),
@@ -347,7 +366,7 @@ impl<X: Send + 'static> Acker<X> {
         if log.is_empty() {
             return;
         }
-        if self.progress.moved.load(Ordering::Acquire) != self.appended && log.len() >= LOG_CATCH_UP_BYTES {
+        if self.progress.moved.load(Ordering::Acquire) != self.appended && log.len() >= self.log_cap {
             let (reply, done) = oneshot::channel();
             let _ = self.mover.send(Moves::Sync {
                 service_id: None,
@@ -366,6 +385,83 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A log that its mover cannot empty is bounded: once it holds the cap
+    /// after a catch-up, requests are refused with nothing kept (not
+    /// logged, not handed on), and accepted again once the mover has
+    /// stored what it held.
+    #[test]
+    fn a_full_log_that_cannot_be_moved_refuses_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = ImportLog::open(&dir.path().join("import.log")).unwrap();
+        let progress = Arc::new(Progress::default());
+        let (moves, from_log) = std::sync::mpsc::channel::<Moves<Infallible>>();
+        let can_move = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ahead = Arc::new(Ahead::new(usize::MAX));
+        // A mover that stores nothing until told to, then everything.
+        let mover = {
+            let (progress, can_move, ahead) = (progress.clone(), can_move.clone(), ahead.clone());
+            std::thread::spawn(move || {
+                let mut through = 0;
+                for job in from_log {
+                    match job {
+                        Moves::Batches { batches, through: t } => {
+                            ahead.take(batches.iter().map(|b| b.batch.events.len()).sum());
+                            through = t;
+                        }
+                        Moves::Other(never) => match never {},
+                        Moves::Sync { reply, .. } => {
+                            if can_move.load(Ordering::SeqCst) {
+                                progress.moved.store(through, Ordering::Release);
+                            }
+                            let _ = reply.send(Ok(()));
+                        }
+                    }
+                }
+            })
+        };
+        let acker = Acker {
+            log: Some(log),
+            appended: 0,
+            progress: progress.clone(),
+            mover: moves,
+            ahead,
+            before_answer: None,
+            log_cap: 1,
+        };
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || acker.run(rx, mover));
+        let service = ServiceId::parse("shop").unwrap();
+        let import = |n: u128| {
+            let sample = crate::import_log::tests::sample(n);
+            let (job, answer) = Job::<Infallible>::events(&service, sample.batch, sample.received_at_ms);
+            jobs.send(job).unwrap();
+            answer.blocking_recv().unwrap()
+        };
+        assert!(import(0).is_ok(), "an empty log takes the first request");
+        let appended = progress.appended.load(Ordering::Acquire);
+        let refused = import(10).expect_err("full, and the mover cannot store it");
+        assert_eq!(refused.kind, crate::StoreErrorKind::Internal);
+        assert!(refused.message.contains("send it again later"), "{}", refused.message);
+        assert_eq!(
+            progress.appended.load(Ordering::Acquire),
+            appended,
+            "nothing of it was logged"
+        );
+        assert!(import(20).is_err(), "still full");
+        can_move.store(true, Ordering::SeqCst);
+        // The refused request's own catch-up now empties the log.
+        let mut accepted = false;
+        for n in 0..10 {
+            if import(30 + n * 10).is_ok() {
+                accepted = true;
+                break;
+            }
+        }
+        assert!(accepted, "accepted again once the mover stored what the log held");
+        drop(jobs);
+        thread.join().unwrap();
+    }
 
     /// The hand-over to the writer holds at most `limit` events (or one
     /// group, when none are ahead), waits while full until the mover takes

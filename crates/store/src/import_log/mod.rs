@@ -527,10 +527,10 @@ fn decode(payload: &[u8]) -> Option<LoggedBatch> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample(n: u128) -> LoggedBatch {
+    pub(crate) fn sample(n: u128) -> LoggedBatch {
         let props: BTreeMap<String, Value> = [
             ("s", Value::String("한글, \"quoted\"".into())),
             ("l", Value::Long(-42)),

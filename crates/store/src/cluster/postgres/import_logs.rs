@@ -61,26 +61,54 @@ impl Postgres {
         row.try_get(0).map_err(pg_error)
     }
 
-    /// For a read: `None` when no replica but `except` (the reader's own,
-    /// which it syncs itself) holds unmoved events; otherwise a new flush
-    /// request's number, for [`Postgres::unflushed`].
-    pub async fn request_flush(&self, except: &str) -> Result<Option<i64>, StoreError> {
+    /// For a read: whether any replica has an import log at all (a row in
+    /// `import_logs`), and, when one but `except` (the reader's own, which
+    /// it syncs itself) holds unmoved events, a new flush request's number
+    /// for [`Postgres::unflushed`].
+    pub async fn request_flush(&self, except: &str) -> Result<(bool, Option<i64>), StoreError> {
         let client = self.client().await?;
-        let pending = client
-            .query_opt(
-                "SELECT 1 FROM import_logs WHERE pending AND replica_id <> $1 LIMIT 1",
+        let row = client
+            .query_one(
+                "SELECT count(*) > 0, coalesce(bool_or(pending AND replica_id <> $1), false) FROM import_logs",
                 &[&except],
             )
             .await
             .map_err(pg_error)?;
-        if pending.is_none() {
-            return Ok(None);
+        let (any, pending): (bool, bool) = (row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?);
+        if !pending {
+            return Ok((any, None));
         }
         let row = client
             .query_one("SELECT nextval('import_flush_requests')", &[])
             .await
             .map_err(pg_error)?;
-        row.try_get(0).map(Some).map_err(pg_error)
+        Ok((any, Some(row.try_get(0).map_err(pg_error)?)))
+    }
+
+    /// Whether any replica has (had) an import log here.
+    pub async fn any_import_log(&self) -> Result<bool, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT EXISTS (SELECT 1 FROM import_logs)", &[])
+            .await
+            .map_err(pg_error)?;
+        row.try_get(0).map_err(pg_error)
+    }
+
+    /// Takes replica `replica_id`'s lock for as long as `client`'s session
+    /// lasts: `false` when another running process holds it (two processes
+    /// with one replica id, e.g. a copied `<log>.replica`, would clear each
+    /// other's `pending`).
+    pub async fn lock_replica(&self, client: &deadpool_postgres::Object, replica_id: &str) -> Result<bool, StoreError> {
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&super::schema::IMPORT_LOG_LOCK_NAMESPACE, &replica_id],
+            )
+            .await
+            .map_err(pg_error)?;
+        row.try_get(0).map_err(pg_error)
     }
 
     /// The replicas but `except` that still hold events acknowledged

@@ -18,6 +18,10 @@ pub(crate) const MIGRATION_LOCK: i32 = 0;
 /// catalog change never waits for a service's identity resolutions.
 pub(crate) const CATALOG_LOCK_NAMESPACE: i32 = 0x6670_6f63; // "fpoc"
 
+/// Advisory-lock namespace of the replicas' import logs (the second key is
+/// the replica id's `hashtext`): held by the replica's mover while it runs.
+pub(crate) const IMPORT_LOG_LOCK_NAMESPACE: i32 = 0x6670_6f6c; // "fpol"
+
 pub(crate) const MIGRATIONS: &str = r#"
 CREATE TABLE IF NOT EXISTS settings (
     key text COLLATE "C" PRIMARY KEY,
