@@ -79,6 +79,10 @@ impl ImportLogOptions {
 /// for them (one `SELECT` of a sequence).
 const FLUSH_POLL: Duration = Duration::from_millis(10);
 
+/// How long a start waits for its replica id's lock in PostgreSQL before
+/// it refuses (another process holds it).
+const REPLICA_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// After a failed move, how often the mover tries again by itself.
 const MOVE_RETRY_EVERY: Duration = Duration::from_secs(2);
 
@@ -369,7 +373,15 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
         // copied `<log>.replica` would clear another's `pending`).
         let lock = rt.block_on(async {
             let client = meta.client().await?;
-            match meta.lock_replica(&client, &start.replica_id).await? {
+            // The session of a process killed a moment ago may still hold
+            // it until PostgreSQL has noticed.
+            let deadline = tokio::time::Instant::now() + REPLICA_LOCK_WAIT;
+            let mut locked = meta.lock_replica(&client, &start.replica_id).await?;
+            while !locked && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                locked = meta.lock_replica(&client, &start.replica_id).await?;
+            }
+            match locked {
                 true => Ok(client),
                 false => Err(StoreError::internal(format!(
                     "replica id {} is in use by another running fineport process (a copied {}.replica?): \
