@@ -132,12 +132,14 @@ impl ImportLogSide {
         let (moves, from_log) = std::sync::mpsc::channel();
         let pending = Arc::new(Mutex::new(true));
         let state = MoverStart {
-            targets: targets.clone(),
-            replica_id: replica_id.clone(),
-            options: options.clone(),
-            progress: progress.clone(),
-            ahead: ahead.clone(),
-            pending: pending.clone(),
+            parts: MoverParts {
+                targets: targets.clone(),
+                replica_id: replica_id.clone(),
+                options: options.clone(),
+                progress: progress.clone(),
+                ahead: ahead.clone(),
+                pending: pending.clone(),
+            },
             replay: batches,
             end: log.end(),
         };
@@ -316,14 +318,20 @@ async fn announcer(
     }))
 }
 
-/// What the mover thread starts from.
-struct MoverStart {
+/// What the mover shares with the log side, and is configured with.
+struct MoverParts {
     targets: Targets,
     replica_id: String,
     options: ImportLogOptions,
     progress: Arc<Progress>,
     ahead: Arc<Ahead>,
+    /// Whether PostgreSQL says this replica holds unmoved events.
     pending: Arc<Mutex<bool>>,
+}
+
+/// What the mover thread starts from.
+struct MoverStart {
+    parts: MoverParts,
     /// What the log held at open, and the log's end after it.
     replay: Vec<LoggedBatch>,
     end: u64,
@@ -343,13 +351,7 @@ struct MoverState {
     rt: Runtime,
     events: ClickHouse,
     meta: Postgres,
-    targets: Targets,
-    replica_id: String,
-    options: ImportLogOptions,
-    progress: Arc<Progress>,
-    ahead: Arc<Ahead>,
-    /// Whether PostgreSQL says this replica holds unmoved events.
-    pending: Arc<Mutex<bool>>,
+    parts: MoverParts,
     /// Moves whose INSERT is running, oldest first.
     in_flight: std::collections::VecDeque<InFlight>,
     /// Acknowledged batches not in ClickHouse yet nor in flight, in arrival
@@ -365,10 +367,10 @@ struct MoverState {
 }
 
 fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: oneshot::Sender<Result<(), StoreError>>) {
-    let _closing = Closing(start.ahead.clone());
+    let _closing = Closing(start.parts.ahead.clone());
     let opened = runtime(true).and_then(|rt| {
-        let events = rt.block_on(ClickHouse::open(&start.targets.clickhouse))?;
-        let meta = rt.block_on(Postgres::open(&start.targets.postgres_url))?;
+        let events = rt.block_on(ClickHouse::open(&start.parts.targets.clickhouse))?;
+        let meta = rt.block_on(Postgres::open(&start.parts.targets.postgres_url))?;
         // One running process per replica id, across machines too (a
         // copied `<log>.replica` would clear another's `pending`).
         let lock = rt.block_on(async {
@@ -376,18 +378,18 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
             // The session of a process killed a moment ago may still hold
             // it until PostgreSQL has noticed.
             let deadline = tokio::time::Instant::now() + REPLICA_LOCK_WAIT;
-            let mut locked = meta.lock_replica(&client, &start.replica_id).await?;
+            let mut locked = meta.lock_replica(&client, &start.parts.replica_id).await?;
             while !locked && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                locked = meta.lock_replica(&client, &start.replica_id).await?;
+                locked = meta.lock_replica(&client, &start.parts.replica_id).await?;
             }
             match locked {
                 true => Ok(client),
                 false => Err(StoreError::internal(format!(
                     "replica id {} is in use by another running fineport process (a copied {}.replica?): \
                      every replica needs an import log and a .replica file of its own",
-                    start.replica_id,
-                    start.options.path.display()
+                    start.parts.replica_id,
+                    start.parts.options.path.display()
                 ))),
             }
         })?;
@@ -404,12 +406,7 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
         rt,
         events,
         meta,
-        targets: start.targets,
-        replica_id: start.replica_id,
-        options: start.options,
-        progress: start.progress,
-        ahead: start.ahead,
-        pending: start.pending,
+        parts: start.parts,
         in_flight: std::collections::VecDeque::new(),
         unmoved: Vec::new(),
         unmoved_events: 0,
@@ -432,8 +429,8 @@ impl MoverState {
     /// Announces what the log holds from before and stores it (what cannot
     /// be stored yet stays, announced, and is retried).
     fn replay(&mut self, batches: Vec<LoggedBatch>, end: u64) -> Result<(), StoreError> {
-        self.progress.appended.store(end, Ordering::Release);
-        self.progress.moved.store(end, Ordering::Release);
+        self.parts.progress.appended.store(end, Ordering::Release);
+        self.parts.progress.moved.store(end, Ordering::Release);
         // Every request made before this start is answered by this replay,
         // which stores all the log holds.
         let requested = self.rt.block_on(self.meta.flush_requested())?;
@@ -447,13 +444,13 @@ impl MoverState {
             "storing what the import log holds from before a stop"
         );
         self.rt
-            .block_on(self.meta.set_import_log(&self.replica_id, true, None, now_ms()))?;
+            .block_on(self.meta.set_import_log(&self.parts.replica_id, true, None, now_ms()))?;
         self.unmoved_events = batches.iter().map(|b| b.batch.events.len()).sum();
-        self.progress.acknowledged(batches.len(), self.unmoved_events);
-        self.progress.moved.store(0, Ordering::Release);
+        self.parts.progress.acknowledged(batches.len(), self.unmoved_events);
+        self.parts.progress.moved.store(0, Ordering::Release);
         self.unmoved = batches;
         self.move_unmoved();
-        if self.progress.all_moved() {
+        if self.parts.progress.all_moved() {
             self.record(Some(requested))?;
             self.flushed = requested;
         }
@@ -463,7 +460,7 @@ impl MoverState {
     fn run(&mut self, moves: &Receiver<Moves<Infallible>>) {
         let mut last_job = Instant::now();
         loop {
-            let pending = self.pending.lock().map(|p| *p).unwrap_or(true);
+            let pending = self.parts.pending.lock().map(|p| *p).unwrap_or(true);
             // The next thing due: an INSERT's answer, the idle move, a
             // retry, or a look at the flush requests.
             let mut wait = Duration::from_secs(3600);
@@ -471,7 +468,7 @@ impl MoverState {
                 wait = Duration::from_millis(2);
             }
             if !self.unmoved.is_empty() && self.failed.is_none() {
-                wait = wait.min(self.options.idle.saturating_sub(last_job.elapsed()));
+                wait = wait.min(self.parts.options.idle.saturating_sub(last_job.elapsed()));
             }
             if pending || self.failed.is_some() {
                 wait = wait.min(FLUSH_POLL);
@@ -483,7 +480,7 @@ impl MoverState {
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let due = match &self.failed {
-                        None => last_job.elapsed() >= self.options.idle,
+                        None => last_job.elapsed() >= self.parts.options.idle,
                         Some((at, _)) => at.elapsed() >= MOVE_RETRY_EVERY,
                     };
                     if due && !self.unmoved.is_empty() && self.in_flight.is_empty() {
@@ -505,11 +502,11 @@ impl MoverState {
         match job {
             Moves::Batches { batches, through } => {
                 let events = batches.iter().map(|b| b.batch.events.len()).sum::<usize>();
-                self.ahead.take(events);
+                self.parts.ahead.take(events);
                 self.unmoved_events += events;
                 self.unmoved.extend(batches);
                 self.unmoved_through = through;
-                if self.unmoved_events >= self.options.move_events && self.failed.is_none() {
+                if self.unmoved_events >= self.parts.options.move_events && self.failed.is_none() {
                     self.start_move();
                 }
             }
@@ -534,7 +531,7 @@ impl MoverState {
         if requested <= self.flushed {
             return;
         }
-        let answered = self.progress.appended.load(Ordering::Acquire);
+        let answered = self.parts.progress.appended.load(Ordering::Acquire);
         while self.unmoved_through < answered {
             match moves.recv() {
                 Ok(job) => self.take(job),
@@ -542,7 +539,7 @@ impl MoverState {
             }
         }
         self.move_unmoved();
-        if self.progress.moved.load(Ordering::Acquire) >= answered {
+        if self.parts.progress.moved.load(Ordering::Acquire) >= answered {
             match self.record(Some(requested)) {
                 Ok(()) => self.flushed = requested,
                 Err(e) => tracing::warn!(error = %e, "cannot record a flush request as answered"),
@@ -554,16 +551,17 @@ impl MoverState {
     /// moved (under the announcement's lock), and `flushed` when given.
     fn record(&mut self, flushed: Option<i64>) -> Result<(), StoreError> {
         let mut pending = self
+            .parts
             .pending
             .lock()
             .map_err(|_| StoreError::internal("the import log's state is poisoned"))?;
-        let all_moved = self.progress.all_moved();
+        let all_moved = self.parts.progress.all_moved();
         if flushed.is_none() && (!*pending || !all_moved) {
             return Ok(());
         }
         self.rt.block_on(
             self.meta
-                .set_import_log(&self.replica_id, !all_moved, flushed, now_ms()),
+                .set_import_log(&self.parts.replica_id, !all_moved, flushed, now_ms()),
         )?;
         *pending = !all_moved;
         Ok(())
@@ -584,7 +582,7 @@ impl MoverState {
         if self.unmoved.is_empty() {
             return;
         }
-        let items = self.targets.items.read().map(|m| m.clone()).unwrap_or_default();
+        let items = self.parts.targets.items.read().map(|m| m.clone()).unwrap_or_default();
         let prepared = self
             .rt
             .block_on(prepare_rows(&self.events, &self.meta, &items, &self.unmoved));
@@ -627,8 +625,10 @@ impl MoverState {
         };
         match result {
             Ok(()) => {
-                self.progress.moved_into_tables(oldest.batches.len(), oldest.events);
-                self.progress.moved.store(oldest.through, Ordering::Release);
+                self.parts
+                    .progress
+                    .moved_into_tables(oldest.batches.len(), oldest.events);
+                self.parts.progress.moved.store(oldest.through, Ordering::Release);
                 if self.in_flight.is_empty() && self.unmoved.is_empty() {
                     self.failed = None;
                 }
