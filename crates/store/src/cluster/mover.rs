@@ -20,6 +20,11 @@
 //! is down with its log) fails rather than answer short
 //! ([`super::ClusterStore`]'s `flush`).
 //!
+//! One process per log and per replica id: `<log>.replica` is locked
+//! (`flock`) while the log is open, and the mover holds a PostgreSQL
+//! advisory lock on the id, so a second process on the same log, or one
+//! with a copied `.replica` file, is refused at start.
+//!
 //! The mover and the announcement run on tokio runtimes of their own (one
 //! thread each), with their own ClickHouse and PostgreSQL connections, so
 //! that they finish their work at shutdown whatever the server's runtime
