@@ -283,13 +283,10 @@ impl Store for ClusterStore {
         batch: EventBatch,
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
-        if let Some(log) = &self.log {
-            if !crate::identity::may_conflict(&batch.identity) {
-                return log.insert(service_id, batch, received_at_ms).await;
-            }
-        }
         if crate::identity::may_conflict(&batch.identity) {
             self.flush(service_id).await?;
+        } else if let Some(log) = &self.log {
+            return log.insert(service_id, batch, received_at_ms).await;
         }
         let acknowledged = batch.events.len();
         let items = HashMap::from([(service_id.clone(), self.items_of(service_id))]);

@@ -25,10 +25,10 @@
 //! advisory lock on the id, so a second process on the same log, or one
 //! with a copied `.replica` file, is refused at start.
 //!
-//! The mover and the announcement run on tokio runtimes of their own (one
-//! thread each), with their own ClickHouse and PostgreSQL connections, so
-//! that they finish their work at shutdown whatever the server's runtime
-//! is doing. A move that fails (a shard or PostgreSQL down) keeps its
+//! The mover and the announcement run on a tokio runtime of their own (one
+//! worker thread), with their own ClickHouse and PostgreSQL connections,
+//! so that they finish their work at shutdown whatever the server's
+//! runtime is doing. A move that fails (a shard or PostgreSQL down) keeps its
 //! batches and is tried again every [`MOVE_RETRY_EVERY`], or at once by a
 //! read; replaying a batch is harmless (identity resolution is
 //! idempotent, first corrections are memoised, and equal keys are deduped
@@ -38,20 +38,19 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use fineport_contract::import::EventBatch;
 use fineport_contract::ServiceId;
-use tokio::runtime::Runtime;
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
 use super::clickhouse::{ClickHouse, ClickHouseOptions};
 use super::postgres::Postgres;
 use super::prepare_rows;
-use crate::import_log::acker::{self, Ahead, BeforeAnswer, Closing, Job, Mover, Moves, Progress};
+use crate::import_log::acker::{self, Ahead, BeforeAnswer, Closing, Job, LogThread, Mover, Moves, Progress};
 use crate::import_log::{ImportLog, LoggedBatch};
 use crate::{Backlog, InsertSummary, StoreError};
 
@@ -101,8 +100,9 @@ const INSERTS_IN_FLIGHT: usize = 2;
 /// The log side of a [`super::ClusterStore`]: where imports go, how far
 /// the mover got, and this replica's id.
 pub(crate) struct ImportLogSide {
-    jobs: Mutex<Option<Sender<Job<Infallible>>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped first: stops the log thread after the mover has stored what
+    /// it holds (or given up on it: it stays in the log for the next start).
+    log_thread: LogThread<Infallible>,
     progress: Arc<Progress>,
     pub replica_id: String,
     /// `<log>.replica`, locked while this side lives.
@@ -152,11 +152,11 @@ impl ImportLogSide {
             .name("fineport-cluster-mover".into())
             .spawn(move || run_mover(state, from_log, ready))
             .map_err(|e| StoreError::internal(format!("cannot start the mover thread: {e}")))?;
-        started
+        let (runtime, meta) = started
             .await
             .map_err(|_| StoreError::internal("the mover thread stopped while starting"))??;
-        let before_answer = announcer(&targets.postgres_url, replica_id.clone(), pending).await?;
-        let (jobs, thread) = acker::spawn(
+        let before_answer = announcer(runtime, meta, replica_id.clone(), pending);
+        let log_thread = acker::spawn(
             Some(log),
             Mover {
                 moves,
@@ -170,23 +170,11 @@ impl ImportLogSide {
         tracing::info!(path = %options.path.display(), replica_id = %replica_id,
             "imports are answered from this replica's import log");
         Ok(ImportLogSide {
-            jobs: Mutex::new(Some(jobs)),
-            thread: Mutex::new(Some(thread)),
+            log_thread,
             progress,
             replica_id,
             _replica_file: replica_file,
         })
-    }
-
-    fn send(&self, job: Job<Infallible>) -> Result<(), StoreError> {
-        let jobs = self
-            .jobs
-            .lock()
-            .map_err(|_| StoreError::internal("the import log is poisoned"))?;
-        jobs.as_ref()
-            .ok_or_else(|| StoreError::internal("the import log is closed"))?
-            .send(job)
-            .map_err(|_| StoreError::internal("the import log's thread stopped"))
     }
 
     /// Answers once `batch` is synced to the log (SPEC §3: `20000` means
@@ -200,7 +188,7 @@ impl ImportLogSide {
         received_at_ms: i64,
     ) -> Result<InsertSummary, StoreError> {
         let (job, answer) = Job::events(service_id, batch, received_at_ms);
-        self.send(job)?;
+        self.log_thread.send(job)?;
         answer
             .await
             .map_err(|_| StoreError::internal("the import log's thread stopped"))?
@@ -210,7 +198,7 @@ impl ImportLogSide {
     /// a `Query` error when batches of `service_id` cannot be moved yet.
     pub async fn sync(&self, service_id: &ServiceId) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.send(Job::Sync {
+        self.log_thread.send(Job::Sync {
             service_id: service_id.to_owned(),
             reply,
         })?;
@@ -221,19 +209,6 @@ impl ImportLogSide {
 
     pub fn backlog(&self) -> Backlog {
         self.progress.backlog()
-    }
-}
-
-impl Drop for ImportLogSide {
-    /// Stops the log thread after the mover has stored what it holds (or
-    /// given up on it: it stays in the log for the next start).
-    fn drop(&mut self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
-        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -274,18 +249,13 @@ fn replica_id(log: &Path) -> Result<(String, std::fs::File), StoreError> {
     Ok((id, file))
 }
 
-/// A runtime of the import log's own: on the calling thread only, or with
-/// one worker thread that runs spawned work (the mover's INSERTs) while
-/// the calling thread does something else.
-fn runtime(worker: bool) -> Result<Runtime, StoreError> {
-    let mut builder = if worker {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(1).thread_name("fineport-cluster-insert");
-        b
-    } else {
-        tokio::runtime::Builder::new_current_thread()
-    };
-    builder
+/// The import log's own runtime, with one worker thread that drives its
+/// connections and runs spawned work (the mover's INSERTs) while the mover
+/// thread, or the log thread, waits on it with `block_on`.
+fn runtime() -> Result<Runtime, StoreError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("fineport-cluster-insert")
         .enable_all()
         .build()
         .map_err(|e| StoreError::internal(format!("cannot start a runtime for the import log: {e}")))
@@ -297,30 +267,20 @@ fn now_ms() -> i64 {
 
 /// The log thread's announcement: before the first answer after a time
 /// this replica held nothing unmoved, `pending` is committed in
-/// PostgreSQL (under the lock the mover takes to clear it).
-async fn announcer(
-    postgres_url: &str,
-    replica_id: String,
-    pending: Arc<Mutex<bool>>,
-) -> Result<BeforeAnswer, StoreError> {
-    let url = postgres_url.to_owned();
-    let (rt, meta) = tokio::task::spawn_blocking(move || {
-        let rt = runtime(false)?;
-        let meta = rt.block_on(Postgres::open(&url))?;
-        Ok::<_, StoreError>((rt, meta))
-    })
-    .await
-    .map_err(|e| StoreError::internal(format!("starting the import log: {e}")))??;
-    Ok(Box::new(move || {
+/// PostgreSQL (under the lock the mover takes to clear it), through the
+/// mover's runtime (its worker drives the connection) and connections. It
+/// is never called after the mover has stopped: the log thread stops first.
+fn announcer(runtime: Handle, meta: Postgres, replica_id: String, pending: Arc<Mutex<bool>>) -> BeforeAnswer {
+    Box::new(move || {
         let mut announced = pending
             .lock()
             .map_err(|_| StoreError::internal("the import log's state is poisoned"))?;
         if !*announced {
-            rt.block_on(meta.set_import_log(&replica_id, true, None, now_ms()))?;
+            runtime.block_on(meta.set_import_log(&replica_id, true, None, now_ms()))?;
             *announced = true;
         }
         Ok(())
-    }))
+    })
 }
 
 /// What the mover shares with the log side, and is configured with.
@@ -371,9 +331,13 @@ struct MoverState {
     polled: Instant,
 }
 
-fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: oneshot::Sender<Result<(), StoreError>>) {
+/// What the mover hands the log side once it has started: its runtime and
+/// its PostgreSQL, for the announcement.
+type Started = Result<(Handle, Postgres), StoreError>;
+
+fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: oneshot::Sender<Started>) {
     let _closing = Closing(start.parts.ahead.clone());
-    let opened = runtime(true).and_then(|rt| {
+    let opened = runtime().and_then(|rt| {
         let events = rt.block_on(ClickHouse::open(&start.parts.targets.clickhouse))?;
         let meta = rt.block_on(Postgres::open(&start.parts.targets.postgres_url))?;
         // One running process per replica id, across machines too (a
@@ -424,7 +388,7 @@ fn run_mover(start: MoverStart, moves: Receiver<Moves<Infallible>>, ready: onesh
         let _ = ready.send(Err(e));
         return;
     }
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok((state.rt.handle().clone(), state.meta.clone())));
     state.run(&moves);
     // Closing the session gives the replica id back.
     drop(deadpool_postgres::Object::take(replica_lock));

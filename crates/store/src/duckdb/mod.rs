@@ -16,7 +16,6 @@ mod stream;
 mod writer;
 
 use std::path::Path;
-use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -35,7 +34,7 @@ pub use self::schema::all_events;
 use self::schema::{Layout, Layouts, PropertyColumn};
 use self::writer::{Exec, Job, WriterState};
 pub use self::writer::{MovePolicy, BULK_EVENTS};
-use crate::import_log::acker::Progress;
+use crate::import_log::acker::{LogThread, Progress};
 use crate::import_log::{ImportLog, LoggedBatch};
 use crate::records::{ms_to_time, stored_service_id};
 use crate::{
@@ -97,9 +96,8 @@ pub struct DuckDbStore {
 struct Inner {
     /// The connection reads clone from (DuckDB connections are not `Sync`).
     reader: Mutex<Connection>,
-    /// `None` once closing: dropping the sender stops the writer thread.
-    writer: Mutex<Option<Sender<Job>>>,
-    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The log thread in front of the writer thread.
+    writer: LogThread<Exec>,
     layouts: Layouts,
     export_slice_cells: u64,
     /// The imports acknowledged and not yet moved ([`Store::backlog`]).
@@ -167,12 +165,11 @@ impl DuckDbStore {
             None => None,
         };
         let progress = state.progress.clone();
-        let (writer, thread) = writer::spawn(state, log)?;
+        let writer = writer::spawn(state, log)?;
         Ok(DuckDbStore {
             inner: Arc::new(Inner {
                 reader: Mutex::new(conn),
-                writer: Mutex::new(Some(writer)),
-                writer_thread: Mutex::new(Some(thread)),
+                writer,
                 layouts,
                 export_slice_cells: options.export_slice_cells,
                 progress,
@@ -308,17 +305,7 @@ impl DuckDbStore {
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
-        let writer = self
-            .inner
-            .writer
-            .lock()
-            .map_err(|_| StoreError::internal("writer lock poisoned"))?;
-        let writer = writer
-            .as_ref()
-            .ok_or_else(|| StoreError::internal("the store is closed"))?;
-        writer
-            .send(job)
-            .map_err(|_| StoreError::internal("the writer thread stopped"))
+        self.inner.writer.send(job)
     }
 }
 
@@ -327,12 +314,7 @@ impl Drop for Inner {
     /// what it was given and drops its connection before this returns, so
     /// the file can be opened again at once.
     fn drop(&mut self) {
-        if let Ok(mut w) = self.writer.lock() {
-            w.take();
-        }
-        if let Some(thread) = self.writer_thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = thread.join();
-        }
+        self.writer.close();
     }
 }
 

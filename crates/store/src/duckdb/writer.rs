@@ -24,9 +24,8 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use duckdb::Connection;
@@ -406,12 +405,9 @@ impl WriterState {
 }
 
 /// Starts the writer thread on `state` and the log thread in front of it;
-/// returns where to send jobs and the log thread, which stops (after the
-/// writer has moved everything) once every sender is dropped.
-pub(crate) fn spawn(
-    mut state: WriterState,
-    log: Option<ImportLog>,
-) -> Result<(Sender<Job>, JoinHandle<()>), StoreError> {
+/// closing the returned log thread stops both, after the writer has moved
+/// everything.
+pub(crate) fn spawn(mut state: WriterState, log: Option<ImportLog>) -> Result<acker::LogThread<Exec>, StoreError> {
     let thread_error = |e: std::io::Error| StoreError::internal(format!("cannot start the writer threads: {e}"));
     let (free, to_free) = std::sync::mpsc::sync_channel::<Vec<LoggedBatch>>(FREES_AHEAD);
     std::thread::Builder::new()

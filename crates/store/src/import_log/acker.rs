@@ -208,14 +208,49 @@ pub(crate) struct Mover<X> {
     pub before_answer: Option<BeforeAnswer>,
 }
 
-/// Starts the log thread in front of `mover`; returns where to send jobs
-/// and the thread, which stops (after the mover has stored everything and
-/// stopped) once every sender is dropped. Without a `log`, batches are
+/// A running log thread, as its backend holds it: where to send jobs, and
+/// [`LogThread::close`] (also on drop), which stops the thread after the
+/// mover has stored what it can and stopped.
+pub(crate) struct LogThread<X> {
+    /// `None` once closing: dropping the sender stops the thread.
+    jobs: Mutex<Option<Sender<Job<X>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<X> LogThread<X> {
+    /// Hands `job` to the log thread. Errors: `Internal` once it is
+    /// closed or has stopped.
+    pub fn send(&self, job: Job<X>) -> Result<(), StoreError> {
+        let jobs = self
+            .jobs
+            .lock()
+            .map_err(|_| StoreError::internal("the import log's sender is poisoned"))?;
+        jobs.as_ref()
+            .ok_or_else(|| StoreError::internal("the store is closed"))?
+            .send(job)
+            .map_err(|_| StoreError::internal("the import log's thread stopped"))
+    }
+
+    /// Stops the log thread and waits for it (and so for the mover).
+    pub fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<X> Drop for LogThread<X> {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Starts the log thread in front of `mover`. Without a `log`, batches are
 /// answered at once (tests of the mover alone).
-pub(crate) fn spawn<X: Send + 'static>(
-    log: Option<ImportLog>,
-    mover: Mover<X>,
-) -> Result<(Sender<Job<X>>, JoinHandle<()>), StoreError> {
+pub(crate) fn spawn<X: Send + 'static>(log: Option<ImportLog>, mover: Mover<X>) -> Result<LogThread<X>, StoreError> {
     let (tx, jobs) = std::sync::mpsc::channel();
     let acker = Acker {
         log,
@@ -230,7 +265,10 @@ pub(crate) fn spawn<X: Send + 'static>(
         .name("fineport-import-log".into())
         .spawn(move || acker.run(jobs, mover.thread))
         .map_err(|e| StoreError::internal(format!("cannot start the import log's thread: {e}")))?;
-    Ok((tx, thread))
+    Ok(LogThread {
+        jobs: Mutex::new(Some(tx)),
+        thread: Mutex::new(Some(thread)),
+    })
 }
 
 /// The log thread's state.
