@@ -109,7 +109,8 @@ pub(crate) struct ImportLogSide {
     _replica_file: std::fs::File,
 }
 
-/// What the mover and the announcement open for themselves.
+/// What the mover opens for itself (the announcement then uses its
+/// runtime and PostgreSQL).
 #[derive(Clone)]
 pub(crate) struct Targets {
     pub clickhouse: ClickHouseOptions,
