@@ -377,6 +377,69 @@ async fn concurrent_inserts_share_a_few_inserts() {
     cluster.finish().await;
 }
 
+/// Checks that each shard's `events_local` holds exactly the rows its
+/// Distributed table would have sent it (`cityHash64(service_id,
+/// event_log_id)` modulo the shard count; every weight is 1 on the test
+/// cluster), and `total` rows in all.
+async fn assert_rows_on_their_shards(cluster: &Cluster, total: u64) {
+    let mut stored = 0;
+    for node in 0..cluster.urls.len() {
+        let shard = cluster
+            .sql(node, "SELECT shard_num, shard_weight FROM system.clusters WHERE cluster = 'fineport' AND is_local FORMAT TSV")
+            .await;
+        assert!(shard.trim().ends_with("\t1"), "weight 1: {shard}");
+        let index: u64 = shard
+            .split('\t')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("shard_num");
+        let counts = cluster
+            .sql(
+                node,
+                &format!(
+                    "SELECT count(), countIf(cityHash64(service_id, event_log_id) % {} != {}) FROM {}.events_local FORMAT TSV",
+                    cluster.urls.len(),
+                    index - 1,
+                    cluster.db()
+                ),
+            )
+            .await;
+        let (rows, strays) = counts.trim().split_once('\t').expect("two counts");
+        assert_eq!(strays, "0", "rows on the wrong shard at node {node}");
+        let rows: u64 = rows.parse().expect("count");
+        assert!(rows > 0, "node {node} got none of {total} rows");
+        stored += rows;
+    }
+    assert_eq!(stored, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_go_to_the_shard_the_distributed_table_would_pick() {
+    let Some(cluster) = Cluster::open(|_| {}).await else {
+        return;
+    };
+    assert!(cluster.ch.inserts_to_shards(), "the test cluster's URLs are its shards");
+    let body = events_body("u", MS_2026_11_01_KST, 1000, 100, 1);
+    cluster.ch.insert(super_rows(&body)).await.expect("inserted");
+    let mut bulk = cluster.ch.import_rows();
+    let batch = batch(&events_body("v", MS_2026_11_01_KST, 1000, 100, 2));
+    let events: Vec<_> = batch.events.iter().collect();
+    let items: Vec<String> = taxonomy().item_properties.keys().cloned().collect();
+    bulk.push_request(&service_id(), &events, RECEIVED, "v", &items, |e| e.event_datetime_ms);
+    cluster.ch.insert_import_rows(bulk).await.expect("inserted");
+    assert_eq!(cluster.ch.stats().inserts, 2, "one round each");
+    assert_rows_on_their_shards(&cluster, 200).await;
+
+    // URLs that cannot be matched to shards (both reach shard 1's node):
+    // through the Distributed table, to the same shards.
+    let distributed = cluster.reopen(|o| o.urls = vec![o.urls[0].clone(); o.urls.len()]).await;
+    assert!(!distributed.inserts_to_shards());
+    let body = events_body("w", MS_2026_11_01_KST, 1000, 100, 3);
+    distributed.insert(super_rows(&body)).await.expect("inserted");
+    assert_rows_on_their_shards(&cluster, 300).await;
+    cluster.finish().await;
+}
+
 /// Local midnight of a New York date, in UTC ms.
 fn ny(date: &str, hms: &str) -> i64 {
     let tz: Tz = "America/New_York".parse().expect("tz");

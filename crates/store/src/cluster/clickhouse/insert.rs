@@ -16,12 +16,18 @@
 //! kept up. `fineport bench --store cluster` (8 clients): 17,000 events/s
 //! with no linger, 10,000 with 50 ms.
 //!
-//! Durability: the INSERT goes to the Distributed table with
-//! `insert_distributed_sync=1`, so it returns OK only once every shard
+//! Each row is encoded into the body of its shard (`route.rs`): a round
+//! sends one INSERT into `events_local` per shard it touches, all at once,
+//! and answers once every one returned OK. Where the URLs cannot be matched
+//! to shards, the round is one INSERT into the Distributed table with
+//! `insert_distributed_sync=1`, which also returns only once every shard
 //! wrote its rows (the default would acknowledge rows still queued on the
-//! initiator's disk). A failed INSERT fails every caller in it; some rows
-//! may have reached a shard (it is not atomic across shards), and the
-//! client's resend is absorbed by the dedupe.
+//! initiator's disk).
+//!
+//! Durability and failure: a failed INSERT fails every caller in its
+//! round; some rows may have reached a shard (a round is not atomic across
+//! shards), and the client's resend (or the import log's next try) is
+//! absorbed by the dedupe.
 //!
 //! [`ClickHouseOptions::insert_linger`]: super::ClickHouseOptions::insert_linger
 //! [`ClickHouseOptions::insert_max_rows`]: super::ClickHouseOptions::insert_max_rows
@@ -37,6 +43,7 @@ use fineport_contract::cells::import_cells;
 use fineport_contract::import::{EventInput, API_VERSION, PLATFORM_HTTP_API};
 use fineport_contract::ServiceId;
 
+use super::route::Route;
 use super::rowbinary::{put_i64, put_len, put_str, put_str_array, put_str_bytes, put_u16, put_u64};
 use super::{new_query_id, EventRow, Inner};
 use crate::StoreError;
@@ -88,7 +95,8 @@ impl ReceiptOrder {
 /// One caller's rows and where its answer goes.
 struct Request {
     rows: usize,
-    body: Vec<u8>,
+    /// One body per destination of the route.
+    bodies: Vec<Vec<u8>>,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -97,45 +105,54 @@ struct Request {
 pub(crate) struct Writer {
     tx: mpsc::Sender<Request>,
     order: Arc<ReceiptOrder>,
+    route: Arc<Route>,
+    /// Bodies an [`ImportRows`] fills: [`Route::destinations`].
+    destinations: usize,
 }
 
 impl Writer {
-    /// Starts the writer task; it ends when the last `Writer` is dropped.
-    pub fn start(inner: Arc<Inner>) -> Writer {
+    /// Starts the writer task sending rows by `route`; it ends when the
+    /// last `Writer` is dropped.
+    pub fn start(inner: Arc<Inner>, route: Route) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
-        tokio::spawn(run(inner, rx));
+        let destinations = route.destinations(inner.nodes.len());
+        let route = Arc::new(route);
+        tokio::spawn(run(inner, route.clone(), rx));
         Writer {
             tx,
             order: Arc::default(),
+            route,
+            destinations,
         }
     }
 
-    /// Encodes `rows`, queues them and waits for the INSERT holding them.
+    /// Whether rows go straight to their shards' `events_local`.
+    pub fn to_shards(&self) -> bool {
+        matches!(*self.route, Route::Shards { .. })
+    }
+
+    /// Encodes `rows`, queues them and waits for the INSERT round holding them.
     pub async fn insert(&self, rows: Vec<EventRow>) -> Result<(), StoreError> {
-        if rows.is_empty() {
+        let Some(server_ms) = rows.first().map(|row| row.server_ms) else {
             return Ok(());
-        }
-        let mut body = Vec::with_capacity(rows.len() * 512);
-        let server_ms = rows[0].server_ms;
+        };
+        let mut out = self.import_rows();
         for (row, ver) in rows.iter().zip(self.order.next(server_ms, rows.len())) {
-            encode(&mut body, row, ver)?;
+            let body = &mut out.bodies[self.route.destination(row.service_id.as_str(), &row.event_log_id)];
+            encode(body, row, ver)?;
+            out.rows += 1;
         }
-        self.send(ImportRows {
-            body,
-            rows: rows.len(),
-            scratch: Vec::new(),
-            order: self.order.clone(),
-        })
-        .await
+        self.send(out).await
     }
 
     /// An empty [`ImportRows`] numbered in this writer's receipt order.
     pub fn import_rows(&self) -> ImportRows {
         ImportRows {
-            body: Vec::new(),
+            bodies: vec![Vec::new(); self.destinations],
             rows: 0,
             scratch: Vec::new(),
             order: self.order.clone(),
+            route: self.route.clone(),
         }
     }
 
@@ -147,7 +164,7 @@ impl Writer {
         let (done, answer) = oneshot::channel();
         let request = Request {
             rows: rows.rows,
-            body: rows.body,
+            bodies: rows.bodies,
             done,
         };
         self.tx
@@ -165,10 +182,12 @@ impl Writer {
 /// validated events: what the cluster's import log moves, by the
 /// hundred thousand). The same columns and cells as [`EventRow::from_import`].
 pub struct ImportRows {
-    body: Vec<u8>,
+    /// One RowBinary body per destination of `route`.
+    bodies: Vec<Vec<u8>>,
     rows: usize,
     scratch: Vec<u8>,
     order: Arc<ReceiptOrder>,
+    route: Arc<Route>,
 }
 
 impl ImportRows {
@@ -201,7 +220,8 @@ impl ImportRows {
                 platform: PLATFORM_HTTP_API,
             };
             let scratch = &mut self.scratch;
-            put_row(&mut self.body, &head, ver, event.items.len(), |out| {
+            let body = &mut self.bodies[self.route.destination(head.service_id, event_log_id)];
+            put_row(body, &head, ver, event.items.len(), |out| {
                 let cells = || import_cells(event, item_properties.iter().map(String::as_str));
                 put_len(out, cells().count());
                 for cell in cells() {
@@ -287,26 +307,28 @@ fn encode(out: &mut Vec<u8>, row: &EventRow, ver: u64) -> Result<(), StoreError>
     Ok(())
 }
 
-/// The writer task: gathers requests into INSERTs, one at a time.
-async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>) {
+/// The writer task: gathers requests into INSERT rounds, one at a time.
+async fn run(inner: Arc<Inner>, route: Arc<Route>, mut rx: mpsc::Receiver<Request>) {
     let linger = inner.options.insert_linger;
     let max_rows = inner.options.insert_max_rows.max(1);
     while let Some(first) = rx.recv().await {
         let deadline = Instant::now() + linger;
         let mut rows = first.rows;
-        let mut body = first.body;
+        let mut bodies = first.bodies;
         let mut waiting = vec![first.done];
         while rows < max_rows {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(request)) => {
                     rows += request.rows;
-                    body.extend_from_slice(&request.body);
+                    for (body, more) in bodies.iter_mut().zip(&request.bodies) {
+                        body.extend_from_slice(more);
+                    }
                     waiting.push(request.done);
                 }
                 Ok(None) | Err(_) => break,
             }
         }
-        let result = send(&inner, body, rows).await;
+        let result = send(&inner, &route, bodies, rows).await;
         if let Err(e) = &result {
             tracing::warn!(
                 "ClickHouse INSERT of {rows} rows for {} callers failed: {e}",
@@ -320,25 +342,16 @@ async fn run(inner: Arc<Inner>, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
-/// One synchronous INSERT of `rows` rows encoded in `body`.
-async fn send(inner: &Inner, body: Vec<u8>, rows: usize) -> Result<(), StoreError> {
-    let node = inner.pick_node();
-    let sql = format!("INSERT INTO {} ({COLUMNS}) FORMAT RowBinary", inner.events_table);
-    let query_id = new_query_id("insert");
-    let params = [
-        ("query", sql.as_str()),
-        ("query_id", query_id.as_str()),
-        ("insert_distributed_sync", "1"),
-    ];
-    let insert = async {
-        let response = inner.post(node, &params, body).await?;
-        // The answer is empty; reading it to the end keeps the connection.
-        response
-            .bytes()
-            .await
-            .map_err(|e| StoreError::query(format!("ClickHouse INSERT: {e}")))
-    };
-    match tokio::time::timeout(INSERT_TIMEOUT, insert).await {
+/// One INSERT round of `rows` rows encoded in `bodies` (one per
+/// destination of `route`): the shards' INSERTs run at once, and the round
+/// is OK once every one is.
+async fn send(inner: &Inner, route: &Route, bodies: Vec<Vec<u8>>, rows: usize) -> Result<(), StoreError> {
+    let inserts = bodies.into_iter().enumerate().filter(|(_, body)| !body.is_empty());
+    let round = futures::future::try_join_all(inserts.map(|(destination, body)| match route {
+        Route::Shards { .. } => insert(inner, destination, &inner.local_table, false, body),
+        Route::Distributed => insert(inner, inner.pick_node(), &inner.events_table, true, body),
+    }));
+    match tokio::time::timeout(INSERT_TIMEOUT, round).await {
         Ok(Ok(_)) => {
             inner.inserts.fetch_add(1, Ordering::Relaxed);
             inner.inserted_rows.fetch_add(rows as u64, Ordering::Relaxed);
@@ -350,4 +363,22 @@ async fn send(inner: &Inner, body: Vec<u8>, rows: usize) -> Result<(), StoreErro
             INSERT_TIMEOUT.as_secs()
         ))),
     }
+}
+
+/// One synchronous INSERT of `body` into `table` on `node`, with
+/// `insert_distributed_sync=1` when `table` is the Distributed one.
+async fn insert(inner: &Inner, node: usize, table: &str, distributed: bool, body: Vec<u8>) -> Result<(), StoreError> {
+    let sql = format!("INSERT INTO {table} ({COLUMNS}) FORMAT RowBinary");
+    let query_id = new_query_id("insert");
+    let mut params = vec![("query", sql.as_str()), ("query_id", query_id.as_str())];
+    if distributed {
+        params.push(("insert_distributed_sync", "1"));
+    }
+    let response = inner.post(node, &params, body).await?;
+    // The answer is empty; reading it to the end keeps the connection.
+    response
+        .bytes()
+        .await
+        .map(drop)
+        .map_err(|e| StoreError::query(format!("ClickHouse INSERT: {e}")))
 }

@@ -14,7 +14,10 @@
 //! makes merges keep the first receipt.
 //!
 //! - [`ClickHouse::insert`] is a group commit (`insert.rs`): concurrent
-//!   callers share one synchronous Distributed INSERT.
+//!   callers share one round of INSERTs, each row sent straight to its
+//!   shard's `events_local` where the Distributed table would send it
+//!   (`route.rs`), or through the Distributed table where the URLs cannot
+//!   be matched to shards.
 //! - [`ClickHouse::export`] streams the event export (`export.rs`): one
 //!   sorted query per group of service days, read as RowBinary and encoded
 //!   here with the DuckDB backend's CSV functions.
@@ -39,6 +42,7 @@
 mod export;
 mod insert;
 mod response;
+mod route;
 mod rowbinary;
 mod users;
 
@@ -101,7 +105,8 @@ impl Default for ClickHouseOptions {
 /// Counters of what the backend sent, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClickHouseStats {
-    /// INSERTs that returned OK.
+    /// INSERT rounds that returned OK (a round is one INSERT per shard
+    /// its rows touch).
     pub inserts: u64,
     /// Rows in those INSERTs.
     pub inserted_rows: u64,
@@ -123,6 +128,8 @@ pub(crate) struct Inner {
     nodes: Vec<String>,
     /// `<database>.events` (Distributed).
     events_table: String,
+    /// `<database>.events_local` (on every shard).
+    local_table: String,
     options: ClickHouseOptions,
     next_node: AtomicUsize,
     inserts: AtomicU64,
@@ -162,6 +169,7 @@ impl ClickHouse {
             http,
             nodes: opts.urls.iter().map(|u| u.trim_end_matches('/').to_string()).collect(),
             events_table: format!("{}.events", opts.database),
+            local_table: format!("{}.events_local", opts.database),
             options: opts.clone(),
             next_node: AtomicUsize::new(0),
             inserts: AtomicU64::new(0),
@@ -188,35 +196,49 @@ impl ClickHouse {
             ),
         ];
         let shards_sql = format!(
-            "SELECT count() FROM system.clusters WHERE cluster = '{}' FORMAT TSV",
+            "SELECT shard_num, shard_weight, is_local FROM system.clusters \
+             WHERE cluster = '{}' ORDER BY shard_num, replica_num FORMAT TSV",
             opts.cluster
         );
+        let mut listings = Vec::new();
         for node in 0..inner.nodes.len() {
             let shards = inner.fetch(node, &shards_sql, &[]).await?;
-            if String::from_utf8_lossy(&shards).trim() != inner.nodes.len().to_string() {
+            let listing = route::ClusterRow::parse_tsv(&String::from_utf8_lossy(&shards));
+            let Some(listing) = listing.filter(|rows| rows.len() == inner.nodes.len()) else {
                 return Err(StoreError::internal(format!(
-                    "ClickHouse at {} has {} shards in cluster {:?}, not one per URL ({})",
+                    "ClickHouse at {} does not list one shard per URL ({}) in cluster {:?}: {:?}",
                     inner.nodes[node],
-                    String::from_utf8_lossy(&shards).trim(),
+                    inner.nodes.len(),
                     opts.cluster,
-                    inner.nodes.len()
+                    clip(&shards)
                 )));
-            }
+            };
+            listings.push(listing);
             for sql in &ddl {
                 inner.fetch(node, sql, &[]).await?;
             }
         }
-        let writer = insert::Writer::start(inner.clone());
+        let route = route::Route::from_listings(&listings).unwrap_or_else(|why| {
+            tracing::warn!(
+                "ClickHouse: the URLs cannot be matched to the shards of cluster {:?} ({why}); \
+                 INSERTs go through the Distributed table",
+                opts.cluster
+            );
+            route::Route::Distributed
+        });
+        let writer = insert::Writer::start(inner.clone(), route);
         Ok(ClickHouse { inner, writer })
     }
 
     /// Stores `rows` durably (SPEC §4 "20000 means durable"): returns `Ok`
-    /// only after an INSERT into the Distributed table with
-    /// `insert_distributed_sync=1` that held all of them returned OK, i.e.
-    /// every shard wrote its part. Concurrent callers share one INSERT
-    /// (group commit; see [`ClickHouseOptions::insert_linger`]). Errors:
-    /// `Internal` when that INSERT failed (the server answers 50000); some
-    /// of the rows may then be stored, which a resend's dedupe absorbs.
+    /// only after every shard holding some of them wrote its part: its
+    /// INSERT into `events_local` returned OK (or, where the URLs are not
+    /// matched to shards, the INSERT into the Distributed table with
+    /// `insert_distributed_sync=1`). Concurrent callers share one round of
+    /// INSERTs (group commit; see [`ClickHouseOptions::insert_linger`]).
+    /// Errors: `Internal` when an INSERT of the round failed (the server
+    /// answers 50000); some of the rows may then be stored, which a
+    /// resend's dedupe absorbs.
     /// Resends of stored `event_log_id`s are accepted and deduplicated on
     /// read and by merges.
     pub async fn insert(&self, rows: Vec<EventRow>) -> Result<(), StoreError> {
@@ -277,6 +299,13 @@ impl ClickHouse {
         users::with_events(self.inner.clone(), service_id, event, min_count, from_ms, to_ms)
             .await
             .map(StreamExt::boxed)
+    }
+
+    /// Whether INSERTs go straight to each shard's `events_local` (the
+    /// URLs were matched to shards at open) rather than through the
+    /// Distributed table.
+    pub fn inserts_to_shards(&self) -> bool {
+        self.writer.to_shards()
     }
 
     /// What has been sent so far.
