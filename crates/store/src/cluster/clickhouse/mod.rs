@@ -203,29 +203,47 @@ impl ClickHouse {
         let mut listings = Vec::new();
         for node in 0..inner.nodes.len() {
             let shards = inner.fetch(node, &shards_sql, &[]).await?;
-            let listing = route::ClusterRow::parse_tsv(&String::from_utf8_lossy(&shards));
-            let Some(listing) = listing.filter(|rows| rows.len() == inner.nodes.len()) else {
+            let Some(listing) = route::ClusterRow::parse_tsv(&String::from_utf8_lossy(&shards)) else {
                 return Err(StoreError::internal(format!(
-                    "ClickHouse at {} does not list one shard per URL ({}) in cluster {:?}: {:?}",
+                    "ClickHouse at {}: unexpected system.clusters rows: {:?}",
                     inner.nodes[node],
-                    inner.nodes.len(),
-                    opts.cluster,
                     clip(&shards)
                 )));
             };
+            if listing.len() != inner.nodes.len() {
+                return Err(StoreError::internal(format!(
+                    "ClickHouse at {} has {} shards in cluster {:?}, but {} URLs are given: \
+                     give the HTTP URL of each shard once",
+                    inner.nodes[node],
+                    listing.len(),
+                    opts.cluster,
+                    inner.nodes.len()
+                )));
+            }
             listings.push(listing);
             for sql in &ddl {
                 inner.fetch(node, sql, &[]).await?;
             }
         }
-        let route = route::Route::from_listings(&listings).unwrap_or_else(|why| {
-            tracing::warn!(
-                "ClickHouse: the URLs cannot be matched to the shards of cluster {:?} ({why}); \
-                 INSERTs go through the Distributed table",
-                opts.cluster
-            );
-            route::Route::Distributed
-        });
+        let route = match route::Route::from_listings(&listings) {
+            Ok(route) => {
+                tracing::info!(
+                    "ClickHouse: each of the {} URLs is one shard of cluster {:?}; \
+                     INSERTs go straight to each shard's events_local",
+                    inner.nodes.len(),
+                    opts.cluster
+                );
+                route
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "ClickHouse: the URLs cannot be matched to the shards of cluster {:?} ({why}); \
+                     INSERTs go through the Distributed table",
+                    opts.cluster
+                );
+                route::Route::Distributed
+            }
+        };
         let writer = insert::Writer::start(inner.clone(), route);
         Ok(ClickHouse { inner, writer })
     }
