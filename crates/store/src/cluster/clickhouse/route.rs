@@ -25,9 +25,9 @@
 //! The URLs are matched to shards at open by asking each node which shard
 //! of the cluster is local to it (`system.clusters.is_local`). When that
 //! does not give one distinct shard per URL, each of one replica, with the
-//! same shard list on every node (a URL that reaches no shard's node,
-//! shards with replicas), inserts go through the Distributed table as
-//! before, and a warning at start says why.
+//! same shard list on every node (a URL that reaches no shard's node, two
+//! that reach the same one, shards with replicas), inserts go through the
+//! Distributed table as before, and a warning at start says why.
 
 use std::fmt;
 
