@@ -384,9 +384,11 @@ async fn concurrent_inserts_share_a_few_inserts() {
 async fn assert_rows_on_their_shards(cluster: &Cluster, total: u64) {
     let mut stored = 0;
     for node in 0..cluster.urls.len() {
-        let shard = cluster
-            .sql(node, "SELECT shard_num, shard_weight FROM system.clusters WHERE cluster = 'fineport' AND is_local FORMAT TSV")
-            .await;
+        let sql = format!(
+            "SELECT shard_num, shard_weight FROM system.clusters WHERE cluster = '{}' AND is_local FORMAT TSV",
+            cluster.options.cluster
+        );
+        let shard = cluster.sql(node, &sql).await;
         assert!(shard.trim().ends_with("\t1"), "weight 1: {shard}");
         let index: u64 = shard
             .split('\t')
