@@ -389,6 +389,49 @@ impl<'a> Column<'a> {
     }
 }
 
+impl Column<'_> {
+    /// Asks the CPU to bring row `i`'s value into its cache, ahead of
+    /// reading it (a hint: nothing is read, nothing can fault). The export
+    /// reads its rows across every column of a chunk, one row at a time:
+    /// more arrays at once than the hardware prefetcher follows.
+    #[inline]
+    pub fn prefetch(&self, i: usize) {
+        match self {
+            Column::Varchar(f) => f.prefetch(i),
+            Column::BigInt(f) | Column::Timestamp(f) => f.prefetch(i),
+            Column::Double(f) => f.prefetch(i),
+            Column::Boolean(f) => f.prefetch(i),
+            Column::Date(f) => f.prefetch(i),
+            Column::List(f, _) => f.prefetch(i),
+        }
+    }
+
+    /// The next step after [`Column::prefetch`], once row `i`'s value is
+    /// cached: the bytes of a long string, the first values of a list.
+    #[inline]
+    pub fn prefetch_behind(&self, i: usize) {
+        match self {
+            Column::Varchar(f) => {
+                if let Some(s) = f.get(i) {
+                    // SAFETY: both fields of DuckDB's string union are
+                    // plain bytes; the pointer is one only past 12 bytes
+                    // (see `string_bytes`), and is never dereferenced here.
+                    let (len, ptr) = unsafe { (s.value.inlined.length as usize, s.value.pointer.ptr) };
+                    if len > 12 {
+                        prefetch_read(ptr.cast_const());
+                    }
+                }
+            }
+            Column::List(f, child) => {
+                if let Some(entry) = f.get(i) {
+                    child.prefetch(entry.offset as usize);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A flat vector's values and validity.
 pub(crate) struct Flat<'a, T> {
     values: &'a [T],
@@ -418,6 +461,13 @@ impl<'a, T> Flat<'a, T> {
         self.validity.is_some_and(|v| v[i / 64] >> (i % 64) & 1 == 0)
     }
 
+    #[inline]
+    fn prefetch(&self, i: usize) {
+        if let Some(value) = self.values.get(i) {
+            prefetch_read(std::ptr::from_ref(value));
+        }
+    }
+
     /// Row `i`'s value, `None` for a NULL.
     pub fn get(&self, i: usize) -> Option<&'a T> {
         if self.is_null(i) {
@@ -426,6 +476,19 @@ impl<'a, T> Flat<'a, T> {
             self.values.get(i)
         }
     }
+}
+
+/// A hint to cache the line at `address`; a no-op but on x86-64.
+#[inline(always)]
+fn prefetch_read<T>(address: *const T) {
+    // SAFETY: SSE is part of x86-64; a prefetch reads nothing and cannot
+    // fault, whatever the address.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(address.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 /// The bytes of a VARCHAR value.

@@ -268,7 +268,21 @@ fn in_order_freeing(
                 })
                 .collect::<Option<_>>()
                 .ok_or_else(|| StoreError::internal("a slice has fewer columns than the CSV"))?;
-            for &(chunk, row) in &order[from..end] {
+            let segment = &order[from..end];
+            for (at, &(chunk, row)) in segment.iter().enumerate() {
+                // The row written a few rows from now: its cells on their
+                // way into the cache while this one is written (each row
+                // reads every column's array; item 20 of docs/benchmarks.md).
+                if let Some(&(ahead_chunk, ahead_row)) = segment.get(at + PREFETCH_ROWS_AHEAD) {
+                    for column in columns[ahead_chunk as usize].iter().flatten() {
+                        column.prefetch(ahead_row as usize);
+                    }
+                }
+                if let Some(&(ahead_chunk, ahead_row)) = segment.get(at + PREFETCH_ROWS_AHEAD / 2) {
+                    for column in columns[ahead_chunk as usize].iter().flatten() {
+                        column.prefetch_behind(ahead_row as usize);
+                    }
+                }
                 let columns = columns[chunk as usize]
                     .as_deref()
                     .ok_or_else(|| StoreError::internal("a slice's row is in a chunk already freed"))?;
@@ -284,6 +298,10 @@ fn in_order_freeing(
     }
     Ok(())
 }
+
+/// How many rows ahead of the one being written [`in_order_freeing`] asks
+/// for a row's cells to be cached.
+const PREFETCH_ROWS_AHEAD: usize = 4;
 
 /// Where the sort keys are among a slice query's columns.
 #[derive(Debug, Clone, Copy)]
