@@ -12,19 +12,30 @@ use crate::types::Value;
 
 /// Appends `s` as one CSV field, quoted only when it must be.
 pub fn push_field(out: &mut Vec<u8>, s: &[u8]) {
-    if s.iter().any(|&c| matches!(c, b',' | b'"' | b'\r' | b'\n')) {
+    if needs_quotes(s) {
         out.reserve(s.len() + 2);
         out.push(b'"');
-        for &c in s {
-            if c == b'"' {
-                out.push(b'"');
+        for (n, part) in s.split(|&c| c == b'"').enumerate() {
+            if n > 0 {
+                out.extend_from_slice(b"\"\"");
             }
-            out.push(c);
+            out.extend_from_slice(part);
         }
         out.push(b'"');
     } else {
         out.extend_from_slice(s);
     }
+}
+
+/// Whether `s` holds `,` `"` CR or LF. An export asks this of every
+/// string cell, so it looks at 16 bytes at a time, each compared with the
+/// four without a branch, which the compiler turns into vector compares
+/// (a byte loop was a fifth of the encoder's instructions).
+fn needs_quotes(s: &[u8]) -> bool {
+    let special = |c: u8| u8::from(c == b',') | u8::from(c == b'"') | u8::from(c == b'\r') | u8::from(c == b'\n');
+    let mut blocks = s.chunks_exact(16);
+    blocks.any(|block| block.iter().fold(0, |found, &c| found | special(c)) != 0)
+        || blocks.remainder().iter().any(|&c| special(c) != 0)
 }
 
 /// Appends a whole CSV line of text fields, ending in `\n`.
@@ -257,6 +268,38 @@ mod tests {
         ];
         for (input, expected) in cases {
             assert_eq!(cell(&Value::String(input.into())), expected, "{input:?}");
+        }
+    }
+
+    /// RFC 4180's rule, a byte at a time: what `push_field` must write.
+    fn field_by_the_rule(s: &[u8]) -> Vec<u8> {
+        if !s.iter().any(|c| b",\"\r\n".contains(c)) {
+            return s.to_vec();
+        }
+        let mut out = vec![b'"'];
+        for &c in s {
+            if c == b'"' {
+                out.push(b'"');
+            }
+            out.push(c);
+        }
+        out.push(b'"');
+        out
+    }
+
+    proptest::proptest! {
+        /// Any length around the 16-byte blocks, mostly plain bytes, a
+        /// special one anywhere or nowhere.
+        #[test]
+        fn fields_are_quoted_and_doubled_by_the_rule(s in proptest::collection::vec(
+            proptest::prop_oneof![
+                30 => proptest::sample::select(b"ab\xea".to_vec()),
+                1 => proptest::sample::select(b",\"\r\n".to_vec()),
+            ], 0..80)
+        ) {
+            let mut out = Vec::new();
+            push_field(&mut out, &s);
+            proptest::prop_assert_eq!(out, field_by_the_rule(&s));
         }
     }
 
