@@ -390,26 +390,26 @@ impl<'a> Column<'a> {
 }
 
 impl Column<'_> {
-    /// Asks the CPU to bring row `i`'s value into its cache, ahead of
-    /// reading it (a hint: nothing is read, nothing can fault). The export
-    /// reads its rows across every column of a chunk, one row at a time:
-    /// more arrays at once than the hardware prefetcher follows.
-    #[inline]
-    pub fn prefetch(&self, i: usize) {
+    /// Where the column's values are: `(first value, bytes per value,
+    /// values)`.
+    fn array(&self) -> (*const u8, usize, usize) {
+        fn of<T>(f: &Flat<'_, T>) -> (*const u8, usize, usize) {
+            (f.values.as_ptr().cast(), size_of::<T>(), f.values.len())
+        }
         match self {
-            Column::Varchar(f) => f.prefetch(i),
-            Column::BigInt(f) | Column::Timestamp(f) => f.prefetch(i),
-            Column::Double(f) => f.prefetch(i),
-            Column::Boolean(f) => f.prefetch(i),
-            Column::Date(f) => f.prefetch(i),
-            Column::List(f, _) => f.prefetch(i),
+            Column::Varchar(f) => of(f),
+            Column::BigInt(f) | Column::Timestamp(f) => of(f),
+            Column::Double(f) => of(f),
+            Column::Boolean(f) => of(f),
+            Column::Date(f) => of(f),
+            Column::List(f, _) => of(f),
         }
     }
 
-    /// The next step after [`Column::prefetch`], once row `i`'s value is
-    /// cached: the bytes of a long string, the first values of a list.
+    /// What row `i`'s value points to, once the value is cached: the bytes
+    /// of a long string, the first values of a list.
     #[inline]
-    pub fn prefetch_behind(&self, i: usize) {
+    fn prefetch_behind(&self, i: usize) {
         match self {
             Column::Varchar(f) => {
                 if let Some(s) = f.get(i) {
@@ -424,10 +424,57 @@ impl Column<'_> {
             }
             Column::List(f, child) => {
                 if let Some(entry) = f.get(i) {
-                    child.prefetch(entry.offset as usize);
+                    let (first, size, len) = child.array();
+                    let at = entry.offset as usize;
+                    if at < len {
+                        prefetch_read(first.wrapping_add(at * size));
+                    }
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Asks the CPU to bring a row's cells into its cache ahead of reading
+/// them (hints: nothing is read, nothing can fault). The export reads its
+/// rows across every column of a chunk, one row at a time: more arrays at
+/// once than the hardware prefetcher follows, and the encoder waited on
+/// cache misses (docs/benchmarks.md, item 20).
+pub(crate) struct RowPrefetch<'c, 'a> {
+    /// Each column's [`Column::array`].
+    arrays: Vec<(*const u8, usize, usize)>,
+    /// The columns whose values point further: strings and lists.
+    pointing: Vec<&'c Column<'a>>,
+}
+
+impl<'c, 'a> RowPrefetch<'c, 'a> {
+    pub fn new(columns: &'c [Column<'a>]) -> Self {
+        RowPrefetch {
+            arrays: columns.iter().map(Column::array).collect(),
+            pointing: columns
+                .iter()
+                .filter(|c| matches!(c, Column::Varchar(_) | Column::List(..)))
+                .collect(),
+        }
+    }
+
+    /// Row `row`'s value in every column.
+    #[inline]
+    pub fn values(&self, row: usize) {
+        for &(first, size, len) in &self.arrays {
+            if row < len {
+                prefetch_read(first.wrapping_add(row * size));
+            }
+        }
+    }
+
+    /// What row `row`'s strings and lists point to; best called once
+    /// [`RowPrefetch::values`] of the row has had time to arrive.
+    #[inline]
+    pub fn behind(&self, row: usize) {
+        for column in &self.pointing {
+            column.prefetch_behind(row);
         }
     }
 }
@@ -459,13 +506,6 @@ impl<'a, T> Flat<'a, T> {
 
     pub fn is_null(&self, i: usize) -> bool {
         self.validity.is_some_and(|v| v[i / 64] >> (i % 64) & 1 == 0)
-    }
-
-    #[inline]
-    fn prefetch(&self, i: usize) {
-        if let Some(value) = self.values.get(i) {
-            prefetch_read(std::ptr::from_ref(value));
-        }
     }
 
     /// Row `i`'s value, `None` for a NULL.

@@ -49,7 +49,7 @@ use fineport_contract::time::day_bounds_ms;
 use fineport_contract::ServiceId;
 use fineport_contract::Tz;
 
-use super::chunks::{self, string_bytes, Chunk, Column, Database, Execution, RawConnection};
+use super::chunks::{self, string_bytes, Chunk, Column, Database, Execution, RawConnection, RowPrefetch};
 use super::schema::{events_table, late_events_table, Layout};
 use super::stream::{cancelled, Sink};
 use crate::{ExportSummary, StoreError, CHUNK_BYTES};
@@ -268,19 +268,20 @@ fn in_order_freeing(
                 })
                 .collect::<Option<_>>()
                 .ok_or_else(|| StoreError::internal("a slice has fewer columns than the CSV"))?;
+            let prefetch: Vec<Option<RowPrefetch>> =
+                columns.iter().map(|c| c.as_deref().map(RowPrefetch::new)).collect();
             let segment = &order[from..end];
             for (at, &(chunk, row)) in segment.iter().enumerate() {
-                // The row written a few rows from now: its cells on their
-                // way into the cache while this one is written (each row
-                // reads every column's array; item 20 of docs/benchmarks.md).
-                if let Some(&(ahead_chunk, ahead_row)) = segment.get(at + PREFETCH_ROWS_AHEAD) {
-                    for column in columns[ahead_chunk as usize].iter().flatten() {
-                        column.prefetch(ahead_row as usize);
+                // The rows written a few rows from now: their cells on
+                // their way into the cache while this one is written.
+                if let Some(&(chunk, row)) = segment.get(at + PREFETCH_ROWS_AHEAD) {
+                    if let Some(rows) = &prefetch[chunk as usize] {
+                        rows.values(row as usize);
                     }
                 }
-                if let Some(&(ahead_chunk, ahead_row)) = segment.get(at + PREFETCH_ROWS_AHEAD / 2) {
-                    for column in columns[ahead_chunk as usize].iter().flatten() {
-                        column.prefetch_behind(ahead_row as usize);
+                if let Some(&(chunk, row)) = segment.get(at + PREFETCH_ROWS_AHEAD / 2) {
+                    if let Some(rows) = &prefetch[chunk as usize] {
+                        rows.behind(row as usize);
                     }
                 }
                 let columns = columns[chunk as usize]
