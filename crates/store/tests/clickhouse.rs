@@ -16,7 +16,7 @@ use fineport_contract::import::{validate_events, EventBatch};
 use fineport_contract::taxonomy::Taxonomy;
 use fineport_contract::types::PropertyType;
 use fineport_contract::{ServiceId, Tz, Uuid};
-use fineport_store::cluster::clickhouse::{ClickHouse, ClickHouseOptions, EventRow};
+use fineport_store::cluster::clickhouse::{Backing, ClickHouse, ClickHouseOptions, EventRow};
 use fineport_store::duckdb::DuckDbStore;
 use fineport_store::{ExportPart, ExportStream, ExportSummary, Limits, Service, Store, StoreError, StoreErrorKind};
 use futures::StreamExt;
@@ -421,24 +421,45 @@ async fn rows_go_to_the_shard_the_distributed_table_would_pick() {
         return;
     };
     assert!(cluster.ch.inserts_to_shards(), "the test cluster's URLs are its shards");
+    // A request answered on its INSERT: one INSERT through the Distributed
+    // table, which stores it whole even if fineport dies mid-round.
     let body = events_body("u", MS_2026_11_01_KST, 1000, 100, 1);
     cluster.ch.insert(super_rows(&body)).await.expect("inserted");
-    let mut bulk = cluster.ch.import_rows();
-    let batch = batch(&events_body("v", MS_2026_11_01_KST, 1000, 100, 2));
-    let events: Vec<_> = batch.events.iter().collect();
+    let answered = batch(&events_body("t", MS_2026_11_01_KST, 1000, 100, 4));
+    let answered_events: Vec<_> = answered.events.iter().collect();
     let items: Vec<String> = taxonomy().item_properties.keys().cloned().collect();
+    let mut rows = cluster.ch.import_rows(Backing::Answer);
+    rows.push_request(&service_id(), &answered_events, RECEIVED, "t", &items, |e| {
+        e.event_datetime_ms
+    });
+    cluster.ch.insert_import_rows(rows).await.expect("inserted");
+    assert_eq!(
+        cluster.ch.stats().shard_inserts,
+        0,
+        "answered rows go through the Distributed table"
+    );
+    // The import log's move: one INSERT per shard, straight to events_local.
+    let mut bulk = cluster.ch.import_rows(Backing::ImportLog);
+    let moved = batch(&events_body("v", MS_2026_11_01_KST, 1000, 100, 2));
+    let events: Vec<_> = moved.events.iter().collect();
     bulk.push_request(&service_id(), &events, RECEIVED, "v", &items, |e| e.event_datetime_ms);
     cluster.ch.insert_import_rows(bulk).await.expect("inserted");
-    assert_eq!(cluster.ch.stats().inserts, 2, "one round each");
-    assert_rows_on_their_shards(&cluster, 200).await;
+    let stats = cluster.ch.stats();
+    assert_eq!(stats.inserts, 3, "one round each");
+    assert_eq!(stats.shard_inserts, cluster.urls.len() as u64, "one INSERT per shard");
+    assert_rows_on_their_shards(&cluster, 300).await;
 
     // URLs that cannot be matched to shards (both reach shard 1's node):
     // through the Distributed table, to the same shards.
     let distributed = cluster.reopen(|o| o.urls = vec![o.urls[0].clone(); o.urls.len()]).await;
     assert!(!distributed.inserts_to_shards());
-    let body = events_body("w", MS_2026_11_01_KST, 1000, 100, 3);
-    distributed.insert(super_rows(&body)).await.expect("inserted");
-    assert_rows_on_their_shards(&cluster, 300).await;
+    let fallback = batch(&events_body("w", MS_2026_11_01_KST, 1000, 100, 3));
+    let events: Vec<_> = fallback.events.iter().collect();
+    let mut bulk = distributed.import_rows(Backing::ImportLog);
+    bulk.push_request(&service_id(), &events, RECEIVED, "w", &items, |e| e.event_datetime_ms);
+    distributed.insert_import_rows(bulk).await.expect("inserted");
+    assert_eq!(distributed.stats().shard_inserts, 0);
+    assert_rows_on_their_shards(&cluster, 400).await;
     cluster.finish().await;
 }
 

@@ -39,7 +39,7 @@ use fineport_contract::{ServiceId, Tz};
 
 pub use self::mover::ImportLogOptions;
 
-use self::clickhouse::{ClickHouse, ClickHouseOptions, ImportRows};
+use self::clickhouse::{Backing, ClickHouse, ClickHouseOptions, ImportRows};
 use self::mover::{ImportLogSide, Targets};
 use self::postgres::Postgres;
 use crate::import_log::LoggedBatch;
@@ -407,7 +407,8 @@ impl Store for ClusterStore {
 /// future-dated events from PostgreSQL's memo, the rows rendered by the
 /// contract's `cells.rs` (`items`: each service's registered item
 /// properties), then one group-committed ClickHouse INSERT holding every
-/// row; done when that INSERT returned. A repeated `event_log_id` within a
+/// row, through the Distributed table so that a batch is stored whole or
+/// not at all ([`Backing::Answer`]); done when that INSERT returned. A repeated `event_log_id` within a
 /// batch is stored once (the first). The identities must not conflict
 /// ([`crate::identity::may_conflict`] ones are resolved alone, by the
 /// synchronous path, whose conflict is the request's 40001). A profile may
@@ -419,18 +420,19 @@ pub(crate) async fn store_batches(
     items: &HashMap<ServiceId, Vec<String>>,
     batches: &[LoggedBatch],
 ) -> Result<(), StoreError> {
-    let rows = prepare_rows(events, meta, items, batches).await?;
+    let rows = prepare_rows(events, meta, items, batches, Backing::Answer).await?;
     events.insert_import_rows(rows).await
 }
 
 /// The first half of [`store_batches`]: everything before the INSERT
 /// (identities and first corrections are then durable in PostgreSQL),
-/// answering the encoded rows.
+/// answering the encoded rows, for the writer `backing` names.
 pub(crate) async fn prepare_rows(
     events: &ClickHouse,
     meta: &Postgres,
     items: &HashMap<ServiceId, Vec<String>>,
     batches: &[LoggedBatch],
+    backing: Backing,
 ) -> Result<ImportRows, StoreError> {
     let mut by_service: HashMap<&ServiceId, Vec<usize>> = HashMap::new();
     for (i, logged) in batches.iter().enumerate() {
@@ -444,7 +446,7 @@ pub(crate) async fn prepare_rows(
             unified_ids[i] = unified_id;
         }
     }
-    let mut rows = events.import_rows();
+    let mut rows = events.import_rows(backing);
     for (logged, unified_id) in batches.iter().zip(unified_ids) {
         let (service_id, received_at_ms) = (&logged.service_id, logged.received_at_ms);
         // Future-dated events take the correction time of their first receipt.

@@ -47,6 +47,7 @@ use fineport_contract::ServiceId;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
+use super::clickhouse::Backing;
 use super::clickhouse::{ClickHouse, ClickHouseOptions};
 use super::postgres::Postgres;
 use super::prepare_rows;
@@ -553,9 +554,13 @@ impl MoverState {
             return;
         }
         let items = self.parts.targets.items.read().map(|m| m.clone()).unwrap_or_default();
-        let prepared = self
-            .rt
-            .block_on(prepare_rows(&self.events, &self.meta, &items, &self.unmoved));
+        let prepared = self.rt.block_on(prepare_rows(
+            &self.events,
+            &self.meta,
+            &items,
+            &self.unmoved,
+            Backing::ImportLog,
+        ));
         let rows = match prepared {
             Ok(rows) => rows,
             Err(e) => return self.fail(e),

@@ -16,18 +16,28 @@
 //! kept up. `fineport bench --store cluster` (8 clients): 17,000 events/s
 //! with no linger, 10,000 with 50 ms.
 //!
-//! Each row is encoded into the body of its shard (`route.rs`): a round
-//! sends one INSERT into `events_local` per shard it touches, all at once,
-//! and answers once every one returned OK. Where the URLs cannot be matched
-//! to shards, the round is one INSERT into the Distributed table with
-//! `insert_distributed_sync=1`, which also returns only once every shard
-//! wrote its rows (the default would acknowledge rows still queued on the
-//! initiator's disk).
+//! How a round travels depends on what stores its rows again should
+//! fineport die halfway through it ([`Backing`]), so there are two writer
+//! tasks. A request answered on its own INSERT ([`Backing::Answer`]) goes
+//! in one INSERT into the Distributed table with
+//! `insert_distributed_sync=1`, which returns only once every shard wrote
+//! its rows (the default would acknowledge rows still queued on the
+//! initiator's disk) and which ClickHouse finishes once it has the body,
+//! whatever becomes of fineport: a request is stored whole or not at all.
+//! The import log's moves ([`Backing::ImportLog`]) encode each row into
+//! the body of its shard (`route.rs`) and send one INSERT into
+//! `events_local` per shard, all at once, answered once every one returned
+//! OK: ClickHouse does less work per row, and a move half stored when
+//! fineport died is stored again from the log at the restart. (Rows of an
+//! answered request sent that way were half stored by a SIGKILL between
+//! two shards' INSERTs: `tests/sudden_death.rs` caught 19 of 40.) Where
+//! the URLs cannot be matched to shards, both writers use the Distributed
+//! table.
 //!
 //! Durability and failure: a failed INSERT fails every caller in its
 //! round; some rows may have reached a shard (a round is not atomic across
-//! shards), and the client's resend (or the import log's next try) is
-//! absorbed by the dedupe.
+//! shards when a shard fails), and the client's resend (or the import
+//! log's next try) is absorbed by the dedupe.
 //!
 //! [`ClickHouseOptions::insert_linger`]: super::ClickHouseOptions::insert_linger
 //! [`ClickHouseOptions::insert_max_rows`]: super::ClickHouseOptions::insert_max_rows
@@ -92,6 +102,19 @@ impl ReceiptOrder {
     }
 }
 
+/// What stores an INSERT's rows again if fineport dies while the INSERT is
+/// half sent; it decides how the rows travel (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Nothing: the client is answered after the INSERT, and one whose
+    /// answer was lost may never send again. One INSERT into the
+    /// Distributed table: stored whole or not at all.
+    Answer,
+    /// The import log, which stores its unmoved rows again after a
+    /// restart: one INSERT per shard into `events_local`.
+    ImportLog,
+}
+
 /// One caller's rows and where its answer goes.
 struct Request {
     rows: usize,
@@ -111,16 +134,17 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer task sending rows by `route`; it ends when the
-    /// last `Writer` is dropped.
-    pub fn start(inner: Arc<Inner>, route: Route) -> Writer {
+    /// Starts the writer task sending rows by `route`, numbering them in
+    /// the process's receipt `order` (one for every writer); it ends when
+    /// the last `Writer` is dropped.
+    pub fn start(inner: Arc<Inner>, route: Route, order: Arc<ReceiptOrder>) -> Writer {
         let (tx, rx) = mpsc::channel(QUEUE_REQUESTS);
         let destinations = route.destinations(inner.nodes.len());
         let route = Arc::new(route);
         tokio::spawn(run(inner, route.clone(), rx));
         Writer {
             tx,
-            order: Arc::default(),
+            order,
             route,
             destinations,
         }
@@ -136,7 +160,7 @@ impl Writer {
         let Some(server_ms) = rows.first().map(|row| row.server_ms) else {
             return Ok(());
         };
-        let mut out = self.import_rows();
+        let mut out = self.import_rows(Backing::Answer);
         for (row, ver) in rows.iter().zip(self.order.next(server_ms, rows.len())) {
             let body = &mut out.bodies[self.route.destination(row.service_id.as_str(), &row.event_log_id)];
             encode(body, row, ver)?;
@@ -145,14 +169,16 @@ impl Writer {
         self.send(out).await
     }
 
-    /// An empty [`ImportRows`] numbered in this writer's receipt order.
-    pub fn import_rows(&self) -> ImportRows {
+    /// An empty [`ImportRows`] for this writer, of rows `backing` stands
+    /// behind, numbered in the receipt order.
+    pub fn import_rows(&self, backing: Backing) -> ImportRows {
         ImportRows {
             bodies: vec![Vec::new(); self.destinations],
             rows: 0,
             scratch: Vec::new(),
             order: self.order.clone(),
             route: self.route.clone(),
+            backing,
         }
     }
 
@@ -188,6 +214,8 @@ pub struct ImportRows {
     scratch: Vec<u8>,
     order: Arc<ReceiptOrder>,
     route: Arc<Route>,
+    /// Which writer sends them.
+    backing: Backing,
 }
 
 impl ImportRows {
@@ -246,6 +274,11 @@ impl ImportRows {
 
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// What stands behind these rows: which writer sends them.
+    pub fn backing(&self) -> Backing {
+        self.backing
     }
 }
 
@@ -348,7 +381,10 @@ async fn run(inner: Arc<Inner>, route: Arc<Route>, mut rx: mpsc::Receiver<Reques
 async fn send(inner: &Inner, route: &Route, bodies: Vec<Vec<u8>>, rows: usize) -> Result<(), StoreError> {
     let inserts = bodies.into_iter().enumerate().filter(|(_, body)| !body.is_empty());
     let round = futures::future::try_join_all(inserts.map(|(destination, body)| match route {
-        Route::Shards { .. } => insert(inner, destination, &inner.local_table, false, body),
+        Route::Shards { .. } => {
+            inner.shard_inserts.fetch_add(1, Ordering::Relaxed);
+            insert(inner, destination, &inner.local_table, false, body)
+        }
         Route::Distributed => insert(inner, inner.pick_node(), &inner.events_table, true, body),
     }));
     match tokio::time::timeout(INSERT_TIMEOUT, round).await {

@@ -58,7 +58,7 @@ use futures::StreamExt;
 
 use crate::{ExportStream, StoreError};
 
-pub use self::insert::ImportRows;
+pub use self::insert::{Backing, ImportRows};
 pub use fineport_contract::cells::StoredEvent as EventRow;
 
 /// Where the cluster is and how fineport uses it.
@@ -110,6 +110,9 @@ pub struct ClickHouseStats {
     pub inserts: u64,
     /// Rows in those INSERTs.
     pub inserted_rows: u64,
+    /// INSERTs sent straight into a shard's `events_local` (the import
+    /// log's moves, where the URLs are matched to shards), answered or not.
+    pub shard_inserts: u64,
     /// Export row queries started (planning queries not counted).
     pub export_queries: u64,
 }
@@ -118,7 +121,11 @@ pub struct ClickHouseStats {
 #[derive(Clone)]
 pub struct ClickHouse {
     inner: Arc<Inner>,
-    writer: insert::Writer,
+    /// Requests answered on their INSERT ([`Backing::Answer`]).
+    answers: insert::Writer,
+    /// The import log's moves ([`Backing::ImportLog`]); the same writer
+    /// where the URLs are not matched to shards.
+    moves: insert::Writer,
 }
 
 /// What every operation shares.
@@ -134,6 +141,7 @@ pub(crate) struct Inner {
     next_node: AtomicUsize,
     inserts: AtomicU64,
     inserted_rows: AtomicU64,
+    shard_inserts: AtomicU64,
     export_queries: AtomicU64,
 }
 
@@ -174,6 +182,7 @@ impl ClickHouse {
             next_node: AtomicUsize::new(0),
             inserts: AtomicU64::new(0),
             inserted_rows: AtomicU64::new(0),
+            shard_inserts: AtomicU64::new(0),
             export_queries: AtomicU64::new(0),
         });
         let db = &opts.database;
@@ -229,7 +238,7 @@ impl ClickHouse {
             Ok(route) => {
                 tracing::info!(
                     "ClickHouse: each of the {} URLs is one shard of cluster {:?}; \
-                     INSERTs go straight to each shard's events_local",
+                     the import log's moves go straight to each shard's events_local",
                     inner.nodes.len(),
                     opts.cluster
                 );
@@ -244,15 +253,19 @@ impl ClickHouse {
                 route::Route::Distributed
             }
         };
-        let writer = insert::Writer::start(inner.clone(), route);
-        Ok(ClickHouse { inner, writer })
+        let order = Arc::new(insert::ReceiptOrder::default());
+        let answers = insert::Writer::start(inner.clone(), route::Route::Distributed, order.clone());
+        let moves = match route {
+            route::Route::Distributed => answers.clone(),
+            shards => insert::Writer::start(inner.clone(), shards, order),
+        };
+        Ok(ClickHouse { inner, answers, moves })
     }
 
-    /// Stores `rows` durably (SPEC §4 "20000 means durable"): returns `Ok`
-    /// only after every shard holding some of them wrote its part: its
-    /// INSERT into `events_local` returned OK (or, where the URLs are not
-    /// matched to shards, the INSERT into the Distributed table with
-    /// `insert_distributed_sync=1`). Concurrent callers share one round of
+    /// Stores `rows` durably (SPEC §4 "20000 means durable") and whole: one
+    /// INSERT into the Distributed table with `insert_distributed_sync=1`,
+    /// `Ok` only after every shard holding some of them wrote its part
+    /// ([`Backing::Answer`]). Concurrent callers share one round of
     /// INSERTs (group commit; see [`ClickHouseOptions::insert_linger`]).
     /// Errors: `Internal` when an INSERT of the round failed (the server
     /// answers 50000); some of the rows may then be stored, which a
@@ -260,18 +273,31 @@ impl ClickHouse {
     /// Resends of stored `event_log_id`s are accepted and deduplicated on
     /// read and by merges.
     pub async fn insert(&self, rows: Vec<EventRow>) -> Result<(), StoreError> {
-        self.writer.insert(rows).await
+        self.answers.insert(rows).await
     }
 
     /// Rows to fill with [`ImportRows::push_request`] for
-    /// [`ClickHouse::insert_import_rows`].
-    pub fn import_rows(&self) -> ImportRows {
-        self.writer.import_rows()
+    /// [`ClickHouse::insert_import_rows`], of which `backing` says what
+    /// stores them again should fineport die mid-INSERT.
+    pub fn import_rows(&self, backing: Backing) -> ImportRows {
+        self.writer(backing).import_rows(backing)
     }
 
-    /// [`ClickHouse::insert`] of rows encoded as they were added.
+    /// Stores rows encoded as they were added, durably, as `Ok` says:
+    /// [`ClickHouse::insert`]'s round for [`Backing::Answer`]; for
+    /// [`Backing::ImportLog`], where the URLs are matched to shards, one
+    /// INSERT per shard into `events_local`, `Ok` once every one returned
+    /// OK (a move is then not stored whole if fineport dies mid-round: the
+    /// log stores it again). Errors as [`ClickHouse::insert`].
     pub async fn insert_import_rows(&self, rows: ImportRows) -> Result<(), StoreError> {
-        self.writer.send(rows).await
+        self.writer(rows.backing()).send(rows).await
+    }
+
+    fn writer(&self, backing: Backing) -> &insert::Writer {
+        match backing {
+            Backing::Answer => &self.answers,
+            Backing::ImportLog => &self.moves,
+        }
     }
 
     /// The event export of SPEC §2.1/§2.3 as an [`ExportStream`]: the
@@ -319,11 +345,11 @@ impl ClickHouse {
             .map(StreamExt::boxed)
     }
 
-    /// Whether INSERTs go straight to each shard's `events_local` (the
-    /// URLs were matched to shards at open) rather than through the
-    /// Distributed table.
+    /// Whether the import log's moves go straight to each shard's
+    /// `events_local` (the URLs were matched to shards at open) rather than
+    /// through the Distributed table.
     pub fn inserts_to_shards(&self) -> bool {
-        self.writer.to_shards()
+        self.moves.to_shards()
     }
 
     /// What has been sent so far.
@@ -331,6 +357,7 @@ impl ClickHouse {
         ClickHouseStats {
             inserts: self.inner.inserts.load(Ordering::Relaxed),
             inserted_rows: self.inner.inserted_rows.load(Ordering::Relaxed),
+            shard_inserts: self.inner.shard_inserts.load(Ordering::Relaxed),
             export_queries: self.inner.export_queries.load(Ordering::Relaxed),
         }
     }
