@@ -238,7 +238,7 @@ impl ClickHouse {
             Ok(route) => {
                 tracing::info!(
                     "ClickHouse: each of the {} URLs is one shard of cluster {:?}; \
-                     the import log's moves go straight to each shard's events_local",
+                     rows moved from an import log go straight to each shard's events_local",
                     inner.nodes.len(),
                     opts.cluster
                 );
