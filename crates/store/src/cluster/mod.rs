@@ -408,8 +408,8 @@ impl Store for ClusterStore {
 /// contract's `cells.rs` (`items`: each service's registered item
 /// properties), then one group-committed ClickHouse INSERT holding every
 /// row, through the Distributed table so that a batch is stored whole or
-/// not at all ([`Backing::Answer`]); done when that INSERT returned. A repeated `event_log_id` within a
-/// batch is stored once (the first). The identities must not conflict
+/// not at all ([`Backing::Answer`]); done when that INSERT returned. A
+/// repeated `event_log_id` within a batch is stored once (the first). The identities must not conflict
 /// ([`crate::identity::may_conflict`] ones are resolved alone, by the
 /// synchronous path, whose conflict is the request's 40001). A profile may
 /// exist without its events if ClickHouse then fails, as after a client's

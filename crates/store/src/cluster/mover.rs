@@ -47,8 +47,7 @@ use fineport_contract::ServiceId;
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::oneshot;
 
-use super::clickhouse::Backing;
-use super::clickhouse::{ClickHouse, ClickHouseOptions};
+use super::clickhouse::{Backing, ClickHouse, ClickHouseOptions};
 use super::postgres::Postgres;
 use super::prepare_rows;
 use crate::import_log::acker::{self, Ahead, BeforeAnswer, Closing, Job, LogThread, Mover, Moves, Progress};
