@@ -30,7 +30,8 @@ pub fn push_field(out: &mut Vec<u8>, s: &[u8]) {
 /// Whether `s` holds `,` `"` CR or LF. An export asks this of every
 /// string cell, so it looks at 16 bytes at a time, each compared with the
 /// four without a branch, which the compiler turns into vector compares
-/// (a byte loop was a fifth of the encoder's instructions).
+/// (with a byte loop, `push_field` was a third of the export encoder's
+/// instructions).
 fn needs_quotes(s: &[u8]) -> bool {
     let special = |c: u8| u8::from(c == b',') | u8::from(c == b'"') | u8::from(c == b'\r') | u8::from(c == b'\n');
     let mut blocks = s.chunks_exact(16);

@@ -14,10 +14,11 @@
 //! makes merges keep the first receipt.
 //!
 //! - [`ClickHouse::insert`] is a group commit (`insert.rs`): concurrent
-//!   callers share one round of INSERTs, each row sent straight to its
-//!   shard's `events_local` where the Distributed table would send it
-//!   (`route.rs`), or through the Distributed table where the URLs cannot
-//!   be matched to shards.
+//!   callers share one synchronous Distributed INSERT, which stores each
+//!   request whole. The import log's moves ([`Backing::ImportLog`]) send
+//!   each row straight to its shard's `events_local`, where the
+//!   Distributed table would send it (`route.rs`), or through the
+//!   Distributed table where the URLs cannot be matched to shards.
 //! - [`ClickHouse::export`] streams the event export (`export.rs`): one
 //!   sorted query per group of service days, read as RowBinary and encoded
 //!   here with the DuckDB backend's CSV functions.
@@ -105,8 +106,8 @@ impl Default for ClickHouseOptions {
 /// Counters of what the backend sent, for tests and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ClickHouseStats {
-    /// INSERT rounds that returned OK (a round is one INSERT per shard
-    /// its rows touch).
+    /// INSERT rounds that returned OK (a round is one INSERT, or for the
+    /// import log's moves one per shard its rows touch).
     pub inserts: u64,
     /// Rows in those INSERTs.
     pub inserted_rows: u64,

@@ -1,5 +1,7 @@
-//! Which shard a row belongs to, so that an INSERT goes straight to that
-//! shard's `events_local` instead of through the Distributed table.
+//! Which shard a row belongs to, so that the import log's moves go
+//! straight to that shard's `events_local` instead of through the
+//! Distributed table (requests answered on their own INSERT still go
+//! through it, to be stored whole: `insert.rs`).
 //!
 //! An INSERT into the Distributed table makes its initiator parse every
 //! row, hash it, split the block and forward the other shards' parts in
@@ -26,8 +28,8 @@
 //! of the cluster is local to it (`system.clusters.is_local`). When that
 //! does not give one distinct shard per URL, each of one replica, with the
 //! same shard list on every node (a URL that reaches no shard's node, two
-//! that reach the same one, shards with replicas), inserts go through the
-//! Distributed table as before, and a warning at start says why.
+//! that reach the same one, shards with replicas), the moves go through the
+//! Distributed table too, and a warning at start says why.
 
 use std::fmt;
 
